@@ -1,0 +1,55 @@
+"""doeff_flow_core: live effect traces of doeff workflows, as JSON Lines.
+
+Dependency rule: this package imports only the standard library at import time.
+The tracing entry points (``run_workflow``, ``trace_observer``) import ``doeff``
+when they are called, so a worker can embed the package with no other dependency.
+"""
+
+from doeff_flow_core.errors import (
+    InvalidWorkflowId,
+    MalformedRecord,
+    TraceDirUnwritable,
+    WorkflowFailed,
+)
+from doeff_flow_core.ids import validate_workflow_id
+from doeff_flow_core.layout import default_trace_dir, trace_file, workflow_dir
+from doeff_flow_core.liveness import effective_status
+from doeff_flow_core.reader import (
+    Tail,
+    WorkflowSummary,
+    follow,
+    read_from,
+    read_last,
+    read_latest,
+    scan_workflows,
+)
+from doeff_flow_core.records import LiveTrace, SlogLine, TraceFrame, parse_record
+from doeff_flow_core.tracing import TraceObserver, trace_observer
+from doeff_flow_core.workflow import WorkflowResult, run_workflow
+
+__all__ = [
+    "InvalidWorkflowId",
+    "LiveTrace",
+    "MalformedRecord",
+    "SlogLine",
+    "Tail",
+    "TraceDirUnwritable",
+    "TraceFrame",
+    "TraceObserver",
+    "WorkflowFailed",
+    "WorkflowResult",
+    "WorkflowSummary",
+    "default_trace_dir",
+    "effective_status",
+    "follow",
+    "parse_record",
+    "read_from",
+    "read_last",
+    "read_latest",
+    "run_workflow",
+    "scan_workflows",
+    "trace_file",
+    "trace_observer",
+    "validate_workflow_id",
+    "workflow_dir",
+]

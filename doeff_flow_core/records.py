@@ -1,0 +1,196 @@
+"""The trace record: one JSON object per line of ``trace.jsonl``.
+
+Seed fields come first and are never renamed; later fields are added after them.
+Parsing is strict about types so that readers can trust what they display.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from doeff_flow_core.clock import parse_timestamp
+from doeff_flow_core.errors import MalformedRecord
+
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+WRITTEN_STATUSES: Final = (RUNNING, COMPLETED, FAILED)
+# Derived by readers, never written.
+LOST: Final = "lost"
+UNKNOWN: Final = "unknown"
+ALL_STATUSES: Final = (*WRITTEN_STATUSES, LOST, UNKNOWN)
+TERMINAL_STATUSES: Final = (COMPLETED, FAILED)
+
+
+@dataclass(frozen=True)
+class TraceFrame:
+    """One ``@do`` call on the stack: where it is suspended."""
+
+    function: str
+    file: str
+    line: int
+    code: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"function": self.function, "file": self.file, "line": self.line, "code": self.code}
+
+
+@dataclass(frozen=True)
+class SlogLine:
+    """The last ``slog(msg, **fields)`` the workflow performed, fields rendered as text."""
+
+    msg: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"msg": self.msg, "fields": dict(self.fields)}
+
+    def __str__(self) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in self.fields.items())
+        return f"{self.msg} {extra}" if extra else self.msg
+
+
+@dataclass(frozen=True)
+class LiveTrace:
+    """The state of a workflow at one step."""
+
+    workflow_id: str
+    step: int
+    status: str
+    current_effect: str | None
+    trace: tuple[TraceFrame, ...]
+    started_at: datetime
+    updated_at: datetime
+    error: str | None = None
+    result: str | None = None
+    last_slog: SlogLine | None = None
+    task: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    run: str | None = None
+    trace_exact: bool = True
+    pid_start: int | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow_id": self.workflow_id,
+            "step": self.step,
+            "status": self.status,
+            "current_effect": self.current_effect,
+            "trace": [frame.to_dict() for frame in self.trace],
+            "started_at": self.started_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "error": self.error,
+            "result": self.result,
+            "last_slog": self.last_slog.to_dict() if self.last_slog else None,
+            "task": self.task,
+            "pid": self.pid,
+            "host": self.host,
+            "run": self.run,
+            "trace_exact": self.trace_exact,
+            "pid_start": self.pid_start,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: object) -> LiveTrace:
+        if not isinstance(data, dict):
+            raise MalformedRecord(f"expected a JSON object, got {type(data).__name__}")
+        status = _req(data, "status", str)
+        if status not in WRITTEN_STATUSES:
+            raise MalformedRecord(f"unknown status {status!r}")
+        trace_raw = data.get("trace") or []
+        if not isinstance(trace_raw, list):
+            raise MalformedRecord("'trace' must be a list")
+        return cls(
+            workflow_id=_req(data, "workflow_id", str),
+            step=_req(data, "step", int),
+            status=status,
+            current_effect=_opt(data, "current_effect", str),
+            trace=tuple(_frame(item) for item in trace_raw),
+            started_at=_time(data, "started_at"),
+            updated_at=_time(data, "updated_at"),
+            error=_opt(data, "error", str),
+            result=_opt(data, "result", str),
+            last_slog=_slog(data.get("last_slog")),
+            task=_opt(data, "task", int),
+            pid=_opt(data, "pid", int),
+            host=_opt(data, "host", str),
+            run=_opt(data, "run", str),
+            trace_exact=bool(_opt(data, "trace_exact", bool, default=True)),
+            pid_start=_opt(data, "pid_start", int),
+        )
+
+
+def parse_record(line: str | bytes, line_number: int | None = None) -> LiveTrace:
+    """One line of a trace file as a record, or MalformedRecord saying why not."""
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRecord(f"not JSON ({exc.__class__.__name__})", line_number) from None
+    try:
+        return LiveTrace.from_dict(data)
+    except MalformedRecord as exc:
+        raise MalformedRecord(exc.reason, line_number) from None
+
+
+def _check(name: str, value: object, kind: type) -> Any:
+    # bool is an int in Python, but never a valid step, line or pid.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedRecord(f"{name!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _req(data: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in data:
+        raise MalformedRecord(f"missing {name!r}")
+    return _check(name, data[name], kind)
+
+
+def _opt(data: dict[str, Any], name: str, kind: type, default: object = None) -> Any:
+    value = data.get(name)
+    return default if value is None else _check(name, value, kind)
+
+
+def _time(data: dict[str, Any], name: str) -> datetime:
+    text = _req(data, name, str)
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise MalformedRecord(f"{name!r} is not an ISO-8601 time: {text[:40]!r}") from None
+
+
+def _frame(item: object) -> TraceFrame:
+    if not isinstance(item, dict):
+        raise MalformedRecord("a trace frame must be an object")
+    return TraceFrame(
+        function=_req(item, "function", str),
+        file=_req(item, "file", str),
+        line=_req(item, "line", int),
+        code=_opt(item, "code", str),
+    )
+
+
+def _slog(value: object) -> SlogLine | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return SlogLine(value)
+    if not isinstance(value, dict):
+        raise MalformedRecord("'last_slog' must be an object")
+    fields = value.get("fields") or {}
+    if not isinstance(fields, dict):
+        raise MalformedRecord("'last_slog.fields' must be an object")
+    return SlogLine(
+        msg=str(_req(value, "msg", str)), fields={str(k): str(v) for k, v in fields.items()}
+    )
