@@ -11,7 +11,7 @@ _ID_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def validate_workflow_id(workflow_id: object) -> str:
-    """Return ``workflow_id`` if it matches ``[A-Za-z0-9_-]{1,255}``, else raise InvalidWorkflowId."""
+    """``workflow_id`` if it matches ``[A-Za-z0-9_-]{1,255}``, else InvalidWorkflowId."""
     if not isinstance(workflow_id, str):
         kind = type(workflow_id).__name__
         raise InvalidWorkflowId(workflow_id, f"must be a string, not {kind}")
