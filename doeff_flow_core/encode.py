@@ -21,8 +21,9 @@ MAX_RESULT_CHARS = 500
 MAX_SLOG_CHARS = 300
 _STACK_CACHE_LIMIT = 4096
 
-# A pending effect: (step, epoch seconds, effect, task id or None).
-Pending = tuple[int, float, object, "int | None"]
+# A buffered effect: claimed as (rendered effect, epoch seconds, task id, the stack as
+# JSON, the effect if it is a slog), or the bare effect object when no handler claimed it.
+Entry = object
 # A frame as the tracer gets it: (function, file, line).
 Frame = tuple[str, str, int]
 
@@ -57,6 +58,29 @@ def frames_json(frames: Iterable[Frame]) -> str:
     return "[" + ",".join(frame_json(f, p, n) for f, p, n in frames) + "]"
 
 
+class StackCache:
+    """Stacks as ``trace`` JSON, looked up by the innermost frame's file and line and
+    checked whole: cheaper than hashing the whole stack for every effect."""
+
+    def __init__(self) -> None:
+        self.by_site: dict[tuple[object, object], tuple[list[list[Any]], str]] = {}
+
+    def encode(self, frames: list[list[Any]]) -> str:
+        """``frames`` as GetTraceback gives them (innermost first) as the record's array."""
+        if not frames:
+            return "[]"
+        inner = frames[0]
+        key = (inner[2], inner[1])
+        hit = self.by_site.get(key)
+        if hit is not None and hit[0] == frames:
+            return hit[1]
+        if len(self.by_site) >= _STACK_CACHE_LIMIT:
+            self.by_site.clear()
+        text = frames_json((f[0], f[1], f[2]) for f in reversed(frames))
+        self.by_site[key] = (frames, text)
+        return text
+
+
 class RecordEncoder:
     """Encodes one run's records. Not thread-safe: the writer serialises calls."""
 
@@ -80,20 +104,11 @@ class RecordEncoder:
         self._inexact_tail = self._tail % "false"
         self._slog_type = slog_type
         self._clock = IsoClock()
-        self._stacks: dict[tuple[Any, ...], str] = {}
         self._last_stack: dict[int | None, str] = {}
         self._slog = "null"
         self.last_step = 0
-
-    def _stack(self, key: tuple[Any, ...]) -> str:
-        """``key`` is GetTraceback's frames flattened, innermost first."""
-        cached = self._stacks.get(key)
-        if cached is None:
-            if len(self._stacks) >= _STACK_CACHE_LIMIT:
-                self._stacks.clear()
-            frames = [(key[i], key[i + 1], key[i + 2]) for i in range(len(key) - 3, -1, -3)]
-            cached = self._stacks[key] = frames_json(frames)
-        return cached
+        self._last_ts: float | None = None
+        self._last_task: int | None = None
 
     def _note_slog(self, effect: Any) -> None:
         msg = clip(str(getattr(effect, "msg", "")), MAX_SLOG_CHARS)
@@ -103,28 +118,46 @@ class RecordEncoder:
         )
         self._slog = f'{{"msg":{json_str(msg)},"fields":{{{fields}}}}}'
 
-    def running(self, batch: Sequence[tuple[Pending, tuple[Any, ...] | None]]) -> str:
-        """Lines for ``(pending, stack key or None)`` pairs; None means no exact stack."""
+    def running(self, batch: Sequence[Entry], now: float) -> str:
+        """Lines for buffered entries: claimed ``(text, time, task, stack JSON, slog)``
+        tuples, or bare effects that no handler claimed (written with an inexact stack)."""
         out = []
-        fmt = self._clock.format
         slog_type = self._slog_type
-        for (step, ts, effect, task), key in batch:
-            if type(effect) is slog_type:
-                self._note_slog(effect)
-            if key is not None:
-                stack = self._last_stack[task] = self._stack(key)
-                tail = self._exact_tail
+        head = self._head
+        started = self._started
+        last_stack = self._last_stack
+        step = self.last_step
+        ts = self._last_ts or now
+        task = self._last_task
+        millisecond = -1
+        exact = self._exact_tail
+        inexact = self._inexact_tail
+        stamp = ""
+        for entry in batch:
+            if type(entry) is tuple:
+                text, ts, task, stack, slog = entry
+                last_stack[task] = stack
+                tail = exact
             else:
-                stack = self._last_stack.get(task, "[]")
-                tail = self._inexact_tail
+                text = render_effect(entry)
+                slog = entry if type(entry) is slog_type else None
+                stack = last_stack.get(task, "[]")
+                tail = inexact
+            if slog is not None:
+                self._note_slog(slog)
+            if int(ts * 1000) != millisecond:  # records are stamped to the millisecond
+                millisecond = int(ts * 1000)
+                stamp = self._clock.format(ts)
+            step += 1
             out.append(
-                f'{self._head}{step},"status":"running","current_effect":'
-                f"{json_str(render_effect(effect))},"
-                f'"trace":{stack},"started_at":{self._started},"updated_at":"{fmt(ts)}",'
+                f'{head}{step},"status":"running","current_effect":{_json_str(text)},'
+                f'"trace":{stack},"started_at":{started},"updated_at":"{stamp}",'
                 f'"error":null,"result":null,"last_slog":{self._slog},'
-                f'"task":{_opt_int(task)}{tail}'
+                f'"task":{"null" if task is None else task}{tail}'
             )
-            self.last_step = step
+        self.last_step = step
+        self._last_ts = ts
+        self._last_task = task
         return "".join(out)
 
     def terminal(

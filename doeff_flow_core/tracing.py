@@ -3,10 +3,14 @@
 Two doeff 0.8 hooks work together. ``WithObserve`` sees every effect performed in its
 scope, including those the workflow's own inner handlers answer, but gets no stack; a
 pass-through handler installed innermost sees the effects that reach it and asks for
-their stack with ``GetTraceback``. The observer parks each effect in a one-slot
-``pending``; when the handler sees the same effect object it claims it with its stack.
-An effect nobody claims is recorded with the last exact stack of its task, marked
-``trace_exact: false``.
+their stack with ``GetTraceback``.
+
+The hot path is kept to almost nothing: the observer is the buffer's own ``append``
+(no Python frame per effect), and the handler replaces that bare effect with
+``(effect, time, frames, task)`` when the effect reaches it. An effect nobody replaces
+was answered inside the workflow; it is written with the last exact stack of its task,
+marked ``trace_exact: false``. Records are encoded and written in batches by a
+background thread, so none waits for the workflow's next effect.
 
 ``doeff`` is imported inside functions only: importing this module needs the standard
 library alone.
@@ -21,16 +25,16 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from itertools import chain
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from doeff_flow_core.clock import IsoClock
 from doeff_flow_core.encode import (
+    Entry,
     Frame,
-    Pending,
     RecordEncoder,
+    StackCache,
     describe_error,
     describe_result,
 )
@@ -39,13 +43,14 @@ from doeff_flow_core.layout import TRACE_FILE_NAME, resolve_trace_dir
 from doeff_flow_core.liveness import process_start_ticks, this_host
 from doeff_flow_core.records import COMPLETED, FAILED
 from doeff_flow_core.registry import register_trace_dir
+from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
 from doeff_flow_core.writer import FLUSH_INTERVAL, Flusher, TraceFile
 
-# Records are encoded in batches; the hot path encodes itself only past this many.
-MAX_BUFFERED = 4096
-# The flusher leaves the pending effect to the handler for this long before writing it
-# without a stack (an inner handler answered it, or it is still on its way).
-CLAIM_GRACE = 0.005
+# Past this many buffered effects the workflow's own thread encodes them (while its
+# caches are warm) and wakes the flusher thread to write them.
+MAX_BUFFERED = 1024
+# How far back the handler looks for its effect when others were observed after it.
+CLAIM_WINDOW = 16
 
 _INTERNAL_PATHS = ("/doeff/", "/doeff_vm/", "/doeff_core_effects/", "/doeff_flow_core/")
 Program = Any
@@ -83,11 +88,17 @@ class TraceObserver:
             pid_start=process_start_ticks(os.getpid()),
             slog_type=SlogEffect,
         )
+        self._slog_type: type = SlogEffect
+        self._stacks = StackCache()
         self.task: int | None = None  # the scheduler task running now (None: the root)
-        self._pending: list[Pending] = []  # at most one effect, waiting for its stack
-        self._ready: list[tuple[Pending, tuple[Any, ...] | None]] = []
-        self._step = 0
-        self._lock = threading.Lock()
+        # Bare effects (observed, not yet claimed) and claimed (effect, time, frames, task).
+        self._buffer: list[object] = []
+        # The bare effect left last in the buffer at the previous flush: if it is still
+        # there one flush later, no handler will claim it.
+        self._unclaimed_candidate: object = None
+        self._lock = threading.Lock()  # guards the buffer and the encoder
+        self._outbox: list[str] = []  # encoded, not yet written
+        self._write_lock = threading.Lock()
         self._outcome: tuple[str, str | None, str | None, list[Frame]] | None = None
         self._closed = False
         self._flusher = Flusher(self.flush, flush_interval)
@@ -96,51 +107,53 @@ class TraceObserver:
 
     # -- hot path -------------------------------------------------------------------
 
-    def _observe_effect(self, effect: object) -> None:
-        """WithObserve's callback. It must never raise: that would abort the run."""
-        try:
-            pending = self._pending
-            if pending:
-                try:
-                    self._ready.append((pending.pop(), None))
-                except IndexError:
-                    pass  # the flusher took it meanwhile
-            self._step += 1
-            pending.append((self._step, time.time(), effect, self.task))
-            if len(self._ready) >= MAX_BUFFERED:
-                self.flush()
-        except Exception:  # pragma: no cover - defensive: tracing must not hurt the run
-            pass
-
-    def _claim(self, effect: object, frames: list[list[Any]]) -> None:
-        pending = self._pending
-        if pending and pending[0][2] is effect:
-            try:
-                entry = pending.pop()
-            except IndexError:
-                return
-            self._ready.append((entry, tuple(chain.from_iterable(frames))))
+    def _claim_earlier(self, effect: object, entry: tuple[Any, ...]) -> None:
+        """Claim ``effect`` when an inner handler performed effects of its own before
+        passing it on, so it is no longer last in the buffer."""
+        with self._lock:
+            buffer = self._buffer
+            for index in range(len(buffer) - 1, max(len(buffer) - CLAIM_WINDOW, 0) - 1, -1):
+                if buffer[index] is effect:
+                    buffer[index] = entry
+                    return
 
     # -- flushing -------------------------------------------------------------------
 
-    def flush(self, *, final: bool = False) -> None:
+    def encode_buffered(self, *, final: bool = False) -> None:
+        """Move buffered effects into the outbox as encoded lines."""
         with self._lock:
-            pending = self._pending
-            if pending and (final or time.time() - pending[0][1] > CLAIM_GRACE):
-                with suppress(IndexError):
-                    self._ready.append((pending.pop(), None))
-            ready = self._ready
-            count = len(ready)
+            buffer = self._buffer
+            count = len(buffer)
             if not count:
                 return
-            batch = ready[:count]
-            del ready[:count]
+            last = buffer[count - 1]
+            if not final and type(last) is not tuple and last is not self._unclaimed_candidate:
+                # The last effect may be on its way to the handler: leave it one interval.
+                self._unclaimed_candidate = last
+                count -= 1
+            batch: list[Entry] = buffer[:count]  # type: ignore[assignment]
+            del buffer[:count]
             try:
-                text = self._encoder.running(batch)
+                self._outbox.append(self._encoder.running(batch, time.time()))
             except Exception as exc:  # pragma: no cover - defensive
-                text = ""
                 print(f"doeff-flow: could not encode records: {exc!r}", file=sys.stderr)
-            self._file.write(text)
+
+    def flush(self, *, final: bool = False) -> None:
+        """Encode what is buffered and write the outbox, in one ``write``."""
+        self.encode_buffered(final=final)
+        with self._write_lock:
+            outbox = self._outbox
+            count = len(outbox)
+            if count:
+                text = "".join(outbox[:count])
+                del outbox[:count]
+                # The write releases the GIL: the workflow runs on meanwhile.
+                self._file.write(text)
+
+    def _hand_over(self) -> None:
+        """From the workflow's thread: encode now, let the flusher thread write."""
+        self.encode_buffered()
+        self._flusher.wake()
 
     # -- program wrapping -----------------------------------------------------------
 
@@ -158,7 +171,7 @@ class TraceObserver:
         from doeff import WithObserve, do, with_handlers
         from doeff.program import handler
 
-        traced = with_handlers(handlers, handler(_stack_handler(self._claim))(program))
+        traced = with_handlers(handlers, handler(_stack_handler(self))(program))
 
         @do  # type: ignore[untyped-decorator]
         def traced_by_doeff_flow() -> Any:
@@ -170,7 +183,7 @@ class TraceObserver:
             self.record_success(value)
             return value
 
-        return WithObserve(self._observe_effect, traced_by_doeff_flow())
+        return WithObserve(self._buffer.append, traced_by_doeff_flow())
 
     def record_success(self, value: object) -> None:
         self._outcome = (COMPLETED, describe_result(value), None, [])
@@ -203,14 +216,41 @@ class TraceObserver:
         return self._file.failed
 
 
-def _stack_handler(claim: Callable[[object, list[list[Any]]], None]) -> Any:
-    """A pass-through handler giving each effect that reaches it, with its stack, to ``claim``."""
+def _stack_handler(tracer: TraceObserver) -> Any:
+    """The pass-through handler that claims each effect reaching it, with its stack.
+
+    This runs once per effect, so the common cases are inlined: a repr that needs no
+    cleaning, and a stack met before (``StackCache``). Entries hold only text and
+    numbers, leaving the garbage collector nothing to trace.
+    """
     from doeff import GetTraceback, Pass, do
+
+    buffer = tracer._buffer
+    now = time.time
+    slog_type = tracer._slog_type
+    by_site = tracer._stacks.by_site
+    encode_stack = tracer._stacks.encode
 
     @do  # type: ignore[untyped-decorator]
     def doeff_flow_tracer(effect: Any, k: Any) -> Any:
         frames = yield GetTraceback(k)
-        claim(effect, frames)
+        try:
+            text = repr(effect)
+            if len(text) > MAX_EFFECT_CHARS or " at 0x" in text:
+                text = render_effect(effect)
+            inner = frames[0] if frames else None
+            hit = by_site.get((inner[2], inner[1])) if inner else None
+            stack = hit[1] if hit is not None and hit[0] == frames else encode_stack(frames)
+            # An entry as RecordEncoder.running reads it.
+            entry = (text, now(), tracer.task, stack, effect if type(effect) is slog_type else None)
+            if buffer and buffer[-1] is effect:
+                buffer[-1] = entry
+                if len(buffer) > MAX_BUFFERED:
+                    tracer._hand_over()
+            else:
+                tracer._claim_earlier(effect, entry)
+        except Exception:  # tracing must never hurt the workflow
+            pass
         return (yield Pass(effect, k))
 
     return doeff_flow_tracer
