@@ -131,7 +131,7 @@ class TraceObserver:
                 # The last effect may be on its way to the handler: leave it one interval.
                 self._unclaimed_candidate = last
                 count -= 1
-            batch: list[Entry] = buffer[:count]  # type: ignore[assignment]
+            batch: list[Entry] = buffer[:count]
             del buffer[:count]
             try:
                 self._outbox.append(self._encoder.running(batch, time.time()))
