@@ -1,0 +1,176 @@
+"""The commands, and the one dispatcher that one-shot mode and the shell share
+(as supervisorctl does): a table of commands, each a function of a session and a request.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, TextIO
+
+from doeff_flow_core.records import RUNNING, UNKNOWN
+from flowctl import exitcodes
+from flowctl.connect import open_source
+from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
+from flowctl.filesource import malformed, no_record_reason
+from flowctl.options import Request
+from flowctl.render_text import history_json_line, history_line, ps_json, ps_lines
+from flowctl.source import UNREADABLE, Source
+from flowctl.watching import DashboardWatch, WatchModel, WorkflowWatch
+
+FOLLOW_POLL: Final = 0.1
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where a command writes, and whether it may take over the terminal."""
+
+    out: TextIO
+    err: TextIO
+    interactive: bool  # a terminal on both ends: watch goes full screen
+    in_shell: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    run: Callable[[Session, Request, Source], int]
+
+
+def warn(session: Session, message: str) -> None:
+    print(f"flowctl: {message}", file=session.err)
+
+
+def run_ps(session: Session, request: Request, source: Source) -> int:
+    entries = source.list_workflows()
+    if request.status is not None:
+        entries = [entry for entry in entries if entry.status == request.status]
+    now = datetime.now(UTC)
+    if request.options.json:
+        session.out.write(ps_json(entries, now) + "\n")
+    else:
+        session.out.write("".join(line + "\n" for line in ps_lines(entries, now)))
+    session.out.flush()
+    unreadable = [entry for entry in entries if entry.status == UNREADABLE]
+    for entry in unreadable:
+        warn(session, f"{entry.workflow_id}: {entry.problem}")
+    return exitcodes.BAD_TRACE if unreadable else exitcodes.OK
+
+
+def _workflow_id(request: Request) -> str:
+    if request.workflow_id is None:
+        raise UsageError("a workflow id is needed")
+    return request.workflow_id
+
+
+def run_history(session: Session, request: Request, source: Source) -> int:
+    workflow_id = _workflow_id(request)
+    render = history_json_line if request.options.json else history_line
+    if request.follow:
+        return _follow_history(session, request, source, workflow_id, render)
+    history = source.history(workflow_id, request.last)
+    session.out.write("".join(render(record) + "\n" for record in history.records))
+    session.out.flush()
+    if history.skipped:
+        warn(session, f"{workflow_id}: {malformed(history.skipped)}")
+        return exitcodes.BAD_TRACE
+    return exitcodes.OK
+
+
+def _follow_history(
+    session: Session,
+    request: Request,
+    source: Source,
+    workflow_id: str,
+    render: Callable[..., str],
+) -> int:
+    """The last records, then each new one until the workflow ends (completed, failed, lost)."""
+    feed = source.follow(workflow_id, snapshot=request.last, every_record=True)
+    try:
+        update = feed.poll(0)
+        if not update.present:
+            source.list_workflows()  # a missing trace directory is its own error
+            raise WorkflowNotFound(workflow_id, source.location)
+        if not update.records and update.skipped:
+            raise TraceUnreadable(workflow_id, no_record_reason(update.skipped))
+        latest = None
+        while True:
+            if update.records:
+                session.out.write("".join(render(r) + "\n" for r in update.records))
+                session.out.flush()
+                latest = update.records[-1]
+            if latest is not None and (
+                latest.is_terminal or source.status(latest) not in (RUNNING, UNKNOWN)
+            ):
+                return exitcodes.OK
+            update = feed.poll(FOLLOW_POLL)
+    finally:
+        feed.close()
+
+
+def run_watch(session: Session, request: Request, source: Source) -> int:
+    model: WatchModel
+    if request.workflow_id is None:
+        model = DashboardWatch(source, status_only=request.status_only)
+    else:
+        model = WorkflowWatch(source, request.workflow_id, status_only=request.status_only)
+    if session.interactive and not request.options.json:
+        from flowctl.watch_screen import run_screen
+
+        return run_screen(model, request.poll_interval, request.exit_on_complete, session.out)
+    from flowctl.watch_plain import run_plain
+
+    return run_plain(model, request.poll_interval, request.exit_on_complete, session.out)
+
+
+def run_shell(session: Session, request: Request, source: Source) -> int:
+    if session.in_shell:
+        warn(session, "already in the shell")
+        return exitcodes.USAGE
+    from flowctl.shell import run_shell_session
+
+    return run_shell_session(request.options, source)
+
+
+COMMANDS: Final = {
+    command.name: command
+    for command in (
+        Command("ps", "list workflows: status, step, age of the last update, last slog", run_ps),
+        Command("history", "the last records of a workflow (--last N, --follow)", run_history),
+        Command("watch", "watch a workflow live; with no WF, all of them", run_watch),
+        Command("shell", "the interactive shell", run_shell),
+    )
+}
+
+
+def dispatch(session: Session, request: Request, source: Source | None = None) -> int:
+    """Run ``request``; failures become one line on ``session.err`` and an exit code."""
+    command = COMMANDS.get(request.command or "")
+    if command is None:
+        warn(session, f"unknown command {request.command!r}")
+        return exitcodes.USAGE
+    try:
+        if source is None:
+            source = open_source(request.options, session.err)
+        return command.run(session, request, source)
+    except FlowctlError as exc:
+        warn(session, str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return exitcodes.INTERRUPTED
+    except BrokenPipeError:
+        return exitcodes.OK
+    except Exception as exc:  # a bug: still one line, and the traceback when asked
+        if request.options.verbose:
+            traceback.print_exc(file=session.err)
+        warn(session, f"internal error: {type(exc).__name__}: {exc}")
+        return exitcodes.INTERNAL
+
+
+def stdio_session(*, in_shell: bool = False) -> Session:
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    return Session(sys.stdout, sys.stderr, interactive, in_shell)

@@ -1,0 +1,68 @@
+"""One exception class per failure, each building its own message and naming its exit code."""
+
+from __future__ import annotations
+
+from flowctl import exitcodes
+
+
+class FlowctlError(Exception):
+    """A failure reported as one line on stderr and an exit code."""
+
+    exit_code: int = exitcodes.INTERNAL
+
+
+class UsageError(FlowctlError):
+    """Arguments that do not form a command."""
+
+    exit_code = exitcodes.USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class BadWorkflowId(FlowctlError):
+    """A workflow id that could never name a trace (refused before any path is built)."""
+
+    exit_code = exitcodes.USAGE
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+class TraceDirMissing(FlowctlError):
+    exit_code = exitcodes.NOT_FOUND
+
+    def __init__(self, location: str, detail: str = "does not exist") -> None:
+        self.location = location
+        super().__init__(
+            f"trace directory {location} {detail} (use --trace-dir DIR or set DOEFF_FLOW_TRACE_DIR)"
+        )
+
+
+class WorkflowNotFound(FlowctlError):
+    exit_code = exitcodes.NOT_FOUND
+
+    def __init__(self, workflow_id: str, location: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"no workflow {workflow_id!r} in {location}")
+
+
+class TraceUnreadable(FlowctlError):
+    """A trace that exists but holds nothing readable, or cannot be opened."""
+
+    exit_code = exitcodes.BAD_TRACE
+
+    def __init__(self, workflow_id: str, detail: str, *, io_error: bool = False) -> None:
+        self.workflow_id = workflow_id
+        if io_error:
+            self.exit_code = exitcodes.UNAVAILABLE
+        super().__init__(f"{workflow_id}: {detail}")
+
+
+class SourceUnavailable(FlowctlError):
+    """The data source as a whole cannot be read (permissions, I/O)."""
+
+    exit_code = exitcodes.UNAVAILABLE
+
+    def __init__(self, location: str, detail: str) -> None:
+        super().__init__(f"cannot read {location}: {detail}")

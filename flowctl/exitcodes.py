@@ -1,0 +1,36 @@
+"""Exit codes of ``flowctl`` and ``doeff-flow``; every command returns one of these.
+
+====  ===============  ==========================================================
+code  name             meaning
+====  ===============  ==========================================================
+0     OK               success; also leaving ``watch`` with ``q`` or Ctrl-C when
+                       ``--exit-on-complete`` was not given
+1     WORKFLOW_FAILED  ``watch --exit-on-complete``: the workflow failed or was lost
+                       (with no WF: some workflow failed or was lost)
+2     USAGE            bad arguments, an invalid workflow id, no command when not
+                       on a terminal
+3     NOT_FOUND        an unknown workflow, a missing trace directory
+4     BAD_TRACE        a trace with no readable record, or malformed lines skipped
+                       (the readable records and the other workflows are still shown)
+5     UNAVAILABLE      the trace directory or a trace cannot be read (permissions,
+                       I/O error)
+70    INTERNAL         a bug in flowctl; one line on stderr (``--verbose``: traceback)
+130   INTERRUPTED      Ctrl-C in a one-shot command; or the user left
+                       ``watch --exit-on-complete`` before the workflow ended
+====  ===============  ==========================================================
+
+Errors are reported as one line on stderr, ``flowctl: <what went wrong>``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+OK: Final = 0
+WORKFLOW_FAILED: Final = 1
+USAGE: Final = 2
+NOT_FOUND: Final = 3
+BAD_TRACE: Final = 4
+UNAVAILABLE: Final = 5
+INTERNAL: Final = 70
+INTERRUPTED: Final = 130

@@ -1,0 +1,178 @@
+"""The command line: one parser for ``flowctl``, ``doeff-flow`` and each shell line.
+
+Global options (``--trace-dir``, ``--json``, ``--socket``, ``--verbose``) are accepted
+before the command and after it (the seed's spelling: ``doeff-flow history wf-001
+--last 20 --trace-dir ./x``). Parsing never exits the process: errors raise
+``UsageError`` and ``--help`` raises ``HelpShown``, so the shell can use the same parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+from doeff_flow_core.records import ALL_STATUSES
+from flowctl.errors import UsageError
+from flowctl.source import EMPTY, UNREADABLE
+
+COMMANDS: Final = ("ps", "history", "watch", "shell")
+STATUS_CHOICES: Final = (*ALL_STATUSES, EMPTY, UNREADABLE)
+DEFAULT_LAST: Final = 10
+DEFAULT_POLL_INTERVAL: Final = 0.1
+
+
+class HelpShown(Exception):
+    """``--help`` printed the help text; the caller returns success."""
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    trace_dir: str | None = None
+    json: bool = False
+    verbose: bool = False
+    socket: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed command line."""
+
+    command: str | None
+    options: GlobalOptions
+    workflow_id: str | None = None
+    status: str | None = None  # ps --status
+    last: int = DEFAULT_LAST
+    follow: bool = False
+    exit_on_complete: bool = False
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    status_only: bool = False
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if status:
+            raise UsageError((message or "bad arguments").strip())
+        raise HelpShown()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.01 <= value <= 60:
+        raise argparse.ArgumentTypeError("must be between 0.01 and 60 seconds")
+    return value
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an option not given leaves no attribute, so a value given before the
+    # command (or the shell's own options) is not overwritten by a default after it.
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--trace-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="trace directory (default: $DOEFF_FLOW_TRACE_DIR, else .doeff-flow)",
+    )
+    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    group.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="flowd socket (used when a daemon is reachable; else files are read)",
+    )
+    group.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="say which source is used, and show tracebacks of internal errors",
+    )
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="See where running doeff workflows are: ps, history, watch, shell.",
+        epilog="Run without a command on a terminal to open the interactive shell.",
+    )
+    _add_global_options(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    ps = commands.add_parser("ps", help="list workflows: status, step, age, last slog")
+    ps.add_argument("--status", choices=STATUS_CHOICES, help="only workflows with this status")
+    _add_global_options(ps)
+
+    history = commands.add_parser("history", help="the last records of a workflow")
+    history.add_argument("workflow_id", metavar="WF")
+    history.add_argument(
+        "--last", type=_positive_int, default=DEFAULT_LAST, metavar="N", help="records (10)"
+    )
+    history.add_argument(
+        "--follow", "-f", action="store_true", help="then stream new records until it ends"
+    )
+    _add_global_options(history)
+
+    watch = commands.add_parser("watch", help="watch a workflow live (no WF: all of them)")
+    watch.add_argument("workflow_id", metavar="WF", nargs="?")
+    watch.add_argument(
+        "--exit-on-complete",
+        action="store_true",
+        help="exit 0 when it completes, 1 when it fails or is lost",
+    )
+    watch.add_argument(
+        "--poll-interval",
+        type=_interval,
+        default=DEFAULT_POLL_INTERVAL,
+        metavar="S",
+        help="seconds between checks for new records (0.1)",
+    )
+    watch.add_argument(
+        "--status-only", action="store_true", help="show the status alone, not the call chain"
+    )
+    _add_global_options(watch)
+
+    shell = commands.add_parser("shell", help="interactive shell with the same commands")
+    _add_global_options(shell)
+    return parser
+
+
+def parse(
+    parser: argparse.ArgumentParser, argv: list[str], base: GlobalOptions | None = None
+) -> Request:
+    """``argv`` as a Request; global options not given are taken from ``base``."""
+    namespace = parser.parse_args(argv)
+    values: dict[str, Any] = vars(namespace)
+    base = base or GlobalOptions()
+    options = GlobalOptions(
+        trace_dir=values.get("trace_dir", base.trace_dir),
+        json=values.get("json", base.json),
+        verbose=values.get("verbose", base.verbose),
+        socket=values.get("socket", base.socket),
+    )
+    return Request(
+        command=values.get("command"),
+        options=options,
+        workflow_id=values.get("workflow_id"),
+        status=values.get("status"),
+        last=values.get("last", DEFAULT_LAST),
+        follow=values.get("follow", False),
+        exit_on_complete=values.get("exit_on_complete", False),
+        poll_interval=values.get("poll_interval", DEFAULT_POLL_INTERVAL),
+        status_only=values.get("status_only", False),
+    )

@@ -1,0 +1,229 @@
+"""The interactive shell: the same commands through the same dispatcher, with completion
+of commands, options and workflow ids, a history file, and a bottom toolbar.
+
+Ctrl-C clears the line (and leaves a running ``watch``, back to the prompt); Ctrl-D or
+``exit`` leaves the shell.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from contextlib import redirect_stdout
+from collections.abc import Callable, Iterable
+from typing import Final, TextIO
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.output import Output
+
+from doeff_flow_core.layout import state_dir
+from flowctl import exitcodes
+from flowctl.commands import COMMANDS, Session, dispatch
+from flowctl.errors import FlowctlError, UsageError
+from flowctl.options import STATUS_CHOICES, GlobalOptions, HelpShown, build_parser, parse
+from flowctl.render_box import status_counts
+from flowctl.source import Source
+
+HISTORY_FILE: Final = "flowctl_history"
+CACHE_SECONDS: Final = 2.0
+SHELL_WORDS: Final = {"help": "this help; 'help CMD' for a command's options", "exit": "leave"}
+OPTIONS: Final = {
+    "ps": ("--status", "--json", "--trace-dir"),
+    "history": ("--last", "--follow", "--json", "--trace-dir"),
+    "watch": ("--exit-on-complete", "--poll-interval", "--status-only", "--trace-dir"),
+}
+TAKES_WORKFLOW: Final = ("history", "watch")
+
+
+class Cached:
+    """A value recomputed at most every CACHE_SECONDS (the toolbar renders on each key)."""
+
+    def __init__(self, compute: Callable[[], str | list[str]]) -> None:
+        self._compute = compute
+        self._value: str | list[str] | None = None
+        self._at = 0.0
+
+    def get(self) -> str | list[str]:
+        now = time.monotonic()
+        if self._value is None or now - self._at >= CACHE_SECONDS:
+            self._value, self._at = self._compute(), now
+        return self._value
+
+
+class FlowCompleter(Completer):
+    """Commands first; then options, ``--status`` values, directories, workflow ids."""
+
+    def __init__(self, workflow_ids: Callable[[], Iterable[str]]) -> None:
+        self._workflow_ids = workflow_ids
+        self._paths = PathCompleter(only_directories=True, expanduser=True)
+
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterable[Completion]:
+        text = document.text_before_cursor
+        words = text.split()
+        current = "" if not words or text.endswith(" ") else words[-1]
+        before = words if current == "" else words[:-1]
+        if not before:
+            yield from _matching([*COMMANDS, *SHELL_WORDS, "quit"], current)
+            return
+        command, previous = before[0], before[-1]
+        if command == "help":
+            yield from _matching(COMMANDS, current)
+        elif previous == "--status":
+            yield from _matching(STATUS_CHOICES, current)
+        elif previous == "--trace-dir":
+            yield from self._paths.get_completions(Document(current), complete_event)
+        elif current.startswith("-"):
+            yield from _matching(OPTIONS.get(command, ()), current)
+        elif command in TAKES_WORKFLOW and not _has_positional(before[1:]):
+            yield from _matching(self._workflow_ids(), current)
+
+
+def _has_positional(words: list[str]) -> bool:
+    valued = ("--last", "--poll-interval", "--status", "--trace-dir", "--socket")
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in valued:
+            skip = True
+        elif not word.startswith("-"):
+            return True
+    return False
+
+
+def _matching(candidates: Iterable[str], prefix: str) -> Iterable[Completion]:
+    for candidate in candidates:
+        if candidate.startswith(prefix):
+            yield Completion(candidate, start_position=-len(prefix))
+
+
+def open_history() -> History:
+    try:
+        directory = state_dir()
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = directory / HISTORY_FILE
+        path.touch(mode=0o600, exist_ok=True)
+        return FileHistory(str(path))
+    except OSError:
+        return InMemoryHistory()
+
+
+class FlowShell:
+    """A prompt-toolkit shell over ``source``; ``run()`` returns the exit code."""
+
+    def __init__(
+        self,
+        options: GlobalOptions,
+        source: Source,
+        *,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        interactive: bool | None = None,
+        history: History | None = None,
+        input: Input | None = None,
+        output: Output | None = None,
+    ) -> None:
+        self.options = options
+        self.source = source
+        self._parser = build_parser("flowctl")
+        out = out or sys.stdout
+        if interactive is None:
+            interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        self.session = Session(out, err or sys.stderr, interactive, in_shell=True)
+        self._ids = Cached(source.workflow_ids)
+        self._toolbar = Cached(self._toolbar_text)
+        self.prompt: PromptSession[str] = PromptSession(
+            "flowctl> ",
+            completer=FlowCompleter(self._cached_ids),
+            history=history if history is not None else open_history(),
+            bottom_toolbar=self.toolbar,
+            input=input,
+            output=output,
+        )
+
+    def _cached_ids(self) -> list[str]:
+        ids = self._ids.get()
+        return ids if isinstance(ids, list) else []
+
+    def _toolbar_text(self) -> str:
+        where = f" source: {self.source.kind} ({self.source.location})"
+        try:
+            counts = status_counts(entry.status for entry in self.source.list_workflows())
+        except FlowctlError as exc:
+            return f"{where} · {exc}"
+        return f"{where} · {counts} "
+
+    def toolbar(self) -> str:
+        return str(self._toolbar.get())
+
+    def _print(self, text: str) -> None:
+        self.session.out.write(text + "\n")
+        self.session.out.flush()
+
+    def help(self, topic: str | None = None) -> int:
+        if topic is None:
+            lines = ["commands:"]
+            lines += [f"  {c.name:<9}{c.summary}" for c in COMMANDS.values() if c.name != "shell"]
+            lines += [f"  {name:<9}{text}" for name, text in SHELL_WORDS.items()]
+            lines.append("Ctrl-C leaves a watch; Ctrl-D or 'exit' leaves the shell.")
+            self._print("\n".join(lines))
+            return exitcodes.OK
+        try:
+            with redirect_stdout(self.session.out):
+                parse(self._parser, [topic, "--help"])
+        except HelpShown:
+            return exitcodes.OK
+        except UsageError:
+            pass
+        print(f"flowctl: no command {topic!r} (try 'help')", file=self.session.err)
+        return exitcodes.USAGE
+
+    def execute(self, line: str) -> int | None:
+        """Run one line; None when it asks to leave the shell."""
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            print(f"flowctl: {exc}", file=self.session.err)
+            return exitcodes.USAGE
+        if not words:
+            return exitcodes.OK
+        if words[0] in ("exit", "quit"):
+            return None
+        if words[0] in ("help", "?"):
+            return self.help(words[1] if len(words) > 1 else None)
+        try:
+            with redirect_stdout(self.session.out):
+                request = parse(self._parser, words, base=self.options)
+        except HelpShown:
+            return exitcodes.OK
+        except UsageError as exc:
+            print(f"flowctl: {exc}", file=self.session.err)
+            return exitcodes.USAGE
+        same_source = request.options.trace_dir == self.options.trace_dir
+        return dispatch(self.session, request, self.source if same_source else None)
+
+    def run(self) -> int:
+        self._print(
+            f"flowctl shell: {self.source.kind} in {self.source.location}. "
+            "Type 'help'; Ctrl-D leaves."
+        )
+        while True:
+            try:
+                line = self.prompt.prompt()
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                return exitcodes.OK
+            if self.execute(line) is None:
+                return exitcodes.OK
+
+
+def run_shell_session(options: GlobalOptions, source: Source) -> int:
+    return FlowShell(options, source).run()

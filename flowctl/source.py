@@ -1,0 +1,134 @@
+"""The data-source interface: where flowctl gets workflows and records from.
+
+One interface, interchangeable implementations (as prompt-toolkit's ``History`` /
+``FileHistory``): ``FileSource`` reads trace files now; a daemon source will answer the
+same calls over flowd's socket. Nothing here names a file: workflows are named by id,
+and live views are ``Feed`` objects that are polled, which a socket subscription
+(a snapshot, then pushed records) implements as naturally as a file tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from doeff_flow_core import LiveTrace
+
+# Statuses of a workflow entry that has no record to derive a status from.
+EMPTY: Final = "empty"  # the trace exists but nothing complete is written yet
+UNREADABLE: Final = "unreadable"  # the trace holds no valid record, or cannot be read
+
+
+@dataclass(frozen=True)
+class WorkflowEntry:
+    """One workflow as ``ps`` lists it.
+
+    ``status`` is the effective status (``lost`` / ``unknown`` derived from a running
+    record), or EMPTY / UNREADABLE when there is no record; ``problem`` says why.
+    """
+
+    workflow_id: str
+    latest: LiveTrace | None
+    status: str
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    """The last records of one workflow, oldest first."""
+
+    workflow_id: str
+    records: tuple[LiveTrace, ...]
+    skipped: int = 0  # malformed lines met while reading them
+    torn: bool = False  # a partial last line was left out
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a ``Feed`` learned since the last poll.
+
+    ``records`` are new records, oldest first (the first update is a snapshot of the
+    latest ones). ``present`` is False while the workflow has no trace yet. ``reset``
+    says the trace was replaced or truncated: forget what was known before ``records``.
+    """
+
+    records: tuple[LiveTrace, ...] = ()
+    present: bool = True
+    reset: bool = False
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class DirectoryUpdate:
+    """What a ``DirectoryFeed`` learned: changed workflows and the ones that went away."""
+
+    changed: tuple[WorkflowEntry, ...] = ()
+    removed: tuple[str, ...] = ()
+    present: bool = True  # False while the trace directory does not exist
+    first: bool = field(default=False)  # the first update lists every workflow
+
+
+class Feed(Protocol):
+    """Live records of one workflow."""
+
+    def poll(self, timeout: float) -> Update:
+        """News since the last poll; waits up to ``timeout`` seconds when there is none."""
+        ...
+
+    def pace(self, interval: float) -> float:
+        """How long to wait before the next ``poll(0)`` when asked for ``interval``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DirectoryFeed(Protocol):
+    """Live latest records of every workflow."""
+
+    def poll(self, timeout: float) -> DirectoryUpdate: ...
+
+    def pace(self, interval: float) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Workflows and their records, from trace files or from the daemon."""
+
+    @property
+    def kind(self) -> str:
+        """``files`` or ``daemon``, as the shell's toolbar shows it."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the data comes from, for messages: a directory or a socket."""
+        ...
+
+    def list_workflows(self) -> list[WorkflowEntry]:
+        """Every workflow, sorted by id; an unreadable one is listed with its problem."""
+        ...
+
+    def workflow_ids(self) -> list[str]:
+        """The ids alone, cheaply (for completion)."""
+        ...
+
+    def history(self, workflow_id: str, last: int) -> History:
+        """The last ``last`` records (WorkflowNotFound, TraceUnreadable)."""
+        ...
+
+    def status(self, record: LiveTrace) -> str:
+        """The effective status of ``record`` now: ``lost`` when its writer is gone."""
+        ...
+
+    def follow(self, workflow_id: str, *, snapshot: int = ..., every_record: bool = False) -> Feed:
+        """A feed of the workflow's records: the last ``snapshot`` ones, then what lands.
+
+        With ``every_record`` no record is passed over (``history --follow``); without,
+        a feed that falls far behind may jump to the latest records (``watch``).
+        """
+        ...
+
+    def follow_all(self) -> DirectoryFeed:
+        """A feed of every workflow's latest record."""
+        ...

@@ -1,0 +1,30 @@
+"""``watch`` when the output is not a terminal: plain lines, one per observed change."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TextIO
+
+from flowctl import exitcodes
+from flowctl.watching import WatchModel
+
+
+def run_plain(model: WatchModel, interval: float, exit_on_complete: bool, out: TextIO) -> int:
+    """Print changes until the work ends (with ``exit_on_complete``) or Ctrl-C."""
+    timeout = 0.0
+    try:
+        while True:
+            model.tick(timeout)
+            timeout = interval
+            lines = model.plain_lines(datetime.now(UTC))
+            if lines:
+                out.write("".join(line + "\n" for line in lines))
+                out.flush()
+            if exit_on_complete:
+                code = model.outcome()
+                if code is not None:
+                    return code
+    except KeyboardInterrupt:
+        return exitcodes.INTERRUPTED if exit_on_complete else exitcodes.OK
+    finally:
+        model.close()

@@ -1,0 +1,107 @@
+"""``watch`` on a terminal: a full-screen prompt-toolkit view, redrawn when something
+changes (and once a second, for the idle time). ``q``, Esc or Ctrl-C leave it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Final, TextIO
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.layout import Layout, Window
+from prompt_toolkit.layout.controls import FormattedTextControl
+from prompt_toolkit.styles import Style
+
+from flowctl import exitcodes
+from flowctl.render_box import plain
+from flowctl.watching import WatchModel
+
+CLOCK_REFRESH: Final = 1.0
+FALLBACK_COLUMNS: Final = 80
+
+STYLE: Final = Style.from_dict(
+    {
+        "border": "#888888",
+        "title": "bold",
+        "status.running": "bold ansigreen",
+        "status.completed": "bold ansiblue",
+        "status.failed": "bold ansired",
+        "status.lost": "bold ansimagenta",
+        "status.unknown": "bold ansiyellow",
+        "status.unreadable": "ansired",
+        "waiting": "ansiyellow",
+        "function": "bold",
+        "location": "#888888",
+        "effect": "ansicyan",
+        "task": "underline",
+        "slog": "italic",
+        "idle": "ansiyellow",
+        "note": "#888888",
+    }
+)
+
+
+def run_screen(
+    model: WatchModel, interval: float, exit_on_complete: bool, out: TextIO | None = None
+) -> int:
+    """Show ``model`` full screen until the user leaves or (``exit_on_complete``) it ends.
+
+    When it ends, the last picture is printed to ``out`` so it stays on the terminal.
+    """
+    columns = FALLBACK_COLUMNS
+
+    def fragments() -> StyleAndTextTuples:
+        result: StyleAndTextTuples = []
+        for line in model.screen(columns, datetime.now(UTC)):
+            result.extend(line)
+            result.append(("", "\n"))
+        return result
+
+    bindings = KeyBindings()
+
+    @bindings.add("q")
+    @bindings.add("c-c")
+    @bindings.add("escape", eager=True)
+    def _leave(event: KeyPressEvent) -> None:
+        event.app.exit(result=None)
+
+    app: Application[int | None] = Application(
+        layout=Layout(Window(FormattedTextControl(fragments), wrap_lines=False)),
+        key_bindings=bindings,
+        style=STYLE,
+        full_screen=True,
+    )
+
+    async def poller() -> None:
+        nonlocal columns
+        drawn = 0.0
+        while True:
+            changed = model.tick(0)
+            size = app.output.get_size().columns or FALLBACK_COLUMNS
+            now = time.monotonic()
+            if changed or size != columns or now - drawn >= CLOCK_REFRESH:
+                columns, drawn = size, now
+                app.invalidate()
+            if exit_on_complete:
+                code = model.outcome()
+                if code is not None:
+                    app.exit(result=code)
+                    return
+            await asyncio.sleep(model.pace(interval))
+
+    def start() -> None:
+        app.create_background_task(poller())
+
+    try:
+        code = app.run(pre_run=start)
+    finally:
+        model.close()
+    if code is None:
+        return exitcodes.INTERRUPTED if exit_on_complete else exitcodes.OK
+    if out is not None:
+        out.write(plain(model.screen(columns, datetime.now(UTC))) + "\n")
+        out.flush()
+    return code
