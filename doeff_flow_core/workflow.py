@@ -49,30 +49,37 @@ def run_workflow(
 ) -> WorkflowResult[Any]:
     """Run ``program`` traced to ``<trace_dir>/<workflow_id>/trace.jsonl``.
 
-    Installed, outermost first: the scheduler (Spawn, Gather, ...), a reader over
+    Installed, outermost first: the scheduler (Spawn, Gather, ...), Await, a reader over
     ``env``, state over ``store``, slog capture, a memo and cache handler over
     ``storage`` (a ``DurableStorage``, e.g. ``SQLiteStorage``) when given, then
-    ``handlers`` (first outermost), then the tracer.
+    ``handlers`` (first outermost), then the tracer. Effects performed by ``handlers``
+    are recorded; the internal traffic of the handlers installed here (the memo
+    handler's storage calls, say) is not.
 
     An exception from the workflow is returned as ``result.error``, never raised;
     ``KeyboardInterrupt`` and ``SystemExit`` are recorded and re-raised. Invalid ids
     and unwritable trace directories raise before the workflow starts.
     """
     import doeff
-    from doeff_core_effects import reader, slog_discard_handler, state
+    from doeff_core_effects import await_handler, reader, slog_discard_handler, state
     from doeff_core_effects.scheduler import scheduled
 
-    stack: list[Any] = [reader(dict(env or {})), state(dict(store or {})), slog_discard_handler]
+    runtime: list[Any] = [
+        await_handler(),
+        reader(dict(env or {})),
+        state(dict(store or {})),
+        slog_discard_handler,
+    ]
     if storage is not None:
         from doeff_core_effects.cache_handlers import cache_handler
         from doeff_core_effects.memo_handlers import memo_handler
 
-        stack += [memo_handler(storage), cache_handler(storage)]
-    stack += list(handlers)
+        runtime += [memo_handler(storage), cache_handler(storage)]
 
     tracer = TraceObserver(workflow_id, trace_dir)
     try:
-        value = doeff.run(scheduled(tracer.instrument(program, stack)))
+        traced = tracer.instrument(program, handlers)
+        value = doeff.run(scheduled(doeff.with_handlers(runtime, traced)))
     except Exception as exc:
         tracer.close(exc)
         return WorkflowResult(workflow_id, None, exc, tracer.path, tracer.run_id)
