@@ -69,34 +69,40 @@ def read_last(path: str | os.PathLike[str], n: int) -> Tail:
     """The last ``n`` valid records, reading backwards from the end in blocks."""
     records: list[LiveTrace] = []
     skipped = 0
-    torn: bool | None = None  # decided on the first block that holds a newline
-    carry = b""  # the end of a line whose start lies in an earlier block
+    torn = False
+    # Drop bytes after the last newline seen: a torn last line, or the rest of a line
+    # too long to keep.
+    drop_tail = True
+    carry = b""  # a line whose start lies in an earlier block, with its newline
     with open(path, "rb") as handle:
-        position = handle.seek(0, os.SEEK_END)
+        position = end = handle.seek(0, os.SEEK_END)
         while position > 0 and len(records) < n:
             size = min(BLOCK_SIZE, position)
             position -= size
             handle.seek(position)
             data = handle.read(size) + carry
             carry = b""
-            if torn is None:
+            if position + size == end:
+                torn = not data.endswith(b"\n")
+            if drop_tail:
                 cut = data.rfind(b"\n")
                 if cut < 0:
-                    torn = None if position > 0 else bool(data)
-                    continue  # all of it belongs to a torn last line
-                torn = cut != len(data) - 1
+                    continue
                 data = data[: cut + 1]
+                drop_tail = False
             lines = data.split(b"\n")
             lines.pop()  # data ends with a newline: the last piece is empty
             if position > 0:
-                carry = lines.pop(0)
-                if len(carry) > MAX_LINE_BYTES:
-                    carry = b""  # bounded memory: give the oversized line up now
-                    skipped += 1
+                first = lines.pop(0)
+                if len(first) > MAX_LINE_BYTES:
+                    skipped += 1  # bounded memory: give the line up, skip its start
+                    drop_tail = True
+                else:
+                    carry = first + b"\n"
             parsed, bad = _parse_lines(lines)
             records[:0] = parsed
             skipped += bad
-    return Tail(tuple(records[-n:]) if n > 0 else (), skipped, bool(torn))
+    return Tail(tuple(records[-n:]) if n > 0 else (), skipped, torn)
 
 
 def read_latest(path: str | os.PathLike[str]) -> LiveTrace | None:

@@ -98,14 +98,6 @@ def test_malformed_lines_are_counted_not_raised(tmp_path: Path) -> None:
     assert chunk.skipped == 4
 
 
-READ_LAST_LOSES_STRADDLING_LINES = pytest.mark.xfail(
-    strict=True,
-    reason="read_last drops a line that straddles two read blocks (the carried line is "
-    "popped as if it were the empty piece after a newline), and raises IndexError "
-    "when a block holds no newline (a line longer than 64 KiB)",
-)
-
-
 def big_records(count: int) -> list[bytes]:
     """``count`` records of ~9 KiB: lines straddle the reader's 64 KiB blocks."""
     return [record(i, 9000 + 37 * i) for i in range(1, count + 1)]
@@ -118,7 +110,6 @@ def test_read_last_within_the_last_block(tmp_path: Path) -> None:
         assert steps(read_last(path, n).records) == list(range(31 - n, 31))
 
 
-@READ_LAST_LOSES_STRADDLING_LINES
 def test_read_last_across_block_boundaries(tmp_path: Path) -> None:
     path = write(tmp_path / "t.jsonl", *big_records(30))
     wrong = {}
@@ -129,7 +120,6 @@ def test_read_last_across_block_boundaries(tmp_path: Path) -> None:
     assert wrong == {}
 
 
-@READ_LAST_LOSES_STRADDLING_LINES
 def test_lines_longer_than_a_block(tmp_path: Path) -> None:
     big = 3 * BLOCK_SIZE
     path = write(tmp_path / "t.jsonl", record(1), record(2, big), record(3), record(4, big))
@@ -145,7 +135,6 @@ def test_torn_line_longer_than_a_block(tmp_path: Path) -> None:
     assert tail.torn is True
 
 
-@READ_LAST_LOSES_STRADDLING_LINES
 def test_oversized_line_is_skipped(tmp_path: Path) -> None:
     path = write(tmp_path / "t.jsonl", record(1), record(2, MAX_LINE_BYTES + 10), record(3))
     assert steps(read_from(path, 0).records) == [1, 3]
@@ -154,7 +143,6 @@ def test_oversized_line_is_skipped(tmp_path: Path) -> None:
     assert tail.skipped == 1
 
 
-@READ_LAST_LOSES_STRADDLING_LINES
 @settings(max_examples=40, deadline=None)
 @given(
     lines=st.lists(
