@@ -1,0 +1,195 @@
+"""The record model: tracer lines parse and round-trip to the same JSON; rendering effects."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from doeff import EffectBase, Get, Put, do, slog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_core_recording import carry_handler, carrying, fail_top, fan_out, self_handled
+
+from doeff_flow_core import LiveTrace, SlogLine, TraceFrame, parse_record, run_workflow
+from doeff_flow_core.clock import IsoClock, parse_timestamp
+from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
+
+
+@do
+def awkward_text() -> Any:
+    yield slog('quote " backslash \\ newline \n tab \t', city="Zürich", emoji="🌊")
+    value = yield Get("ключ")
+    yield Put("ключ", f"{value}-é\u2028")
+    return {"ü": value, "nested": [1, (2, "三")]}
+
+
+WORKFLOWS = [
+    ("awkward", awkward_text, {"ключ": "значение"}, ()),
+    ("spawn", fan_out, {"k2": 1, "k3": 2}, ()),
+    ("inner", self_handled, {"x": 1}, ()),
+    ("carry", carrying, {}, (carry_handler,)),
+    ("failed", fail_top, {"x": 1}, ()),
+]
+
+
+@pytest.fixture(scope="module")
+def tracer_lines(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Every line the tracer wrote for a handful of real workflows."""
+    trace_dir = tmp_path_factory.mktemp("round-trip")
+    lines: list[str] = []
+    for name, workflow, store, handlers in WORKFLOWS:
+        result = run_workflow(workflow(), name, trace_dir, store=store, handlers=handlers)
+        text = result.trace_path.read_text(encoding="utf-8")
+        assert text.endswith("\n")
+        lines += text.splitlines(keepends=True)
+    assert len(lines) > 20
+    return lines
+
+
+def without_times(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in ("started_at", "updated_at")}
+
+
+def test_tracer_lines_parse_and_round_trip_all_but_timestamps(tracer_lines: list[str]) -> None:
+    for line in tracer_lines:
+        data = json.loads(line)
+        record = parse_record(line)
+        assert record == LiveTrace.from_dict(data)
+        again = record.to_dict()
+        assert list(again) == list(data)  # same fields, same order
+        assert without_times(again) == without_times(data)
+        for key in ("started_at", "updated_at"):
+            assert parse_timestamp(again[key]) == parse_timestamp(data[key])
+
+
+TIMESTAMPS_DO_NOT_ROUND_TRIP = pytest.mark.xfail(
+    strict=True,
+    reason="the tracer writes times to the millisecond ('...:05.123+00:00') but "
+    "LiveTrace.to_dict writes datetime.isoformat() ('...:05.123000+00:00', and no "
+    "fraction at all on a whole second), so a parsed record does not give back its line",
+)
+
+
+@TIMESTAMPS_DO_NOT_ROUND_TRIP
+def test_tracer_lines_round_trip_exactly(tracer_lines: list[str]) -> None:
+    for line in tracer_lines:
+        data = json.loads(line)
+        assert LiveTrace.from_dict(data).to_dict() == data
+        assert LiveTrace.from_dict(data).to_json() + "\n" == line
+
+
+@TIMESTAMPS_DO_NOT_ROUND_TRIP
+@pytest.mark.parametrize("ts", [1_700_000_000.0, 1_700_000_000.5, 1_700_000_000.123456])
+def test_clock_text_round_trips_through_a_record(ts: float) -> None:
+    text = IsoClock().format(ts)
+    now = parse_timestamp(text)
+    data = LiveTrace("wf", 1, "running", None, (), now, now).to_dict()
+    data["started_at"] = data["updated_at"] = text
+    again = LiveTrace.from_dict(data).to_dict()
+    assert (again["started_at"], again["updated_at"]) == (text, text)
+
+
+def test_clock_writes_utc_with_offset() -> None:
+    text = IsoClock().format(1_700_000_000.25)
+    parsed = parse_timestamp(text)
+    assert text.endswith("+00:00")
+    assert parsed == datetime(2023, 11, 14, 22, 13, 20, 250000, tzinfo=UTC)
+
+
+texts = st.text(max_size=40)
+frames = st.builds(
+    TraceFrame,
+    function=texts,
+    file=texts,
+    line=st.integers(min_value=0, max_value=10**6),
+    code=st.none() | texts,
+)
+# To the millisecond, as the tracer writes them.
+times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+slogs = st.none() | st.builds(SlogLine, msg=texts, fields=st.dictionaries(texts, texts))
+opt_int = st.none() | st.integers(min_value=0, max_value=2**31)
+records = st.builds(
+    LiveTrace,
+    workflow_id=st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True),
+    step=st.integers(min_value=0, max_value=2**40),
+    status=st.sampled_from(["running", "completed", "failed"]),
+    current_effect=st.none() | texts,
+    trace=st.lists(frames, max_size=4).map(tuple),
+    started_at=times,
+    updated_at=times,
+    error=st.none() | texts,
+    result=st.none() | texts,
+    last_slog=slogs,
+    task=opt_int,
+    pid=opt_int,
+    host=st.none() | texts,
+    run=st.none() | texts,
+    trace_exact=st.booleans(),
+    pid_start=opt_int,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(records)
+def test_any_record_round_trips_through_its_json(record: LiveTrace) -> None:
+    line = record.to_json()
+    assert "\n" not in line
+    assert parse_record(line) == record
+    assert json.loads(line) == record.to_dict()
+    assert LiveTrace.from_dict(json.loads(line)).to_json() == line
+
+
+# -- rendering effects ------------------------------------------------------------------
+
+
+class Plain(EffectBase):  # type: ignore[misc]
+    def __init__(self, **fields: object) -> None:
+        super().__init__()
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+class Default:
+    pass
+
+
+def _helper() -> None:  # pragma: no cover - only its repr is used
+    pass
+
+
+@pytest.mark.parametrize(
+    ("effect", "expected"),
+    [
+        (Get("k"), "Get('k')"),
+        (Put("k", [1, 2]), "Put('k', [1, 2])"),
+        (Plain(a=1, _hidden=2), "Plain(a=1)"),
+        (Plain(obj=Default()), "Plain(obj=Default)"),
+        (Plain(fn=_helper), "Plain(fn=_helper)"),
+        (Plain(bad=BadRepr()), "Plain(bad=<BadRepr: repr failed: RuntimeError>)"),
+    ],
+    ids=["get", "put", "private-hidden", "object", "function", "broken-repr"],
+)
+def test_effects_render_readably(effect: object, expected: str) -> None:
+    assert render_effect(effect) == expected
+
+
+def test_long_effects_are_bounded() -> None:
+    text = render_effect(Plain(a="x" * 10_000, b=list(range(1000))))
+    assert len(text) <= MAX_EFFECT_CHARS
+    assert text.startswith("Plain(a='xxx")
+    assert "…" in text  # fields are clipped one by one, then the whole
+    assert len(render_effect(Get("k" * 10_000))) <= MAX_EFFECT_CHARS
+
+
+def test_no_rendering_shows_an_address() -> None:
+    for effect in (Plain(), Plain(o=object(), d=Default(), f=_helper, c=Default), Default()):
+        assert " at 0x" not in render_effect(effect)
