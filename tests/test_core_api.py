@@ -198,13 +198,6 @@ print(json.dumps({"value": result.value, "error": repr(result.error), "run": res
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_workflow(storage=...) cannot run: memo_handler is written in Hy and needs "
-    "doeff[hy], which the project does not depend on (MissingExtraError); with doeff[hy] "
-    "SQLiteStorage performs Await and run_workflow installs no await_handler "
-    "(UnhandledEffect: Await)",
-)
 def test_rerun_after_kill_answers_finished_steps_from_storage(
     tmp_path: Path, start_python: Callable[..., Any]
 ) -> None:
