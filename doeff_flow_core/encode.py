@@ -113,8 +113,11 @@ class RecordEncoder:
     def _note_slog(self, effect: Any) -> None:
         msg = clip(str(getattr(effect, "msg", "")), MAX_SLOG_CHARS)
         kwargs = getattr(effect, "kwargs", None) or {}
+        # Text fields as themselves (``source=users``), anything else as its repr.
         fields = ",".join(
-            f"{json_str(str(k))}:{json_str(render_value(v))}" for k, v in kwargs.items()
+            f"{json_str(str(k))}:"
+            f"{json_str(clip(v, MAX_SLOG_CHARS) if isinstance(v, str) else render_value(v))}"
+            for k, v in kwargs.items()
         )
         self._slog = f'{{"msg":{json_str(msg)},"fields":{{{fields}}}}}'
 
