@@ -108,9 +108,13 @@ def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.0
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every complete line of a JSON Lines file, parsed."""
+    """Every complete line of a JSON Lines file, parsed.
+
+    Lines end at "\n" only: ``str.splitlines`` would also split at U+0085 and U+2028,
+    which JSON strings may hold unescaped.
+    """
     text = Path(path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+    return [json.loads(line) for line in text.split("\n")[:-1]]
 
 
 def line_of(function: Callable[..., object], marker: str) -> int:

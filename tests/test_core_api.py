@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import read_jsonl, run_python, wait_until
+from conftest import read_jsonl, wait_until
 from doeff import Ask, EffectBase, Get, Pass, Put, Resume, do, handler
 
 from doeff_flow_core import (
@@ -157,7 +157,14 @@ from doeff import do, slog
 from doeff_core_effects.storage import SQLiteStorage
 from doeff_flow_core import run_workflow
 
-base, block_at = Path(sys.argv[1]), int(sys.argv[2])
+base, block_at, go = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+storage = SQLiteStorage(base / "memo.sqlite")
+
+# Warm up (doeff's memo handler is Hy, compiled on import: seconds), then wait for the go.
+from doeff_core_effects.memo_handlers import memo_handler
+memo_handler(storage)
+while go != "-" and not Path(go).exists():
+    time.sleep(0.005)
 
 # The effects doeff's @cache performs (MemoExists / MemoGet / MemoPut); @cache itself lives
 # in a Hy-backed module whose import alone takes seconds.
@@ -192,8 +199,7 @@ def main():
         out.append((yield step(i)))
     return out
 
-result = run_workflow(main(), "wf-durable", base / "traces",
-                      storage=SQLiteStorage(base / "memo.sqlite"))
+result = run_workflow(main(), "wf-durable", base / "traces", storage=storage)
 print(json.dumps({"value": result.value, "error": repr(result.error), "run": result.run_id}))
 """
 
@@ -201,8 +207,11 @@ print(json.dumps({"value": result.value, "error": repr(result.error), "run": res
 def test_rerun_after_kill_answers_finished_steps_from_storage(
     tmp_path: Path, start_python: Callable[..., Any]
 ) -> None:
-    first = start_python(DURABLE_WORKFLOW, tmp_path, 2)
-    assert wait_until(lambda: (tmp_path / "blocked").exists() or first.poll() is not None, 20)
+    go = tmp_path / "go"
+    # The second run starts warming up now, and runs once the first is killed.
+    second = start_python(DURABLE_WORKFLOW, tmp_path, -1, go)
+    first = start_python(DURABLE_WORKFLOW, tmp_path, 2, "-")
+    assert wait_until(lambda: (tmp_path / "blocked").exists() or first.poll() is not None, 30)
     if not (tmp_path / "blocked").exists():
         _, stderr = first.communicate()
         raise AssertionError(f"the first run never reached step 2: {stderr[-2000:]}")
@@ -212,9 +221,10 @@ def test_rerun_after_kill_answers_finished_steps_from_storage(
     first.wait()
     assert (tmp_path / "ran.log").read_text().split() == ["0", "1", "2"]
 
-    second = run_python(DURABLE_WORKFLOW, tmp_path, -1)
-    assert second.returncode == 0, second.stderr
-    outcome = json.loads(second.stdout)
+    go.touch()
+    stdout, stderr = second.communicate(timeout=60)
+    assert second.returncode == 0, stderr
+    outcome = json.loads(stdout)
     assert outcome["value"] == [0, 10, 20, 30], outcome
     # Steps 0 and 1 finished before the kill: their bodies did not run again.
     assert (tmp_path / "ran.log").read_text().split() == ["0", "1", "2", "2", "3"]

@@ -244,7 +244,7 @@ def test_trace_is_outermost_first_with_exact_lines(tmp_path: Path, run: Runner) 
 @runners
 def test_slog_becomes_last_slog_of_later_records(tmp_path: Path, run: Runner) -> None:
     outcome = run(pipeline(), tmp_path, {"x": 10})
-    start = {"msg": "start", "fields": {"phase": "'load'", "n": "2"}}
+    start = {"msg": "start", "fields": {"phase": "load", "n": "2"}}  # text as itself
     done = {"msg": "done", "fields": {"total": "20"}}
     assert [r["last_slog"] for r in outcome.records] == [start] * 5 + [done] * 2
 
