@@ -12,7 +12,12 @@ from doeff_flow_core.errors import (
     WorkflowFailed,
 )
 from doeff_flow_core.ids import validate_workflow_id
-from doeff_flow_core.layout import default_trace_dir, trace_file, workflow_dir
+from doeff_flow_core.layout import (
+    default_socket_path,
+    default_trace_dir,
+    trace_file,
+    workflow_dir,
+)
 from doeff_flow_core.liveness import effective_status
 from doeff_flow_core.reader import (
     Tail,
@@ -39,6 +44,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowResult",
     "WorkflowSummary",
+    "default_socket_path",
     "default_trace_dir",
     "effective_status",
     "follow",
