@@ -1,0 +1,175 @@
+"""Helpers shared by the flowctl tests (no tests here): a real doeff program that writes
+real traces in a subprocess, and ways to run ``flowctl`` / ``doeff-flow`` as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import python_env, run_python
+
+# One program, several behaviours: argv = trace_dir, then (workflow_id, mode, arg) triples.
+#   complete  nested calls, state, slog; returns 30
+#   fail      the same, then raises with hostile text in the message
+#   block     a few effects, then blocks in Slow(arg) (default 60 s)
+#   paced     arg steps of slog + Slow(0.15), then completes
+#   tasks     two spawned workers interleaving arg steps each (Await), gathered
+PROGRAM = r"""
+import asyncio, sys, time
+from doeff import Await, EffectBase, Gather, Get, Put, Resume, Spawn, do, handler, slog
+from doeff_flow_core import run_workflow
+
+HOSTILE = "bad \x1b[2J\x1b]0;pwned\x07 input\r\u202eevil"
+
+class Slow(EffectBase):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+@handler
+def slow_handler(effect: Slow, k):
+    time.sleep(effect.seconds)
+    return (yield Resume(k, None))
+
+@do
+def call_api(key):
+    value = yield Get(key)
+    yield Put(key, (value or 0) + 10)
+    return (value or 0) + 10
+
+@do
+def process_step(i):
+    yield slog("processing", step=i)
+    return (yield call_api("total"))
+
+@do
+def main_workflow(mode, arg):
+    result = 0
+    for i in range(3):
+        result = yield process_step(i)
+    if mode == "fail":
+        raise ValueError(HOSTILE)
+    if mode == "block":
+        yield slog("waiting for the model")
+        yield Slow(arg or 60)
+    if mode in ("paced", "paced-fail"):
+        for i in range(int(arg)):
+            yield slog("paced", i=i)
+            yield Slow(0.15)
+        if mode == "paced-fail":
+            raise RuntimeError("paced failure")
+    return result
+
+@do
+def worker(name, n):
+    for i in range(n):
+        yield slog("working", name=name, i=i)
+        yield Await(asyncio.sleep(0.15))
+    return name
+
+@do
+def tasks_workflow(n):
+    first = yield Spawn(worker("a", n))
+    second = yield Spawn(worker("b", n))
+    return (yield Gather(first, second))
+
+trace_dir = sys.argv[1]
+for i in range(2, len(sys.argv), 3):
+    workflow_id, mode, arg = sys.argv[i], sys.argv[i + 1], float(sys.argv[i + 2])
+    program = tasks_workflow(int(arg)) if mode == "tasks" else main_workflow(mode, arg)
+    run_workflow(program, workflow_id, trace_dir, handlers=[slow_handler])
+"""
+
+
+def workflow_args(trace_dir: Path, *specs: tuple[str, str, float]) -> list[object]:
+    args: list[object] = [trace_dir]
+    for workflow_id, mode, arg in specs:
+        args += [workflow_id, mode, arg]
+    return args
+
+
+def write_traces(
+    trace_dir: Path, *specs: tuple[str, str, float], env: dict[str, str] | None = None
+) -> None:
+    """Run the program to the end for each (workflow_id, mode, arg), in one process."""
+    done = run_python(PROGRAM, *workflow_args(trace_dir, *specs), env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def start_workflow(
+    start: Callable[..., subprocess.Popen[str]],
+    trace_dir: Path,
+    workflow_id: str,
+    mode: str,
+    arg: float = 0,
+) -> subprocess.Popen[str]:
+    return start(PROGRAM, *workflow_args(trace_dir, (workflow_id, mode, arg)))
+
+
+def flowctl_command(*args: object, seed: bool = False) -> list[str]:
+    if seed:
+        code = "import sys; from flowctl.cli import seed_main; sys.exit(seed_main())"
+        return [sys.executable, "-c", code, *map(str, args)]
+    return [sys.executable, "-m", "flowctl", *map(str, args)]
+
+
+def flowctl(
+    *args: object,
+    seed: bool = False,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``flowctl ARGS`` (or ``doeff-flow ARGS``) as a process, output captured."""
+    return subprocess.run(
+        flowctl_command(*args, seed=seed),
+        cwd=cwd,
+        env=python_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def record_line(workflow_id: str = "wf-x", step: int = 1, **fields: Any) -> str:
+    """One trace line as the core writes it, fields overridable."""
+    record: dict[str, Any] = {
+        "workflow_id": workflow_id,
+        "step": step,
+        "status": "running",
+        "current_effect": "Get('k')",
+        "trace": [{"function": "main", "file": "/w/flow.py", "line": 3, "code": None}],
+        "started_at": "2026-01-01T12:00:00.000000+00:00",
+        "updated_at": "2026-01-01T12:00:01.000000+00:00",
+        "error": None,
+        "result": None,
+        "last_slog": None,
+        "task": None,
+        "pid": None,
+        "host": None,
+        "run": "run1",
+        "trace_exact": True,
+        "pid_start": None,
+    }
+    record.update(fields)
+    return json.dumps(record) + "\n"
+
+
+def put_trace(trace_dir: Path, workflow_id: str, text: str | bytes) -> Path:
+    path = trace_dir / workflow_id / "trace.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    return path
