@@ -160,28 +160,15 @@ from doeff_flow_core import run_workflow
 base, block_at, go = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 storage = SQLiteStorage(base / "memo.sqlite")
 
-# Warm up (doeff's memo handler is Hy, compiled on import: seconds), then wait for the go.
+# Warm up (doeff's @cache and memo handler are Hy, compiled on import: seconds), then wait
+# for the go.
+from doeff_core_effects.cache import cache
 from doeff_core_effects.memo_handlers import memo_handler
 memo_handler(storage)
 while go != "-" and not Path(go).exists():
     time.sleep(0.005)
 
-# The effects doeff's @cache performs (MemoExists / MemoGet / MemoPut); @cache itself lives
-# in a Hy-backed module whose import alone takes seconds.
-from doeff_core_effects.memo_effects import MemoExists, MemoGet, MemoPut
-
-def memo(func):
-    @do
-    def cached(*args):
-        key = (func.__name__, args)
-        if (yield MemoExists(key)):
-            return (yield MemoGet(key))
-        value = yield func(*args)
-        yield MemoPut(key, value)
-        return value
-    return cached
-
-@memo
+@cache()
 @do
 def step(i):
     with open(base / "ran.log", "a") as log:
