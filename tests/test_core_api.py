@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,16 @@ def test_environment_is_untouched_by_run_workflow(tmp_path: Path) -> None:
     before = dict(os.environ)
     run_workflow(small(), "wf-env-untouched", tmp_path)
     assert dict(os.environ) == before
+
+
+def test_run_workflow_leaves_nothing_behind(tmp_path: Path) -> None:
+    from doeff_core_effects import scheduler
+
+    sink = scheduler.scheduler_trace_sink()
+    fds = set(os.listdir("/proc/self/fd"))
+    threads = set(threading.enumerate())
+    run_workflow(small(), "wf-clean", tmp_path)
+    run_workflow(asks_missing(), "wf-clean", tmp_path)
+    assert set(os.listdir("/proc/self/fd")) == fds  # the trace file is closed
+    assert wait_until(lambda: set(threading.enumerate()) == threads, 2)  # no flusher left
+    assert scheduler.scheduler_trace_sink() is sink  # the task-event sink is put back

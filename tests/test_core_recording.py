@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,7 @@ def test_spawned_tasks_carry_task_ids(tmp_path: Path, run: Runner) -> None:
     spawns = [r for r in records if r["current_effect"].startswith("Spawn(")]
     gathers = [r for r in records if r["current_effect"].startswith("Gather(")]
     assert len(spawns) == 2 and len(gathers) == 1
+    assert len(records) == 7  # 2 Spawn, 2 x (slog, Get), Gather: nothing more, nothing twice
     spawn_line = ("fan_out", HERE, line_of(fan_out, "yield Spawn("))
     for record in spawns:
         assert record["task"] is None
@@ -390,3 +392,24 @@ def test_rerun_appends_a_second_run(tmp_path: Path, run: Runner) -> None:
     assert check_run(by_run[0])["status"] == "completed"
     assert check_run(by_run[1])["status"] == "failed"
     assert by_run[1][0]["started_at"] >= by_run[0][-1]["started_at"]
+
+
+def test_two_workflows_traced_at_once_in_two_threads(tmp_path: Path) -> None:
+    results: dict[str, Any] = {}
+
+    def run_one(name: str) -> None:
+        results[name] = run_workflow(fan_out(), name, tmp_path, store={"k2": 1, "k3": 1})
+
+    threads = [threading.Thread(target=run_one, args=(name,)) for name in ("wf-t1", "wf-t2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in ("wf-t1", "wf-t2"):
+        assert results[name].value == [2, 3]
+        records = read_jsonl(results[name].trace_path)
+        assert {r["workflow_id"] for r in records} == {name}
+        assert check_run(records)["result"] == "[2, 3]"
+        workers = [r for r in records if "worker" in {f["function"] for f in r["trace"]}]
+        assert len(workers) == 4
+        assert all(isinstance(r["task"], int) for r in workers)
