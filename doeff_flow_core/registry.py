@@ -24,7 +24,7 @@ def registered_trace_dirs() -> list[Path]:
     except OSError:
         return []
     seen: dict[str, None] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if line.startswith("/"):
             seen.setdefault(line, None)
     return [Path(p) for p in seen]

@@ -250,12 +250,6 @@ def test_run_workflow_leaves_nothing_behind(tmp_path: Path) -> None:
     assert scheduler.scheduler_trace_sink() is sink  # the task-event sink is put back
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry.registered_trace_dirs splits the registry with str.splitlines, which "
-    "also breaks at U+0085 and U+2028: a trace directory whose name holds one is never "
-    "found, and every run appends it again",
-)
 def test_registry_keeps_a_directory_with_a_unicode_line_separator(tmp_path: Path) -> None:
     odd = tmp_path / "traces\u2028odd"
     run_workflow(small(), "wf-odd", odd)

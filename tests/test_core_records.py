@@ -64,15 +64,6 @@ def test_tracer_lines_parse_and_round_trip_all_but_timestamps(tracer_lines: list
             assert parse_timestamp(again[key]) == parse_timestamp(data[key])
 
 
-TIMESTAMPS_DO_NOT_ROUND_TRIP = pytest.mark.xfail(
-    strict=True,
-    reason="the tracer writes times to the millisecond ('...:05.123+00:00') but "
-    "LiveTrace.to_dict writes datetime.isoformat() ('...:05.123000+00:00', and no "
-    "fraction at all on a whole second), so a parsed record does not give back its line",
-)
-
-
-@TIMESTAMPS_DO_NOT_ROUND_TRIP
 def test_tracer_lines_round_trip_exactly(tracer_lines: list[str]) -> None:
     for line in tracer_lines:
         data = json.loads(line)
@@ -80,7 +71,6 @@ def test_tracer_lines_round_trip_exactly(tracer_lines: list[str]) -> None:
         assert LiveTrace.from_dict(data).to_json() + "\n" == line
 
 
-@TIMESTAMPS_DO_NOT_ROUND_TRIP
 @pytest.mark.parametrize("ts", [1_700_000_000.0, 1_700_000_000.5, 1_700_000_000.123456])
 def test_clock_text_round_trips_through_a_record(ts: float) -> None:
     text = IsoClock().format(ts)
