@@ -9,27 +9,18 @@ socket is still resolved (``--socket``, ``$DOEFF_FLOW_SOCKET``,
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TextIO
 
 from doeff_flow_core import default_trace_dir
+from doeff_flow_core.layout import default_socket_path
 from flowctl.filesource import FileSource
 from flowctl.options import GlobalOptions
 from flowctl.source import Source
 
-SOCKET_ENV = "DOEFF_FLOW_SOCKET"
-
 
 def socket_path(explicit: str | None) -> Path:
-    if explicit:
-        return Path(explicit)
-    if os.environ.get(SOCKET_ENV):
-        return Path(os.environ[SOCKET_ENV])
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "doeff-flow" / "flowd.sock"
-    return Path(f"/tmp/doeff-flow-{os.getuid()}") / "flowd.sock"
+    return Path(explicit) if explicit else default_socket_path()
 
 
 def open_source(options: GlobalOptions, err: TextIO) -> Source:

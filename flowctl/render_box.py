@@ -236,9 +236,10 @@ def dashboard(
 ) -> list[Line]:
     """Every workflow: the ps columns, then its call chain and effect, result or error."""
     header: Line = [
-        ("class:title", f"doeff-flow · {safe(source)} · "),
+        ("class:title", "doeff-flow · "),
         ("", status_counts(e.status for e in entries)),
-        ("class:updated", f" · {clock(now)[:8]}"),
+        ("class:updated", f" · {clock(now)[:8]} · "),
+        ("class:note", safe(source)),
     ]
     lines: list[Line] = [header, []]
     if not present:

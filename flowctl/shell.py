@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from contextlib import redirect_stdout
 from collections.abc import Callable, Iterable
+from contextlib import redirect_stdout
 from typing import Final, TextIO
 
 from prompt_toolkit import PromptSession

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -173,3 +174,43 @@ def put_trace(trace_dir: Path, workflow_id: str, text: str | bytes) -> Path:
         text = text.encode()
     path.write_bytes(text)
     return path
+
+
+class Tmux:
+    """A private tmux server running one command in a real pseudo-terminal."""
+
+    def __init__(self, name: str, command: list[str], columns: int = 100, rows: int = 40) -> None:
+        self._base = ["/usr/bin/tmux", "-L", f"{name}-{os.getpid()}", "-f", "/dev/null"]
+        env = python_env()
+        exports = [f"{key}={env[key]}" for key in ("PYTHONPATH", "XDG_STATE_HOME") if key in env]
+        shell = " ".join(shlex.quote(part) for part in ["env", *exports, *command])
+        # Keep the pane after the command ends, so its exit code can be read.
+        self._run(
+            "new-session",
+            "-d",
+            "-x",
+            str(columns),
+            "-y",
+            str(rows),
+            f"{shell}; echo EXIT=$?; sleep 60",
+        )
+
+    def _run(self, *args: str) -> str:
+        done = subprocess.run([*self._base, *args], capture_output=True, text=True, check=False)
+        return done.stdout
+
+    def screen(self) -> str:
+        return self._run("capture-pane", "-p")
+
+    def keys(self, *keys: str) -> None:
+        self._run("send-keys", *keys)
+
+    def wait_for(self, text: str, timeout: float = 20) -> str:
+        from conftest import wait_until
+
+        found = wait_until(lambda: text in (screen := self.screen()) and screen, timeout, 0.05)
+        assert found, f"{text!r} never appeared; screen:\n{self.screen()}"
+        return str(found)
+
+    def close(self) -> None:
+        self._run("kill-server")
