@@ -1,7 +1,7 @@
 """A workflow that fails: the trace ends with ``failed``, the error and the raise site.
 
-    python examples/failure.py
-    flowctl history wf-fail
+python examples/failure.py
+flowctl history wf-fail
 """
 
 from __future__ import annotations

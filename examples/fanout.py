@@ -1,7 +1,7 @@
 """Concurrent tasks: each ``Spawn``ed task's effects are recorded with its task id.
 
-    python examples/fanout.py
-    flowctl watch wf-fanout      # one sub-tree per live task
+python examples/fanout.py
+flowctl watch wf-fanout      # one sub-tree per live task
 """
 
 from __future__ import annotations

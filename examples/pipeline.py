@@ -1,7 +1,7 @@
 """A nested pipeline that reports its progress with slog: something to watch.
 
-    python examples/pipeline.py [--workflow-id etl-001] [--delay 0.3]
-    flowctl watch etl-001        # in another terminal, while it runs
+python examples/pipeline.py [--workflow-id etl-001] [--delay 0.3]
+flowctl watch etl-001        # in another terminal, while it runs
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The quick start: run a workflow with a live trace.
 
-    python examples/quickstart.py
-    flowctl history wf-001
+python examples/quickstart.py
+flowctl history wf-001
 """
 
 from __future__ import annotations
