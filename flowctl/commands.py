@@ -114,10 +114,11 @@ def _follow_history(
 
 def run_watch(session: Session, request: Request, source: Source) -> int:
     model: WatchModel
+    as_json, status_only = request.options.json, request.status_only
     if request.workflow_id is None:
-        model = DashboardWatch(source, status_only=request.status_only)
+        model = DashboardWatch(source, status_only=status_only, as_json=as_json)
     else:
-        model = WorkflowWatch(source, request.workflow_id, status_only=request.status_only)
+        model = WorkflowWatch(source, request.workflow_id, status_only=status_only, as_json=as_json)
     if session.interactive and not request.options.json:
         from flowctl.watch_screen import run_screen
 

@@ -139,14 +139,7 @@ class FlowShell:
         self.session = Session(out, err or sys.stderr, interactive, in_shell=True)
         self._ids = Cached(source.workflow_ids)
         self._toolbar = Cached(self._toolbar_text)
-        self.prompt: PromptSession[str] = PromptSession(
-            "flowctl> ",
-            completer=FlowCompleter(self._cached_ids),
-            history=history if history is not None else open_history(),
-            bottom_toolbar=self.toolbar,
-            input=input,
-            output=output,
-        )
+        self._history, self._input, self._output = history, input, output
 
     def _cached_ids(self) -> list[str]:
         ids = self._ids.get()
@@ -209,14 +202,33 @@ class FlowShell:
         same_source = request.options.trace_dir == self.options.trace_dir
         return dispatch(self.session, request, self.source if same_source else None)
 
+    def run_lines(self, lines: Iterable[str]) -> int:
+        """Commands read from a file or pipe, one a line, no prompt: the last one's code."""
+        code = exitcodes.OK
+        for line in lines:
+            result = self.execute(line)
+            if result is None:
+                break
+            code = result
+        return code
+
     def run(self) -> int:
+        """The interactive loop, until Ctrl-D or ``exit``."""
+        prompt: PromptSession[str] = PromptSession(
+            "flowctl> ",
+            completer=FlowCompleter(self._cached_ids),
+            history=self._history if self._history is not None else open_history(),
+            bottom_toolbar=self.toolbar,
+            input=self._input,
+            output=self._output,
+        )
         self._print(
             f"flowctl shell: {self.source.kind} in {self.source.location}. "
             "Type 'help'; Ctrl-D leaves."
         )
         while True:
             try:
-                line = self.prompt.prompt()
+                line = prompt.prompt()
             except KeyboardInterrupt:
                 continue
             except EOFError:
@@ -226,4 +238,5 @@ class FlowShell:
 
 
 def run_shell_session(options: GlobalOptions, source: Source) -> int:
-    return FlowShell(options, source).run()
+    shell = FlowShell(options, source)
+    return shell.run() if sys.stdin.isatty() else shell.run_lines(sys.stdin)

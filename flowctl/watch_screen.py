@@ -1,10 +1,13 @@
 """``watch`` on a terminal: a full-screen prompt-toolkit view, redrawn when something
-changes (and once a second, for the idle time). ``q``, Esc or Ctrl-C leave it."""
+changes (and once a second, for the idle time). ``q``, Esc or Ctrl-C leave it; the
+arrows, j/k, PageUp/PageDown, space/b, Home/End and g/G scroll a view taller than
+the terminal."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
@@ -52,15 +55,39 @@ def run_screen(
     When it ends, the last picture is printed to ``out`` so it stays on the terminal.
     """
     columns = FALLBACK_COLUMNS
+    top = 0  # the first line shown, for screens taller than the terminal
 
     def fragments() -> StyleAndTextTuples:
+        nonlocal top
+        lines = model.screen(columns, datetime.now(UTC))
+        rows = app.output.get_size().rows or len(lines)
+        top = max(0, min(top, len(lines) - rows))
         result: StyleAndTextTuples = []
-        for line in model.screen(columns, datetime.now(UTC)):
+        for line in lines[top : top + rows]:
             result.extend(line)
             result.append(("", "\n"))
         return result
 
     bindings = KeyBindings()
+
+    def scroller(step: Callable[[int], int]) -> Callable[[KeyPressEvent], None]:
+        def scroll(event: KeyPressEvent) -> None:
+            nonlocal top
+            top = max(0, step(app.output.get_size().rows or 1))
+            event.app.invalidate()
+
+        return scroll
+
+    for keys, step in (
+        (("down", "j"), lambda rows: top + 1),
+        (("up", "k"), lambda rows: top - 1),
+        (("pagedown", " "), lambda rows: top + rows - 1),
+        (("pageup", "b"), lambda rows: top - rows + 1),
+        (("home", "g"), lambda rows: 0),
+        (("end", "G"), lambda rows: 1 << 30),
+    ):
+        for key in keys:
+            bindings.add(key)(scroller(step))
 
     @bindings.add("q")
     @bindings.add("c-c")

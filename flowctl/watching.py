@@ -7,6 +7,7 @@ and renders either lines for plain output or a screen for the full-screen view.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -16,12 +17,13 @@ from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING
 from flowctl import exitcodes
 from flowctl.escape import safe
 from flowctl.render_box import Line, dashboard, watch_box
-from flowctl.render_text import change_line, waiting_line
+from flowctl.render_text import change_line, ps_object, waiting_line
 from flowctl.source import Source, WorkflowEntry
 from flowctl.timefmt import clock
 from flowctl.watchstate import WorkflowView, fold
 
 LIVENESS_INTERVAL: Final = 1.0
+WAITING: Final = "waiting"  # the status a watch shows before the trace exists
 ENDED: Final = (COMPLETED, FAILED, LOST)
 
 
@@ -57,10 +59,13 @@ class WatchModel(Protocol):
 class WorkflowWatch:
     """One workflow: the latest record of each live task of its current run."""
 
-    def __init__(self, source: Source, workflow_id: str, *, status_only: bool = False) -> None:
+    def __init__(
+        self, source: Source, workflow_id: str, *, status_only: bool = False, as_json: bool = False
+    ) -> None:
         self._source = source
         self._feed = source.follow(workflow_id)
         self._status_only = status_only
+        self._as_json = as_json
         self.view = WorkflowView(workflow_id)
         self.status: str | None = None
         self._checked = 0.0
@@ -88,14 +93,17 @@ class WorkflowWatch:
         record, status = self.view.latest, self.status
         if record is None or status is None:
             shown: object = ("waiting", self.view.present)
-            line = waiting_line(self.view.workflow_id, self._source.location)
         else:
             shown = status if self._status_only else (record.run, record.step, status)
-            line = change_line(record, status, now, status_only=self._status_only)
         if shown == self._shown:
             return []
         self._shown = shown
-        return [line]
+        if self._as_json:
+            entry = WorkflowEntry(self.view.workflow_id, record, status or WAITING)
+            return [json.dumps(ps_object(entry, now))]
+        if record is None or status is None:
+            return [waiting_line(self.view.workflow_id, self._source.location)]
+        return [change_line(record, status, now, status_only=self._status_only)]
 
     def screen(self, columns: int, now: datetime) -> list[Line]:
         return watch_box(
@@ -114,10 +122,11 @@ class WorkflowWatch:
 class DashboardWatch:
     """Every workflow's latest record, as the dashboard shows it."""
 
-    def __init__(self, source: Source, *, status_only: bool = False) -> None:
+    def __init__(self, source: Source, *, status_only: bool = False, as_json: bool = False) -> None:
         self._source = source
         self._feed = source.follow_all()
         self._status_only = status_only
+        self._as_json = as_json
         self.entries: dict[str, WorkflowEntry] = {}
         self.present = True
         self._checked = time.monotonic()
@@ -165,7 +174,9 @@ class DashboardWatch:
             entry = self.entries.get(name)
             if entry is None:
                 continue
-            if entry.latest is None:
+            if self._as_json:
+                lines.append(json.dumps(ps_object(entry, now)))
+            elif entry.latest is None:
                 lines.append(f"{clock(now)}  {name}  {entry.status}  {safe(entry.problem or '')}")
             else:
                 lines.append(

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import python_env
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
@@ -197,3 +199,19 @@ def test_flowctl_without_a_command_opens_the_shell_on_a_terminal(
         assert "EXIT=0" in term.wait_for("EXIT=")
     finally:
         term.close()
+
+
+def test_shell_reads_commands_from_a_pipe_without_a_prompt(traces: Path) -> None:
+    done = subprocess.run(
+        flowctl_command("--trace-dir", traces, "shell"),
+        input="ps --status failed\nhistory wf-001 --last 1\nhistory wf-none\n",
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=30,
+        check=False,
+    )
+    assert done.stdout.splitlines()[0].startswith("wf-002    failed")
+    assert done.stdout.splitlines()[1] == "step   10  completed   -"
+    assert "flowctl>" not in done.stdout
+    assert done.returncode == exitcodes.NOT_FOUND and "no workflow 'wf-none'" in done.stderr

@@ -3,6 +3,7 @@ the full-screen box and dashboard in a real pseudo-terminal (tmux)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -181,5 +182,29 @@ def test_dashboard_in_a_terminal(
     assert "1 running · 1 failed · 1 completed" in screen
     assert "result: 30" in screen and "error: ValueError: bad \\x1b[2J" in screen
     assert screen.index("wf-run") < screen.index("wf-bad") < screen.index("wf-done")
+    term.keys("q")
+    term.wait_for("EXIT=0")
+
+
+def test_watch_json_gives_one_object_per_change(tmp_path: Path) -> None:
+    write_traces(tmp_path, ("wf-j", "fail", 0))
+    code, out, _ = finish(
+        start_flowctl("--trace-dir", tmp_path, "--json", "watch", "wf-j", "--exit-on-complete")
+    )
+    (item,) = [json.loads(line) for line in out.splitlines()]
+    assert code == exitcodes.WORKFLOW_FAILED
+    assert item["status"] == "failed" and item["error"].startswith("ValueError: bad \x1b[2J")
+
+
+def test_a_tall_dashboard_scrolls(tmp_path: Path, tmux: Callable[..., Tmux]) -> None:
+    write_traces(tmp_path, *[(f"wf-{i:02d}", "complete", 0) for i in range(30)])
+    term = tmux("--trace-dir", tmp_path, "watch")
+    screen = term.wait_for("30 completed")
+    assert "wf-00" in screen and "wf-29" not in screen  # 60 lines, 40 rows
+    term.keys("End")
+    screen = term.wait_for("wf-29")
+    assert "30 completed" not in screen
+    term.keys("g")
+    term.wait_for("30 completed")
     term.keys("q")
     term.wait_for("EXIT=0")
