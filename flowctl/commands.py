@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
+from doeff_flow_core import LiveTrace
 from doeff_flow_core.records import RUNNING, UNKNOWN
 from flowctl import exitcodes
 from flowctl.connect import open_source
@@ -86,7 +87,7 @@ def _follow_history(
     request: Request,
     source: Source,
     workflow_id: str,
-    render: Callable[..., str],
+    render: Callable[[LiveTrace], str],
 ) -> int:
     """The last records, then each new one until the workflow ends (completed, failed, lost)."""
     feed = source.follow(workflow_id, snapshot=request.last, every_record=True)

@@ -102,7 +102,16 @@ def run_screen(
         full_screen=True,
     )
 
+    failures: list[Exception] = []
+
     async def poller() -> None:
+        try:
+            await poll_forever()
+        except Exception as exc:  # raised again below, once the terminal is restored
+            failures.append(exc)
+            app.exit(result=None)
+
+    async def poll_forever() -> None:
         nonlocal columns
         drawn = 0.0
         while True:
@@ -126,6 +135,8 @@ def run_screen(
         code = app.run(pre_run=start)
     finally:
         model.close()
+    if failures:
+        raise failures[0]
     if code is None:
         return exitcodes.INTERRUPTED if exit_on_complete else exitcodes.OK
     if out is not None:

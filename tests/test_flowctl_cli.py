@@ -259,3 +259,15 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     reader.stdin.close()
     reader.wait()
     assert done.returncode == exitcodes.OK and done.stderr == ""
+
+
+def test_a_trace_that_cannot_be_read(tmp_path: Path) -> None:
+    (tmp_path / "wf-dir" / "trace.jsonl").mkdir(parents=True)
+    put_trace(tmp_path, "wf-ok", record_line("wf-ok", 1))
+    for args in (["history", "wf-dir"], ["watch", "wf-dir"]):
+        done = flowctl("--trace-dir", tmp_path, *args)
+        assert_one_error_line(done, exitcodes.UNAVAILABLE, "wf-dir: Is a directory")
+        assert done.stdout == ""
+    listed = flowctl("--trace-dir", tmp_path, "ps")
+    assert_one_error_line(listed, exitcodes.BAD_TRACE, "wf-dir: Is a directory")
+    assert listed.stdout.splitlines()[1].startswith("wf-ok     running")

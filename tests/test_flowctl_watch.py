@@ -208,3 +208,12 @@ def test_a_tall_dashboard_scrolls(tmp_path: Path, tmux: Callable[..., Tmux]) -> 
     term.wait_for("30 completed")
     term.keys("q")
     term.wait_for("EXIT=0")
+
+
+def test_a_failure_during_the_full_screen_watch_is_one_line(
+    tmp_path: Path, tmux: Callable[..., Tmux]
+) -> None:
+    (tmp_path / "wf-d" / "trace.jsonl").mkdir(parents=True)
+    term = tmux("--trace-dir", tmp_path, "watch", "wf-d")
+    screen = term.wait_for("EXIT=")
+    assert "flowctl: wf-d: Is a directory\nEXIT=5" in screen and "Traceback" not in screen
