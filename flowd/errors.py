@@ -1,0 +1,147 @@
+"""One exception class per failure; each builds its own message.
+
+``RpcError`` subclasses become JSON-RPC error responses (their ``code`` is the wire code);
+``StartupError`` subclasses stop the daemon before it serves, with one line on stderr.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+# JSON-RPC 2.0 codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# flowd's application codes (documented in the README).
+UNKNOWN_WORKFLOW = -32001
+UNKNOWN_SUBSCRIPTION = -32002
+NOT_A_DIRECTORY = -32003
+TRACE_UNREADABLE = -32004
+
+
+class RpcError(Exception):
+    """A request that gets an error response instead of a result."""
+
+    code: ClassVar[int] = INTERNAL_ERROR
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        self.message = message
+        self.data = data
+        super().__init__(message)
+
+
+class ParseError(RpcError):
+    code = PARSE_ERROR
+    request_id = None  # never known: the response's id is null
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"parse error: {detail}")
+
+
+class InvalidRequest(RpcError):
+    code = INVALID_REQUEST
+
+    def __init__(self, reason: str, request_id: str | int | float | None = None) -> None:
+        self.request_id = request_id  # answered with this id when the request had one
+        super().__init__(f"invalid request: {reason}")
+
+
+class LineTooLong(InvalidRequest):
+    """A request line over the limit; the connection is closed after the answer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"line longer than {limit} bytes; closing the connection")
+
+
+class MethodNotFound(RpcError):
+    code = METHOD_NOT_FOUND
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"method not found: {method[:100]!r}")
+
+
+class InvalidParams(RpcError):
+    code = INVALID_PARAMS
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid params: {reason}")
+
+
+class InternalError(RpcError):
+    code = INTERNAL_ERROR
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"internal error: {type(error).__name__}: {str(error)[:200]}")
+
+
+class UnknownWorkflow(RpcError):
+    code = UNKNOWN_WORKFLOW
+
+    def __init__(self, workflow_id: str, root: str | None) -> None:
+        where = f" under {root}" if root is not None else ""
+        super().__init__(
+            f"unknown workflow {workflow_id!r}{where}", {"workflow_id": workflow_id, "root": root}
+        )
+
+
+class UnknownSubscription(RpcError):
+    code = UNKNOWN_SUBSCRIPTION
+
+    def __init__(self, subscription: str) -> None:
+        super().__init__(
+            f"unknown subscription {subscription[:100]!r}", {"subscription": subscription}
+        )
+
+
+class NotADirectory(RpcError):
+    code = NOT_A_DIRECTORY
+
+    def __init__(self, path: str, detail: str = "not a directory") -> None:
+        super().__init__(f"{path}: {detail}", {"path": path})
+
+
+class TraceUnreadable(RpcError):
+    code = TRACE_UNREADABLE
+
+    def __init__(self, workflow_id: str, path: str, error: OSError) -> None:
+        detail = error.strerror or str(error)
+        super().__init__(
+            f"cannot read the trace of {workflow_id!r} ({path}): {detail}",
+            {"workflow_id": workflow_id, "path": path},
+        )
+
+
+class StartupError(Exception):
+    """The daemon cannot start; reported as one line on stderr."""
+
+
+class SocketInUse(StartupError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: another flowd is answering on this socket; not taking it over")
+
+
+class SocketPathTaken(StartupError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: exists and is not a socket; not removing it")
+
+
+class SocketDirUnsafe(StartupError):
+    def __init__(self, path: str, owner: int) -> None:
+        self.path = path
+        super().__init__(f"{path}: owned by uid {owner}, not by this user; not listening there")
+
+
+class SocketUnavailable(StartupError):
+    def __init__(self, path: str, error: OSError) -> None:
+        self.path = path
+        super().__init__(f"{path}: cannot listen: {error.strerror or error}")
+
+
+class BadInheritedSocket(StartupError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"inherited socket (LISTEN_FDS) unusable: {reason}")
