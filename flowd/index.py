@@ -1,0 +1,322 @@
+"""The index: every workflow under every root, keyed by (root, workflow_id).
+
+Each entry keeps the latest record (as stored) and the offset just after the last
+complete line read, so new records are read from there and nothing else. ``refresh``
+is the one place a trace is tailed; it notices a truncated or replaced file (smaller
+than the offset, another inode, or no newline just before the offset: read again from
+the start, a new *generation*), a deleted file, a torn last line (left until it ends)
+and over-long lines (skipped). Every method is synchronous and does a bounded amount of
+work; the daemon decides when to call it, and fans out the ``Update``\\ s it returns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from doeff_flow_core.ids import is_workflow_id
+from doeff_flow_core.layout import TRACE_FILE_NAME
+from doeff_flow_core.liveness import process_alive, this_host
+from doeff_flow_core.reader import MAX_LINE_BYTES
+from doeff_flow_core.records import LOST, RUNNING, UNKNOWN
+from flowd.traces import CHUNK, FileIdent, Line, ident_of, split_lines, tail_of
+
+# A trace that appears (or is replaced) while flowd runs is sent from its first record
+# when it is at most this big; a bigger one from its latest, to bound the burst.
+FRESH_LIMIT: Final = 256 * 1024
+
+Key = tuple[str, str]  # (root, workflow_id)
+
+NO_TRACE: Final = "no trace.jsonl"
+EMPTY: Final = "empty trace"
+NO_VALID: Final = "no valid records"
+
+
+class Entry:
+    """One workflow directory under one root."""
+
+    __slots__ = (
+        "behind",
+        "due",
+        "gen",
+        "ident",
+        "interval",
+        "key",
+        "latest",
+        "offset",
+        "path",
+        "problem",
+        "removed",
+        "replaced",
+        "root",
+        "size",
+        "skipped",
+        "skipping",
+        "torn",
+        "watch",
+        "workflow_id",
+    )
+
+    def __init__(self, root: str, workflow_id: str) -> None:
+        self.root = root
+        self.workflow_id = workflow_id
+        self.key: Key = (root, workflow_id)
+        self.path = os.path.join(root, workflow_id, TRACE_FILE_NAME)
+        self.latest: Line | None = None
+        self.offset = 0
+        self.ident: FileIdent | None = None
+        self.size = -1  # the file's size when last read (-1: no file)
+        self.gen = 0  # bumped whenever the file is read again from its start
+        self.problem: str | None = NO_TRACE
+        self.skipped = 0  # malformed lines met in this generation
+        self.skipping = False  # inside an over-long line: drop bytes up to its newline
+        self.torn = False
+        self.replaced = False  # told the file was created, moved or deleted
+        self.behind = False  # more to read than one refresh reads
+        self.removed = False
+        # change detection (see watching.py): inotify watch, poll interval and due time
+        self.watch = -1
+        self.interval = 0.0
+        self.due = 0.0
+
+    @property
+    def updated(self) -> float:
+        return self.latest.updated if self.latest is not None else float("-inf")
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(self.path)
+
+
+class Root:
+    """A trace directory: workflows are its subdirectories."""
+
+    __slots__ = ("due", "entries", "interval", "mtime", "origin", "path", "present", "watch")
+
+    def __init__(self, path: str, origin: str) -> None:
+        self.path = path
+        self.origin = origin  # "argument", "registry" or "rpc"
+        self.entries: dict[str, Entry] = {}
+        self.present = False  # the directory exists and has been scanned
+        self.mtime = -1  # st_mtime_ns at the last scan (polling)
+        self.watch = -1
+        self.interval = 0.0
+        self.due = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Records read from one trace.
+
+    ``reset``: the trace is new, or was read again from its start (truncated, replaced).
+    ``complete``: ``lines`` are every record since the last update (or, with ``reset``,
+    since the start of the file); otherwise only the latest one (a trace found already
+    written, or a big replacement).
+    """
+
+    entry: Entry
+    lines: list[Line]
+    reset: bool = False
+    complete: bool = True
+
+
+def workflow_names(root: str) -> set[str]:
+    """The workflow directories under ``root`` (symlinks are not followed)."""
+    with os.scandir(root) as entries:
+        return {
+            item.name
+            for item in entries
+            if is_workflow_id(item.name) and item.is_dir(follow_symlinks=False)
+        }
+
+
+class Index:
+    def __init__(self) -> None:
+        self.roots: dict[str, Root] = {}
+        self._by_id: dict[str, dict[str, Entry]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def entries(self) -> Iterator[Entry]:
+        for root in list(self.roots.values()):
+            yield from list(root.entries.values())
+
+    def get(self, key: Key) -> Entry | None:
+        root = self.roots.get(key[0])
+        return root.entries.get(key[1]) if root is not None else None
+
+    def resolve(self, workflow_id: str, root: str | None = None) -> Entry | None:
+        """The workflow under ``root``, or without one the most recently updated."""
+        found = self._by_id.get(workflow_id)
+        if not found:
+            return None
+        if root is not None:
+            return found.get(root)
+        return max(found.values(), key=lambda entry: (entry.updated, entry.root))
+
+    def add_root(self, path: str, origin: str) -> Root | None:
+        """A new root (not scanned yet), or None when ``path`` is one already."""
+        if path in self.roots:
+            return None
+        root = self.roots[path] = Root(path, origin)
+        return root
+
+    def remove_root(self, path: str) -> list[Entry]:
+        root = self.roots.pop(path, None)
+        if root is None:
+            return []
+        return self.clear_root(root)
+
+    def clear_root(self, root: Root) -> list[Entry]:
+        """Forget every workflow of a root (its directory went away)."""
+        removed = [self.remove_workflow(root, name) for name in list(root.entries)]
+        root.present = False
+        return [entry for entry in removed if entry is not None]
+
+    def add_workflow(self, root: Root, name: str) -> Entry | None:
+        """A new entry for a workflow directory (None if it is indexed already); ``load``
+        reads it."""
+        if name in root.entries:
+            return None
+        entry = root.entries[name] = Entry(root.path, name)
+        self._by_id.setdefault(name, {})[root.path] = entry
+        self._count += 1
+        return entry
+
+    def load(self, entry: Entry, fresh: bool) -> Update:
+        """Read a new entry: with ``fresh`` (it appeared while flowd runs) its records from
+        the first, else its latest record."""
+        update = self.refresh(entry) if fresh else self._load_latest(entry)
+        return update or Update(entry, [], reset=True)
+
+    def remove_workflow(self, root: Root, name: str) -> Entry | None:
+        entry = root.entries.pop(name, None)
+        if entry is None:
+            return None
+        entry.removed = True
+        roots = self._by_id.get(name)
+        if roots is not None:
+            roots.pop(root.path, None)
+            if not roots:
+                del self._by_id[name]
+        self._count -= 1
+        return entry
+
+    def _load_latest(self, entry: Entry) -> Update | None:
+        try:
+            with open(entry.path, "rb") as handle:
+                tail = tail_of(handle, 1)
+        except OSError as exc:
+            self._no_file(entry, exc)
+            return None
+        entry.gen += 1
+        entry.ident = tail.ident
+        entry.size = tail.size
+        entry.offset = tail.end
+        entry.latest = tail.lines[-1] if tail.lines else None
+        entry.skipped = tail.skipped
+        entry.torn = tail.torn
+        entry.skipping = False
+        entry.problem = _problem(entry)
+        return Update(entry, tail.lines, reset=True, complete=False)
+
+    def _no_file(self, entry: Entry, error: OSError) -> None:
+        entry.latest = None
+        entry.ident = None
+        entry.size = -1
+        entry.offset = 0
+        entry.torn = False
+        entry.problem = NO_TRACE if isinstance(error, FileNotFoundError) else _reason(error)
+
+    def refresh(self, entry: Entry) -> Update | None:
+        """Read what was appended since the last refresh; None when nothing was."""
+        replaced, entry.replaced, entry.behind = entry.replaced, False, False
+        try:
+            handle = open(entry.path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            self._no_file(entry, exc)
+            return None
+        with handle:
+            stat = os.fstat(handle.fileno())
+            size = entry.size = stat.st_size
+            reset = replaced or ident_of(stat) != entry.ident or size < entry.offset
+            if not reset and entry.offset > 0 and size > entry.offset:
+                handle.seek(entry.offset - 1)
+                reset = handle.read(1) != b"\n"  # rewritten in place
+            if reset:
+                if size > FRESH_LIMIT:
+                    return self._load_latest(entry)
+                entry.gen += 1
+                entry.ident = ident_of(stat)
+                entry.offset = entry.skipped = 0
+                entry.latest = None
+                entry.skipping = False
+            if size <= entry.offset:
+                entry.torn = False
+                entry.problem = _problem(entry)
+                return Update(entry, [], reset=True) if reset else None
+            handle.seek(entry.offset)
+            data = handle.read(min(CHUNK, size - entry.offset))
+        lines = self._take(entry, data)
+        entry.behind = len(data) == CHUNK and size > entry.offset
+        entry.torn = size > entry.offset
+        entry.problem = _problem(entry)
+        if not lines and not reset:
+            return None
+        return Update(entry, lines or [], reset=reset)
+
+    def _take(self, entry: Entry, data: bytes) -> list[Line] | None:
+        """Advance ``entry`` over the complete lines of ``data`` read at its offset."""
+        if entry.skipping:
+            cut = data.find(b"\n")
+            if cut < 0:
+                entry.offset += len(data)
+                return None
+            entry.offset += cut + 1
+            data = data[cut + 1 :]
+            entry.skipping = False
+        found = split_lines(data, entry.offset)
+        if found.end == entry.offset and len(data) > MAX_LINE_BYTES:
+            entry.offset += len(data)  # a line too long to be a record: skip to its end
+            entry.skipping = True
+            entry.skipped += 1
+            return None
+        entry.offset = found.end
+        entry.skipped += found.skipped
+        if found.lines:
+            entry.latest = found.lines[-1]
+        return found.lines
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def _problem(entry: Entry) -> str | None:
+    if entry.latest is not None:
+        return None
+    return NO_VALID if entry.skipped or entry.torn or entry.skipping else EMPTY
+
+
+class Liveness:
+    """Derived statuses for one answer: each writer process is looked up once."""
+
+    def __init__(self) -> None:
+        self._alive: dict[tuple[int, int | None], bool] = {}
+
+    def status(self, line: Line) -> str:
+        """``lost`` for a running record whose writer died on this host, ``unknown``
+        for one from another host, else the written status (as the core derives it)."""
+        if line.status != RUNNING or line.pid is None:
+            return line.status
+        if line.host is not None and line.host != this_host():
+            return UNKNOWN
+        key = (line.pid, line.pid_start)
+        alive = self._alive.get(key)
+        if alive is None:
+            alive = self._alive[key] = process_alive(line.pid, line.pid_start)
+        return RUNNING if alive else LOST
