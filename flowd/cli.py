@@ -1,13 +1,168 @@
-"""The ``flowd`` command."""
+"""The ``flowd`` command: options, logging, startup and shutdown.
+
+flowd [--socket PATH] [--root DIR ...] [--log-level L] [--watcher auto|inotify|poll]
+
+Logs one line per event to stderr. SIGTERM (or SIGINT) stops it: STOPPING=1 to systemd,
+the socket file removed (unless systemd owns it), exit 0. A failure to start is one
+line on stderr and exit 1.
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import resource
+import signal
+import socket
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+
+import anyio
+from anyio import CancelScope
+
+from doeff_flow_core.layout import default_socket_path
+from flowd.daemon import Daemon
+from flowd.errors import StartupError
+from flowd.rpc import RpcInterface, version
+from flowd.server import Server, bind_socket, remove_socket, socket_inode
+from flowd.systemd import Notifier, inherited_socket, watchdog_interval
+
+OK: Final = 0
+START_FAILED: Final = 1
+USAGE: Final = 2  # argparse's own
+
+log = logging.getLogger("flowd")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowd",
+        description="Index every doeff-flow trace directory; answer JSON-RPC on a Unix socket.",
+    )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="socket path (default: $DOEFF_FLOW_SOCKET, else "
+        "$XDG_RUNTIME_DIR/doeff-flow/flowd.sock, else /tmp/doeff-flow-$UID/flowd.sock)",
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="a trace directory to index, besides the registered ones (repeatable)",
+    )
+    p.add_argument(
+        "--log-level",
+        metavar="L",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="debug, info (default), warning or error",
+    )
+    p.add_argument(
+        "--watcher",
+        default="auto",
+        choices=["auto", "inotify", "poll"],
+        help="how to notice changes: inotify when available (auto), or polling",
+    )
+    p.add_argument("--version", action="version", version=f"flowd {version()}")
+    return p
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s flowd %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def raise_file_limit() -> None:
+    """As many connections as the hard limit on open files allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open files limit: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("flowd: the daemon is not available in this version", file=sys.stderr)
-    return 2
+    args = parser().parse_args(argv)
+    configure_logging(args.log_level)
+    raise_file_limit()
+    try:
+        return anyio.run(serve, args)
+    except StartupError as exc:
+        print(f"flowd: {exc}", file=sys.stderr)
+        return START_FAILED
+
+
+async def serve(args: argparse.Namespace) -> int:
+    notifier = Notifier()
+    path: Path | None = None
+    sock = inherited_socket()
+    if sock is None:
+        path = Path(args.socket) if args.socket else default_socket_path()
+        sock = bind_socket(path)
+        inode = socket_inode(path)
+        log.info("listening on %s", path)
+    else:
+        log.info("listening on the inherited socket %s", _name(sock))
+    daemon = Daemon(args.root, args.watcher)
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_stop_on_signal, signals, notifier, group.cancel_scope)
+                await daemon.load()
+                server = Server(RpcInterface(daemon), daemon.hub)
+                group.start_soon(server.serve, sock)
+                group.start_soon(daemon.run)
+                interval = watchdog_interval()
+                if interval is not None and notifier.enabled:
+                    group.start_soon(_watchdog, notifier, interval)
+                notifier.notify("READY=1")
+                log.info(
+                    "ready: %d workflows under %d roots (pid %d, %s)",
+                    len(daemon.index),
+                    len(daemon.index.roots),
+                    os.getpid(),
+                    daemon.watcher,
+                )
+    finally:
+        if path is not None:
+            remove_socket(path, inode)
+        daemon.close()
+    log.info("stopped")
+    return OK
+
+
+async def _stop_on_signal(
+    signals: AsyncIterator[int], notifier: Notifier, scope: CancelScope
+) -> None:
+    async for signum in signals:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        notifier.notify("STOPPING=1")
+        scope.cancel()
+        return
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.notify("WATCHDOG=1")
+        await anyio.sleep(interval)
+
+
+def _name(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    return name if isinstance(name, str) and name else repr(name)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,305 @@
+"""The RPC interface: the methods clients may call, over the daemon's state.
+
+``RpcInterface`` is testable without a socket: give it a ``Daemon`` and a session (an
+outbox and a way to start tasks) and feed it request lines. The methods a client can
+reach are the ones in its explicit table; nothing is looked up by name otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Final, Protocol
+
+import anyio.to_thread
+
+from doeff_flow_core.ids import is_workflow_id
+from doeff_flow_core.records import ALL_STATUSES
+from flowd.daemon import Daemon
+from flowd.discovery import RPC, root_path
+from flowd.errors import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    NotADirectory,
+    ParseError,
+    RpcError,
+    TraceUnreadable,
+    UnknownSubscription,
+    UnknownWorkflow,
+)
+from flowd.index import Entry, Liveness
+from flowd.protocol import RawJson, error_message, parse_request, result_message
+from flowd.subscriptions import After, Session, Subscription
+from flowd.traces import read_tail
+
+log = logging.getLogger("flowd")
+
+HISTORY_DEFAULT: Final = 10
+HISTORY_MAX: Final = 10000
+# Errors a client made (logged as warnings); the others are answers, not incidents.
+CLIENT_MISTAKES: Final = (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS)
+
+
+def version() -> str:
+    try:
+        return metadata.version("doeff-flow")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Client(Session, Protocol):
+    """A connection as the RPC interface sees it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]: ...
+
+
+@dataclass
+class Call:
+    """One request being answered: its client, its params, and what to do once the
+    response is queued."""
+
+    client: Client
+    params: dict[str, Any] | list[Any]
+    then: list[Callable[[], None]] = field(default_factory=list)
+
+
+Method = Callable[[Call], Awaitable[Any]]
+
+
+class Params:
+    """Checks named params; every failure is InvalidParams saying which and why."""
+
+    def __init__(self, call: Call, *allowed: str) -> None:
+        if not isinstance(call.params, dict):
+            raise InvalidParams("params must be an object (named parameters)")
+        unknown = sorted(set(call.params) - set(allowed))
+        if unknown:
+            raise InvalidParams(f"unknown parameter {unknown[0][:100]!r}")
+        self._values = call.params
+
+    def workflow_id(self, required: bool) -> str | None:
+        value = self._values.get("workflow_id")
+        if value is None and not required:
+            return None
+        if value is None:
+            raise InvalidParams("workflow_id is required")
+        if not isinstance(value, str) or not is_workflow_id(value):
+            raise InvalidParams("workflow_id must be 1-255 characters of A-Z a-z 0-9 _ -")
+        return value
+
+    def path(self, name: str, required: bool) -> str | None:
+        value = self._values.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+            raise InvalidParams(f"{name} must be an absolute path")
+        return root_path(value)
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._values.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise InvalidParams(f"{name} must be an integer from {low} to {high}")
+        return value
+
+    def statuses(self) -> frozenset[str] | None:
+        value = self._values.get("status")
+        if value is None:
+            return None
+        wanted = [value] if isinstance(value, str) else value
+        if not isinstance(wanted, list) or not all(s in ALL_STATUSES for s in wanted):
+            raise InvalidParams(f"status must be one of {', '.join(ALL_STATUSES)}, or a list")
+        return frozenset(wanted)
+
+    def after(self) -> After | None:
+        value = self._values.get("after")
+        if value is None:
+            return None
+        if not isinstance(value, dict) or set(value) - {"run", "step"}:
+            raise InvalidParams('after must be {"run": ..., "step": ...}')
+        run, step = value.get("run"), value.get("step")
+        if not isinstance(run, str | None) or not isinstance(step, int) or isinstance(step, bool):
+            raise InvalidParams("after.run must be a string (or null), after.step an integer")
+        return run, step
+
+    def subscription(self) -> str:
+        value = self._values.get("subscription")
+        if not isinstance(value, str):
+            raise InvalidParams("subscription must be a string")
+        return value
+
+
+class RpcInterface:
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self._subscriptions = 0
+        self._methods: dict[str, Method] = {
+            "ping": self.ping,
+            "ps": self.ps,
+            "get": self.get,
+            "history": self.history,
+            "watch": self.watch,
+            "unwatch": self.unwatch,
+            "roots.list": self.roots_list,
+            "roots.add": self.roots_add,
+        }
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self._methods)
+
+    async def handle_line(self, client: Client, line: bytes) -> None:
+        """Answer one request line: its response (if it wants one) goes to the outbox."""
+        if not line.strip():
+            return
+        ident = None
+        notification = False
+        call: Call | None = None
+        try:
+            request = parse_request(line)
+            ident, notification = request.id, request.notification
+            method = self._methods.get(request.method)
+            if method is None:
+                raise MethodNotFound(request.method)
+            call = Call(client, request.params)
+            result = await method(call)
+        except RpcError as error:
+            if error.code in CLIENT_MISTAKES:
+                log.warning("%s: %s", client.name, error.message)
+            else:
+                log.debug("%s: %s", client.name, error.message)
+            if isinstance(error, InvalidRequest | ParseError):
+                ident, notification = error.request_id, False
+            if not notification:
+                client.outbox.put(error_message(ident, error))
+            return
+        except Exception as exc:
+            log.error("%s: internal error: %s: %s", client.name, type(exc).__name__, exc)
+            log.debug("internal error", exc_info=True)
+            if not notification:
+                client.outbox.put(error_message(ident, InternalError(exc)))
+            return
+        if not notification:
+            client.outbox.put(result_message(ident, result))
+        for action in call.then:
+            action()
+
+    # -- methods ----------------------------------------------------------------------
+
+    async def ping(self, call: Call) -> Any:
+        Params(call)
+        daemon = self._daemon
+        return {
+            "version": version(),
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - daemon.started, 3),
+            "workflows": len(daemon.index),
+            "roots": len(daemon.index.roots),
+        }
+
+    async def ps(self, call: Call) -> Any:
+        params = Params(call, "status", "root")
+        wanted = params.statuses()
+        root = params.path("root", required=False)
+        liveness = Liveness()
+        found = []
+        for entry in self._daemon.index.entries():
+            if root is not None and entry.root != root:
+                continue
+            status = liveness.status(entry.latest) if entry.latest is not None else None
+            if wanted is not None and status not in wanted:
+                continue
+            found.append(_summary(entry, status))
+        found.sort(key=lambda item: (item["workflow_id"], item["root"]))
+        return {"workflows": found}
+
+    async def get(self, call: Call) -> Any:
+        entry = self._entry(Params(call, "workflow_id", "root"))
+        status = Liveness().status(entry.latest) if entry.latest is not None else None
+        return _summary(entry, status)
+
+    async def history(self, call: Call) -> Any:
+        params = Params(call, "workflow_id", "last", "root")
+        last = params.integer("last", HISTORY_DEFAULT, 1, HISTORY_MAX)
+        entry = self._entry(params)
+        try:
+            tail = await anyio.to_thread.run_sync(read_tail, entry.path, last, entry.offset)
+            records = [RawJson(line.raw) for line in tail.lines]
+        except FileNotFoundError:
+            records = []
+        except OSError as exc:
+            raise TraceUnreadable(entry.workflow_id, entry.path, exc) from None
+        return {"workflow_id": entry.workflow_id, "root": entry.root, "records": records}
+
+    async def watch(self, call: Call) -> Any:
+        params = Params(call, "workflow_id", "root", "after")
+        workflow_id = params.workflow_id(required=False)
+        root = params.path("root", required=False)
+        after = params.after()
+        if after is not None and workflow_id is None:
+            raise InvalidParams("after needs a workflow_id")
+        self._subscriptions += 1
+        ident = f"s{self._subscriptions}"
+        sub = Subscription(ident, call.client, workflow_id, root, after)
+        call.client.subscriptions[ident] = sub
+        call.then.append(lambda: self._daemon.hub.start(sub))
+        return {"subscription": ident}
+
+    async def unwatch(self, call: Call) -> Any:
+        ident = Params(call, "subscription").subscription()
+        sub = call.client.subscriptions.pop(ident, None)
+        if sub is None:
+            raise UnknownSubscription(ident)
+        self._daemon.hub.stop(sub)
+        return {"unwatched": True}
+
+    async def roots_list(self, call: Call) -> Any:
+        Params(call)
+        return {
+            "roots": [
+                {"path": root.path, "origin": root.origin, "workflows": len(root.entries)}
+                for root in self._daemon.index.roots.values()
+            ]
+        }
+
+    async def roots_add(self, call: Call) -> Any:
+        path = Params(call, "path").path("path", required=True)
+        assert path is not None
+        if not os.path.isdir(path):
+            detail = "not a directory" if os.path.exists(path) else "no such directory"
+            raise NotADirectory(path, detail)
+        added = await self._daemon.add_root(path, RPC)
+        return {"path": path, "added": added}
+
+    def _entry(self, params: Params) -> Entry:
+        workflow_id = params.workflow_id(required=True)
+        assert workflow_id is not None
+        root = params.path("root", required=False)
+        entry = self._daemon.index.resolve(workflow_id, root)
+        if entry is None:
+            raise UnknownWorkflow(workflow_id, root)
+        return entry
+
+
+def _summary(entry: Entry, status: str | None) -> dict[str, Any]:
+    latest = entry.latest
+    return {
+        "workflow_id": entry.workflow_id,
+        "root": entry.root,
+        "status": status,
+        "record": RawJson(latest.raw) if latest is not None else None,
+        "problem": entry.problem,
+    }
