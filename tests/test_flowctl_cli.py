@@ -3,14 +3,16 @@ completed, failed, killed mid-run (lost), still running, and damaged ones."""
 
 from __future__ import annotations
 
+import ast
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import python_command, python_env, wait_until
+from conftest import PROJECT_ROOT, python_command, python_env, run_python, wait_until
 from test_flowctl_support import (
     PROGRAM,
     flowctl,
@@ -271,3 +273,31 @@ def test_a_trace_that_cannot_be_read(tmp_path: Path) -> None:
     listed = flowctl("--trace-dir", tmp_path, "ps")
     assert_one_error_line(listed, exitcodes.BAD_TRACE, "wf-dir: Is a directory")
     assert listed.stdout.splitlines()[1].startswith("wf-ok     running")
+
+
+def test_the_dependency_rule() -> None:
+    """flowctl imports the standard library, doeff_flow_core and prompt_toolkit only."""
+    allowed = set(sys.stdlib_module_names) | {"flowctl", "doeff_flow_core", "prompt_toolkit"}
+    for path in (PROJECT_ROOT / "flowctl").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+def test_ps_and_history_load_neither_doeff_nor_prompt_toolkit(traces: Path) -> None:
+    code = f"""
+        import sys
+        from flowctl.cli import main
+        main(["--trace-dir", {str(traces)!r}, "ps"])
+        main(["--trace-dir", {str(traces)!r}, "history", "wf-001"])
+        roots = {{name.split(".")[0] for name in sys.modules}}
+        banned = {{"doeff", "doeff_vm", "doeff_core_effects", "flowd", "prompt_toolkit"}}
+        print(sorted(roots & banned))
+    """
+    done = run_python(code)
+    assert done.stdout.splitlines()[-1] == "[]", done.stderr
