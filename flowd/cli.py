@@ -1,6 +1,7 @@
 """The ``flowd`` command: options, logging, startup and shutdown.
 
 flowd [--socket PATH] [--root DIR ...] [--log-level L] [--watcher auto|inotify|poll]
+      [--stall-timeout S]
 
 Logs one line per event to stderr. SIGTERM (or SIGINT) stops it: STOPPING=1 to systemd,
 the socket file removed (unless systemd owns it), exit 0. A failure to start is one
@@ -26,6 +27,7 @@ from anyio import CancelScope
 from doeff_flow_core.layout import default_socket_path
 from flowd.daemon import Daemon
 from flowd.errors import StartupError
+from flowd.outbox import STALL_SECONDS
 from flowd.rpc import RpcInterface, version
 from flowd.server import Server, bind_socket, remove_socket, socket_inode
 from flowd.systemd import Notifier, inherited_socket, watchdog_interval
@@ -68,6 +70,14 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "inotify", "poll"],
         help="how to notice changes: inotify when available (auto), or polling",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        metavar="S",
+        type=float,
+        default=STALL_SECONDS,
+        help="cut off a client that reads nothing for S seconds while records wait for it "
+        f"(default {STALL_SECONDS:g})",
     )
     p.add_argument("--version", action="version", version=f"flowd {version()}")
     return p
@@ -122,7 +132,7 @@ async def serve(args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signal, signals, notifier, group.cancel_scope)
                 await daemon.load()
-                server = Server(RpcInterface(daemon), daemon.hub)
+                server = Server(RpcInterface(daemon), daemon.hub, args.stall_timeout)
                 group.start_soon(server.serve, sock)
                 group.start_soon(daemon.run)
                 interval = watchdog_interval()

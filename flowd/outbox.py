@@ -1,42 +1,53 @@
 """A connection's bounded send queue.
 
-Notifications are ``push``\\ ed without waiting: a client that stops reading is cut off
-once MAX_MESSAGES messages (or MAX_BYTES) wait for it, and what was queued is dropped,
-so it never grows the daemon's memory without bound. Responses and catch-up records
-(a snapshot, a replay) are ``put`` after ``wait_space``, which waits until the queue is
-below a low-water mark: they slow down with the client instead of cutting it off, and
-leave room for the live notifications.
+Live notifications are ``push``\\ ed only while they ``fit``: fewer than LIVE_MESSAGES
+messages and LIVE_BYTES queued. What does not fit is not queued at all: the
+subscription reads it from the trace file later, at the client's pace (see
+subscriptions.py). Responses and those catch-up records are ``put`` after
+``wait_space``, which waits until the queue is below a low-water mark. So a client never
+holds more than about LIVE_BYTES of the daemon's memory.
+
+A client that stops reading is cut off: when something waits for room in its queue and
+nothing has been sent to it for ``stall`` seconds, the queue is dropped, ``overflowed``
+is set and ``on_overflow`` is called (the connection closes, even mid-send).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import anyio
 import anyio.lowlevel
 
-MAX_MESSAGES: Final = 1000
-MAX_BYTES: Final = 8 * 1024 * 1024
+LIVE_MESSAGES: Final = 1000
+LIVE_BYTES: Final = 8 * 1024 * 1024
 LOW_MESSAGES: Final = 100
 LOW_BYTES: Final = 1024 * 1024
-BATCH_BYTES: Final = 256 * 1024  # joined into one send
+BATCH_BYTES: Final = 64 * 1024  # joined into one send
+STALL_SECONDS: Final = 10.0
 
 
 class Outbox:
     def __init__(
         self,
-        max_messages: int = MAX_MESSAGES,
-        max_bytes: int = MAX_BYTES,
+        live_messages: int = LIVE_MESSAGES,
+        live_bytes: int = LIVE_BYTES,
         low_messages: int = LOW_MESSAGES,
         low_bytes: int = LOW_BYTES,
+        stall: float = STALL_SECONDS,
+        on_overflow: Callable[[], None] | None = None,
     ) -> None:
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
+        self.live_messages = live_messages
+        self.live_bytes = live_bytes
         self._low_messages = low_messages
         self._low_bytes = low_bytes
+        self.stall = stall
+        self._on_overflow = on_overflow  # e.g. close the connection, even mid-send
         self._queue: deque[bytes] = deque()
         self._bytes = 0
+        self._taken = 0  # batches handed to the socket: progress
         self._data = anyio.Event()
         self._space = anyio.Event()
         self._taker_waiting = False
@@ -49,44 +60,59 @@ class Outbox:
         return len(self._queue)
 
     @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
     def done(self) -> bool:
         return self.overflowed or self.closing
 
-    def push(self, message: bytes) -> None:
-        """Queue a notification; past the limits the client is cut off instead."""
-        if self.done:
-            return
-        if len(self._queue) >= self.max_messages or self._bytes + len(message) > self.max_bytes:
-            self.overflowed = True
-            self._queue.clear()
-            self._bytes = 0
-            self._wake_all()
-            return
-        self._append(message)
+    def fits(self, messages: int, size: int) -> bool:
+        """Whether live notifications of ``size`` bytes in all fit in the queue now."""
+        return (
+            len(self._queue) + messages <= self.live_messages
+            and self._bytes + size <= self.live_bytes
+        )
 
     def put(self, message: bytes) -> None:
-        """Queue a message whatever the queue holds (call ``wait_space`` first)."""
-        if not self.done:
-            self._append(message)
-
-    def _append(self, message: bytes) -> None:
+        if self.done:
+            return
         self._queue.append(message)
         self._bytes += len(message)
         if self._taker_waiting:
             self._taker_waiting = False
             self._data = _fire(self._data)
 
+    push = put  # a live notification (after ``fits``)
+
     def _above_low(self) -> bool:
         return len(self._queue) > self._low_messages or self._bytes > self._low_bytes
 
-    async def wait_space(self) -> None:
+    async def wait_space(self) -> bool:
+        """Wait until the queue is below its low-water mark; False (and the client cut
+        off) if nothing was sent to it for ``stall`` seconds meanwhile, or it is done."""
         await anyio.lowlevel.checkpoint()
         while self._above_low() and not self.done:
+            taken = self._taken
             self._space_waiters += 1
             try:
-                await self._space.wait()
+                with anyio.move_on_after(self.stall) as scope:
+                    await self._space.wait()
             finally:
                 self._space_waiters -= 1
+            if scope.cancelled_caught and self._taken == taken and self._above_low():
+                self.cut_off()
+        return not self.done
+
+    def cut_off(self) -> None:
+        if self.done:
+            return
+        self.overflowed = True
+        self._queue.clear()
+        self._bytes = 0
+        self._wake_all()
+        if self._on_overflow is not None:
+            self._on_overflow()
 
     def close(self) -> None:
         """Send what is queued, then end."""
@@ -113,6 +139,7 @@ class Outbox:
             parts.append(message)
             size += len(message)
         self._bytes -= size
+        self._taken += 1
         if self._space_waiters and not self._above_low():
             self._space = _fire(self._space)
         return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -32,7 +32,7 @@ from flowd.errors import (
     SocketPathTaken,
     SocketUnavailable,
 )
-from flowd.outbox import Outbox
+from flowd.outbox import STALL_SECONDS, Outbox
 from flowd.protocol import MAX_LINE_BYTES, LineSplitter, error_message
 from flowd.rpc import RpcInterface
 from flowd.subscriptions import Hub, Subscription
@@ -130,9 +130,9 @@ def peer_uid(sock: socket.socket) -> int:
 class Connection:
     """One client: its outbox, its subscriptions, and the tasks they need."""
 
-    def __init__(self, name: str, group: TaskGroup) -> None:
+    def __init__(self, name: str, group: TaskGroup, stall: float) -> None:
         self.name = name
-        self.outbox = Outbox()
+        self.outbox = Outbox(stall=stall, on_overflow=group.cancel_scope.cancel)
         self.subscriptions: dict[str, Subscription] = {}
         self._group = group
 
@@ -141,9 +141,10 @@ class Connection:
 
 
 class Server:
-    def __init__(self, rpc: RpcInterface, hub: Hub) -> None:
+    def __init__(self, rpc: RpcInterface, hub: Hub, stall: float = STALL_SECONDS) -> None:
         self._rpc = rpc
         self._hub = hub
+        self._stall = stall
         self._count = 0
         self.connections = 0
 
@@ -175,9 +176,10 @@ class Server:
             return
         self.connections += 1
         log.debug("%s: connected", name)
+        client: Connection | None = None
         try:
             async with stream, anyio.create_task_group() as group:
-                client = Connection(name, group)
+                client = Connection(name, group, self._stall)
                 try:
                     group.start_soon(self._write, stream, client, group)
                     await self._read(stream, client)
@@ -191,6 +193,12 @@ class Server:
             log.debug("%s", name, exc_info=True)
         finally:
             self.connections -= 1
+            if client is not None and client.outbox.overflowed:
+                log.warning(
+                    "%s: stopped reading (nothing sent to it for %g s); cut off",
+                    name,
+                    client.outbox.stall,
+                )
             log.debug("%s: closed", name)
 
     async def _read(self, stream: SocketStream, client: Connection) -> None:
@@ -201,8 +209,7 @@ class Server:
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
             for line in splitter.feed(data):
-                await client.outbox.wait_space()
-                if client.outbox.done:
+                if not await client.outbox.wait_space():
                     return
                 await self._rpc.handle_line(client, line)
             if splitter.too_long:
@@ -219,11 +226,4 @@ class Server:
                 log.debug("%s: gone while sending", client.name)
             else:
                 log.warning("%s: sending: %s", client.name, exc)
-        if client.outbox.overflowed:
-            log.warning(
-                "%s: stopped reading; cut off with its queue full (%d messages or %d MiB)",
-                client.name,
-                client.outbox.max_messages,
-                client.outbox.max_bytes // (1024 * 1024),
-            )
         group.cancel_scope.cancel()

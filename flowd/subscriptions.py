@@ -1,13 +1,17 @@
 """``watch`` subscriptions: who gets which records, in which order.
 
-A subscription is on one workflow (bound to its (root, id) once it exists; *pending*
-until then) or on every workflow. Live records come from the index's ``Update``\\ s,
-pushed to each subscriber's outbox as they are read. Catching up is done by a task per
-subscription that reads at the client's pace: the latest record of every workflow for
-a watch of all, or the file from where the client left off (``after``). While a key is
-being caught up, live updates for it are left to the catch-up, which reads up to the
-index's offset and then hands over to the live path in one synchronous step, so
-nothing is sent twice or out of order.
+A subscription is on one workflow (bound to its (root, id) once that exists, *pending*
+until then) or on every workflow. Records reach it two ways:
+
+- live: each ``Update`` the index reads is pushed to the subscribers' outboxes at once,
+  when it fits there (``Outbox.fits``);
+- from the file: a key in the subscription's *backlog* is caught up by its one pump
+  task, a batch at a time, at the client's pace: the latest record (the first thing a
+  watch sends), the records after ``after`` (a resumed watch), or the records that did
+  not fit live (a burst, or a client that fell behind). Live updates for a key in the
+  backlog are left to the pump, which reads up to the index's offset and then hands the
+  key back to the live path in one synchronous step: nothing is sent twice, nothing is
+  skipped, every workflow's records arrive in order.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from flowd.traces import Line, read_range, resume_from, resume_offset
 
 log = logging.getLogger("flowd")
 
+BATCH_BYTES: Final = 256 * 1024  # read from a file per pump step
 RETRY_DELAY: Final = 0.05
 RETRIES: Final = 40
 
@@ -42,14 +47,28 @@ class Session(Protocol):
     def spawn(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
 
 
+class Cursor:
+    """Where the pump is in one workflow's records for one subscription."""
+
+    __slots__ = ("after", "entry", "failures", "gen", "offset")
+
+    def __init__(self, entry: Entry, offset: int | None = None, after: After | None = None) -> None:
+        self.entry = entry
+        self.gen = entry.gen
+        self.offset = offset  # None: send the latest record
+        self.after = after  # first find the offset after this (run, step)
+        self.failures = 0
+
+
 class Subscription:
     __slots__ = (
         "after",
-        "catching_up",
+        "backlog",
         "closed",
         "id",
         "key",
         "prefix",
+        "pumping",
         "root",
         "session",
         "workflow_id",
@@ -69,20 +88,18 @@ class Subscription:
         self.root = root  # None: any root
         self.after = after
         self.key: Key | None = None  # the workflow it is bound to
-        self.catching_up: set[Key] = set()
+        self.backlog: dict[Key, Cursor] = {}
+        self.pumping = False
         self.closed = False
         self.prefix = trace_prefix(ident)
 
     def matches_root(self, entry: Entry) -> bool:
         return self.root is None or self.root == entry.root
 
-    def send(self, bodies: Iterable[bytes], live: bool) -> None:
+    def send(self, bodies: Iterable[bytes]) -> None:
         outbox = self.session.outbox
         for body in bodies:
-            if live:
-                outbox.push(self.prefix + body)
-            else:
-                outbox.put(self.prefix + body)
+            outbox.put(self.prefix + body)
 
 
 def bodies_of(entry: Entry, lines: Iterable[Line]) -> list[bytes]:
@@ -106,19 +123,21 @@ class Hub:
     def start(self, sub: Subscription) -> None:
         """Begin sending: call right after the ``watch`` response is queued."""
         if sub.workflow_id is None:
-            keys = [entry.key for entry in self._index.entries() if sub.matches_root(entry)]
-            sub.catching_up.update(keys)
             self._everything.add(sub)
-            sub.session.spawn(lambda: self._snapshot(sub, keys))
+            for entry in self._index.entries():
+                if sub.matches_root(entry):
+                    sub.backlog[entry.key] = Cursor(entry)
+            self._pump(sub)
             return
-        entry = self._index.resolve(sub.workflow_id, sub.root)
-        if entry is None:
+        found = self._index.resolve(sub.workflow_id, sub.root)
+        if found is None:
             self._pending.setdefault(sub.workflow_id, set()).add(sub)
         else:
-            self._bind(sub, entry, None)
+            self._bind(sub, found, None)
 
     def stop(self, sub: Subscription) -> None:
         sub.closed = True
+        sub.backlog.clear()
         self._everything.discard(sub)
         if sub.key is not None:
             _discard(self._bound, sub.key, sub)
@@ -127,15 +146,14 @@ class Hub:
 
     def publish(self, update: Update) -> None:
         entry = update.entry
-        key = entry.key
-        bodies: list[bytes] | None = None
         if update.lines:
-            for sub in (*self._bound.get(key, ()), *self._everything):
-                if key in sub.catching_up or not sub.matches_root(entry):
+            bodies: list[bytes] | None = None
+            for sub in (*self._bound.get(entry.key, ()), *self._everything):
+                if entry.key in sub.backlog or not sub.matches_root(entry):
                     continue
                 if bodies is None:
                     bodies = bodies_of(entry, update.lines)
-                sub.send(bodies, live=True)
+                self._deliver(sub, entry, update.lines, bodies)
         waiting = self._pending.get(entry.workflow_id)
         if waiting:
             for sub in [sub for sub in waiting if sub.matches_root(entry)]:
@@ -144,69 +162,99 @@ class Hub:
             if not waiting:
                 del self._pending[entry.workflow_id]
 
+    def _deliver(
+        self, sub: Subscription, entry: Entry, lines: list[Line], bodies: list[bytes] | None = None
+    ) -> None:
+        """Push records live if they fit the client's queue, else read them later."""
+        if not lines:
+            return
+        bodies = bodies_of(entry, lines) if bodies is None else bodies
+        size = sum(map(len, bodies)) + len(sub.prefix) * len(bodies)
+        if sub.session.outbox.fits(len(bodies), size):
+            sub.send(bodies)
+        else:
+            sub.backlog[entry.key] = Cursor(entry, lines[0].start)
+            self._pump(sub)
+
     def _bind(self, sub: Subscription, entry: Entry, update: Update | None) -> None:
         sub.key = entry.key
         self._bound.setdefault(entry.key, set()).add(sub)
-        if sub.after is not None:
-            if update is not None and update.complete:
-                sub.send(bodies_of(entry, resume_from(update.lines, *sub.after)), live=True)
-                return
-            sub.catching_up.add(entry.key)
-            sub.session.spawn(lambda: self._replay(sub, entry))
-        elif update is not None:
-            sub.send(bodies_of(entry, update.lines), live=True)
-        elif entry.latest is not None:
-            sub.send(bodies_of(entry, [entry.latest]), live=True)
+        if update is not None and update.complete:
+            lines = update.lines if sub.after is None else resume_from(update.lines, *sub.after)
+            self._deliver(sub, entry, lines)
+        else:
+            sub.backlog[entry.key] = Cursor(entry, after=sub.after)
+            self._pump(sub)
 
-    async def _snapshot(self, sub: Subscription, keys: list[Key]) -> None:
-        """The latest record of every workflow, at the client's pace."""
-        for key in keys:
-            await sub.session.outbox.wait_space()
-            if sub.closed or sub.session.outbox.done:
-                return
-            if key not in sub.catching_up:
-                continue
-            sub.catching_up.discard(key)
-            entry = self._index.get(key)
-            if entry is not None and entry.latest is not None:
-                sub.send(bodies_of(entry, [entry.latest]), live=False)
+    def _pump(self, sub: Subscription) -> None:
+        if not sub.pumping and sub.backlog:
+            sub.pumping = True
+            sub.session.spawn(lambda: self._run_pump(sub))
 
-    async def _replay(self, sub: Subscription, entry: Entry) -> None:
-        """Every record after ``sub.after``, read from the file at the client's pace."""
-        assert sub.after is not None
-        key, gen = entry.key, entry.gen
+    async def _run_pump(self, sub: Subscription) -> None:
+        """Catch up every key in the backlog, a batch at a time, in turn."""
+        outbox = sub.session.outbox
         try:
-            cursor = await anyio.to_thread.run_sync(
-                resume_offset, entry.path, *sub.after, entry.offset
+            while sub.backlog and not sub.closed:
+                if not await outbox.wait_space():
+                    return
+                key, cursor = next(iter(sub.backlog.items()))
+                if cursor.after is not None:
+                    await self._find_resume(cursor)
+                    continue
+                finished = self._step(sub, key, cursor)
+                if cursor.failures:
+                    await anyio.sleep(RETRY_DELAY)
+                if not finished and key in sub.backlog:  # round robin
+                    del sub.backlog[key]
+                    sub.backlog[key] = cursor
+        finally:
+            sub.pumping = False
+
+    async def _find_resume(self, cursor: Cursor) -> None:
+        entry, after = cursor.entry, cursor.after
+        assert after is not None
+        try:
+            cursor.offset = await anyio.to_thread.run_sync(
+                resume_offset, entry.path, *after, entry.offset
             )
         except OSError as exc:
-            log.warning("replay of %s: %s; sending new records only", entry.path, exc)
-            cursor = entry.offset
-        failures = 0
-        while True:
-            await sub.session.outbox.wait_space()
-            if sub.closed or sub.session.outbox.done:
-                return
-            current = self._index.get(key)
-            if current is None:
-                break  # gone: live from here (it may appear again)
-            if current is not entry or current.gen != gen:
-                entry, gen, cursor = current, current.gen, 0  # replaced: from its start
-            if cursor >= entry.offset:
-                break
-            try:
-                found = read_range(entry.path, cursor, entry.offset, entry.ident)
-            except OSError:
-                found = None
-            if found is None:  # changed under us: the index will see it shortly
-                failures += 1
-                if failures > RETRIES:
-                    break
-                await anyio.sleep(RETRY_DELAY)
-                continue
-            cursor = found.end
-            sub.send(bodies_of(entry, found.lines), live=False)
-        sub.catching_up.discard(key)
+            log.warning("resuming %s: %s; sending new records only", entry.path, exc)
+            cursor.offset = entry.offset
+        cursor.after = None
+
+    def _step(self, sub: Subscription, key: Key, cursor: Cursor) -> bool:
+        """One batch for one key; True when the key is caught up (and live again)."""
+        entry = self._index.get(key)
+        if entry is None:  # gone: live again (it may come back)
+            del sub.backlog[key]
+            return True
+        if entry is not cursor.entry or entry.gen != cursor.gen:  # replaced: from its start
+            cursor.entry, cursor.gen, cursor.offset = entry, entry.gen, 0
+        if cursor.offset is None:
+            del sub.backlog[key]
+            if entry.latest is not None:
+                sub.send(bodies_of(entry, [entry.latest]))
+            return True
+        if cursor.offset >= entry.offset:
+            del sub.backlog[key]
+            return True
+        try:
+            found = read_range(
+                entry.path, cursor.offset, entry.offset, entry.ident, limit=BATCH_BYTES
+            )
+        except OSError:
+            found = None
+        if found is None:  # changed under us: the index will see it shortly
+            cursor.failures += 1
+            if cursor.failures > RETRIES:
+                del sub.backlog[key]
+                return True
+            return False
+        cursor.failures = 0
+        cursor.offset = found.end
+        sub.send(bodies_of(entry, found.lines))
+        return False
 
 
 def _discard(table: dict[K, set[Subscription]], key: K, sub: Subscription) -> None:

@@ -32,10 +32,22 @@ FileIdent = tuple[int, int]  # (st_dev, st_ino)
 class Line:
     """One record: its stored bytes and the fields flowd indexes."""
 
-    __slots__ = ("end", "host", "pid", "pid_start", "raw", "run", "status", "step", "updated")
+    __slots__ = (
+        "end",
+        "host",
+        "pid",
+        "pid_start",
+        "raw",
+        "run",
+        "start",
+        "status",
+        "step",
+        "updated",
+    )
 
-    def __init__(self, raw: bytes, record: LiveTrace, end: int) -> None:
+    def __init__(self, raw: bytes, record: LiveTrace, start: int, end: int) -> None:
         self.raw = raw
+        self.start = start  # file offset of this line's first byte
         self.end = end  # file offset just after this line's newline
         self.step = record.step
         self.status = record.status
@@ -46,13 +58,14 @@ class Line:
         self.updated = record.updated_at.timestamp()
 
 
-def parse_line(raw: bytes, end: int) -> Line | None:
-    """The record on one line (stripped of surrounding whitespace), or None if malformed."""
-    raw = raw.strip()
+def parse_line(line: bytes, end: int) -> Line | None:
+    """The record on the line ending (newline included) at ``end``, stripped of surrounding
+    whitespace; None if it is not a record."""
+    raw = line.strip()
     if len(raw) > MAX_LINE_BYTES:
         return None
     try:
-        return Line(raw, LiveTrace.from_dict(loads(raw)), end)
+        return Line(raw, LiveTrace.from_dict(loads(raw)), end - len(line) - 1, end)
     except (ValueError, RecursionError, MalformedRecord):
         return None
 
@@ -202,18 +215,24 @@ def resume_from(lines: list[Line], run: str | None, step: int) -> list[Line]:
     return lines
 
 
-def read_range(path: str, start: int, end: int, ident: FileIdent | None) -> Lines | None:
-    """Records between ``start`` and ``end`` (at most CHUNK bytes of them), or None when
-    the file at ``path`` is no longer the one identified by ``ident`` or has shrunk."""
-    want = min(CHUNK, end - start)
+def read_range(
+    path: str, start: int, end: int, ident: FileIdent | None, limit: int = CHUNK
+) -> Lines | None:
+    """Records between ``start`` and ``end``, reading about ``limit`` bytes (more when one
+    line is longer, up to CHUNK); None when the file at ``path`` is no longer the one
+    identified by ``ident``, or has shrunk."""
     with open(path, "rb") as handle:
         if ident is not None and ident_of(os.fstat(handle.fileno())) != ident:
             return None
-        handle.seek(start)
-        data = handle.read(want)
-    if len(data) < want:
-        return None
-    found = split_lines(data, start)
-    if found.end == start and want > 0:
-        return Lines([], start + want, 1)  # no newline in a whole chunk: skip it
-    return found
+        while True:
+            want = min(limit, end - start)
+            handle.seek(start)
+            data = handle.read(want)
+            if len(data) < want:
+                return None
+            found = split_lines(data, start)
+            if found.end > start or want == 0:
+                return found
+            if want >= min(CHUNK, end - start):
+                return Lines([], start + want, 1)  # no newline in a whole chunk: skip it
+            limit = min(CHUNK, limit * 4)

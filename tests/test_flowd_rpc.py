@@ -45,24 +45,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     state = base / "state"
     root = base / "traces"
     env = {"XDG_STATE_HOME": str(state)}
-    done = [workflow(root, "wf-a", 4, env=env), workflow(root, "fail-b", 2, env=env)]
     gate = base / "never"
     running = workflow(root, "wf-run", 5, gate=gate, hold=2, env=env)
     killed = workflow(root, "wf-lost", 5, gate=gate, hold=1, env=env)
-    finish(done[0])
-    finish(done[1], failing=True)
-    for path, count in (("wf-run", 6), ("wf-lost", 3)):
-        trace = root / path / "trace.jsonl"
-        wait_for(lambda t=trace, c=count: t.exists() and len(records(t)) >= c, what=path)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    daemon = Flowd(state=state)  # no --root: everything comes from the registry
+    daemon: Flowd | None = None
     try:
+        finish(workflow(root, "wf-a", 4, env=env))
+        finish(workflow(root, "fail-b", 2, env=env), failing=True)
+        for path, count in (("wf-run", 6), ("wf-lost", 3)):
+            trace = root / path / "trace.jsonl"
+            wait_for(lambda t=trace, c=count: t.exists() and len(records(t)) >= c, what=path)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        daemon = Flowd(state=state)  # no --root: everything comes from the registry
         yield World(base, root, daemon, running)
     finally:
-        running.kill()
-        running.wait()
-        daemon.cleanup()
+        for proc in (running, killed):
+            proc.kill()
+            proc.communicate()
+        if daemon is not None:
+            daemon.cleanup()
 
 
 @pytest.fixture

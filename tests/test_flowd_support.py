@@ -229,7 +229,11 @@ class Flowd:
             stderr=self._log,
         )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.cleanup()
+                raise
 
     def wait_ready(self, timeout: float = 20) -> None:
         def answers() -> bool:

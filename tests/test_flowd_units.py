@@ -215,34 +215,32 @@ def test_read_range_notices_a_replaced_or_shrunk_file(
 # -- outbox, schedule, inotify events ---------------------------------------------------
 
 
-def test_the_outbox_cuts_off_a_client_past_its_limits_and_drops_its_queue() -> None:
+def test_live_notifications_fit_the_outbox_or_are_left_for_later() -> None:
     async def main() -> None:
-        box = Outbox(max_messages=5, max_bytes=100)
-        for _ in range(5):
-            box.push(b"x")
-        assert box.queued == 5 and not box.overflowed
-        box.push(b"x")
-        assert box.overflowed and box.queued == 0
-        assert await box.take() is None
-        by_bytes = Outbox(max_messages=1000, max_bytes=100)
-        by_bytes.push(b"x" * 60)
-        by_bytes.push(b"x" * 60)
-        assert by_bytes.overflowed
+        box = Outbox(live_messages=5, live_bytes=100)
+        assert box.fits(5, 50)
+        assert not box.fits(6, 50)
+        assert not box.fits(1, 101)
+        for _ in range(4):
+            box.push(b"x" * 10)
+        assert box.fits(1, 60) and not box.fits(2, 10) and not box.fits(1, 61)
+        assert await box.take() == b"x" * 40
+        assert box.fits(5, 100)
 
     anyio.run(main)
 
 
 def test_catch_up_waits_for_the_client_instead_of_cutting_it_off() -> None:
     async def main() -> None:
-        box = Outbox(max_messages=10, max_bytes=10**6, low_messages=2, low_bytes=10**6)
+        box = Outbox(live_messages=10, live_bytes=10**6, low_messages=2, low_bytes=10**6)
         for _ in range(20):
-            box.put(b"m")  # past the limit, yet never cut off
+            box.put(b"m")  # past the live room: put is for what waited its turn
         assert not box.overflowed
         waited = False
 
         async def waiter() -> None:
             nonlocal waited
-            await box.wait_space()
+            assert await box.wait_space()
             waited = True
 
         async with anyio.create_task_group() as group:
@@ -255,6 +253,32 @@ def test_catch_up_waits_for_the_client_instead_of_cutting_it_off() -> None:
         box.close()
         assert await box.take() == b"last"
         assert await box.take() is None
+
+    anyio.run(main)
+
+
+def test_a_client_that_takes_nothing_for_the_stall_time_is_cut_off() -> None:
+    async def main() -> None:
+        cut: list[bool] = []
+        box = Outbox(low_messages=1, stall=0.05, on_overflow=lambda: cut.append(True))
+        box.put(b"a")
+        box.put(b"b")
+        assert not await box.wait_space()  # nothing taken for 0.05 s
+        assert cut == [True] and box.overflowed and box.queued == 0
+        assert await box.take() is None
+        assert not await box.wait_space()
+        patient = Outbox(low_messages=1, stall=0.05)
+        patient.put(b"a")
+        patient.put(b"b")
+
+        async def drain_slowly() -> None:
+            await anyio.sleep(0.03)  # within the stall period
+            assert await patient.take() == b"ab"
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(drain_slowly)
+            assert await patient.wait_space()
+        assert not patient.overflowed
 
     anyio.run(main)
 

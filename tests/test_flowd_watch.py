@@ -5,9 +5,12 @@ runs twice: with inotify, and with polling (``--watcher poll``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,11 +53,23 @@ def world(
     state = base / "state"
     run_workflow_to_end(base / "traces", "template", 4, env={"XDG_STATE_HOME": str(state)})
     template = raw_lines(base / "traces" / "template" / "trace.jsonl")
-    daemon = Flowd("--watcher", request.param, state=state)
+    daemon = Flowd("--watcher", request.param, "--stall-timeout", "1", state=state)
     try:
         yield World(base, daemon, template, request.param)
     finally:
         daemon.cleanup()
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Workflows a test started; whatever still runs afterwards (a test failed while it
+    waited at its gate) is killed."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 @pytest.fixture
@@ -80,10 +95,11 @@ def watch(client: Client, **params: Any) -> str:
 
 
 def test_watch_sends_the_latest_record_then_every_new_one_in_order(
-    world: World, client: Client, tmp_path: Path
+    world: World, client: Client, tmp_path: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:
     gate = tmp_path / "go"
     proc = workflow(world.root, "wf-watch", 8, delay=0.01, gate=gate, hold=3, env=world.env)
+    started.append(proc)
     trace = world.trace("wf-watch")
     wait_for(lambda: trace.exists() and len(records(trace)) >= 9, what="three steps")
     # blocked at the gate: once flowd has its latest record, that is the snapshot
@@ -126,10 +142,11 @@ def test_watch_after_a_step_replays_the_rest_of_that_run(world: World, client: C
 
 
 def test_watch_after_a_step_then_live_while_the_workflow_runs(
-    world: World, client: Client, tmp_path: Path
+    world: World, client: Client, tmp_path: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:
     gate = tmp_path / "go"
     proc = workflow(world.root, "wf-resume", 8, delay=0.01, gate=gate, hold=4, env=world.env)
+    started.append(proc)
     trace = world.trace("wf-resume")
     wait_for(lambda: trace.exists() and len(records(trace)) >= 12, what="four steps")
     run = records(trace)[0]["run"]
@@ -374,3 +391,27 @@ def test_a_root_that_appears_later_is_indexed(world: World) -> None:
                 what="the root gone",
             )
             assert client.call("ps")["workflows"] == []
+
+
+def test_a_burst_reaches_a_client_that_reads_and_one_that_stops_reading_is_cut_off(
+    world: World, client: Client
+) -> None:
+    trace = world.trace("wf-flood")
+    put(trace, world.template[0] + b"\n")
+    wait_for(lambda: latest(client, "wf-flood") == records(trace)[-1], what="indexed")
+    slow = world.daemon.client()
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    watch(slow, workflow_id="wf-flood")
+    watch(client, workflow_id="wf-flood")
+    # one write of 3,000 records: more than fit a client's queue at once
+    put(trace, b"".join(world.template[1] + b"\n" for _ in range(3000)))
+    received = [client.trace()["record"] for _ in range(3001)]
+    assert received == records(trace)  # every one, in order, to the client that reads
+    wait_for(lambda: "stopped reading (nothing sent to it for 1 s); cut off" in world.daemon.log())
+    count = 0
+    with contextlib.suppress(ConnectionResetError):
+        while slow.read_line() is not None:
+            count += 1
+    slow.close()
+    assert count < 3001  # closed before the end
+    assert client.call("ping")
