@@ -1,0 +1,415 @@
+"""flowd under load: figures printed, nothing asserted.
+
+    python bench/bench_flowd.py [--workflows 10000] [--writers 50] [--clients 100]
+                                [--seconds 8] [--idle 10]
+
+1. 10,000 workflows indexed (traces copied from a real run of examples/pipeline.py):
+   time until ready, the daemon's RSS, ``ps`` / ``ps status=running`` / ``get`` round
+   trips (median, p99), and idle CPU (% of one core) over ``--idle`` seconds.
+2. 50 workflows writing (a writer process appending real-shaped records, one write per
+   workflow every 20 ms, as the core's flusher does) while 100 clients each watch one
+   of them: notifications delivered (count, in order) and the latency from the write to
+   the client (the writer stamps each record with the time it wrote it).
+3. A client that watches everything and never reads (flowd run with --stall-timeout 2),
+   beside one that reads: whether the first is cut off, the daemon's RSS meanwhile, and
+   what the second received.
+
+Targets (README): RSS < 150 MB, ps < 50 ms, idle CPU < 1%, p99 latency < 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+FLUSH = 0.02
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, path: Path, timeout: float = 60) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buffer = b""
+        self.ident = 0
+
+    def raw_call(self, method: str, **params: Any) -> bytes:
+        self.ident += 1
+        message = {"jsonrpc": "2.0", "id": self.ident, "method": method, "params": params}
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+        chunks = [self.buffer]
+        while b"\n" not in chunks[-1]:
+            data = self.sock.recv(1 << 22)
+            if not data:
+                raise ConnectionError("closed")
+            chunks.append(data)
+        line, self.buffer = b"".join(chunks).split(b"\n", 1)
+        return line
+
+    def call(self, method: str, **params: Any) -> Any:
+        reply = json.loads(self.raw_call(method, **params))
+        return reply["result"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def row(label: str, text: str) -> None:
+    print(f"  {label:<33}{text}")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def template(base: Path) -> list[dict[str, Any]]:
+    """The records of a real run of examples/pipeline.py."""
+    env = dict(os.environ, XDG_STATE_HOME=str(base / "template-state"))
+    subprocess.run(
+        [sys.executable, str(PROJECT / "examples" / "pipeline.py"), "--workflow-id", "tpl",
+         "--trace-dir", str(base / "template"), "--delay", "0"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    text = (base / "template" / "tpl" / "trace.jsonl").read_text()
+    return [json.loads(line) for line in text.split("\n") if line]
+
+
+def start_flowd(base: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, float]:
+    sock = Path(tempfile.mkdtemp(prefix="fd", dir="/tmp")) / "flowd.sock"
+    env = dict(os.environ, XDG_STATE_HOME=str(base / "state"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowd", "--socket", str(sock), "--log-level", "warning", *args],
+        env=env,
+        stderr=open(base / "flowd.log", "wb"),  # noqa: SIM115
+    )
+    while True:
+        try:
+            client = Client(sock, timeout=5)
+            client.call("ping")
+            client.close()
+            return proc, sock, time.monotonic() - started
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"flowd exited: {(base / 'flowd.log').read_text()}") from None
+            time.sleep(0.02)
+
+
+# -- 1. many workflows ----------------------------------------------------------------
+
+
+def write_many(root: Path, records: list[dict[str, Any]], count: int) -> None:
+    tail = records[-4:]
+    for number in range(count):
+        workflow_id = f"wf-{number:05d}"
+        lines = []
+        for record in tail:
+            lines.append(json.dumps(dict(record, workflow_id=workflow_id), separators=(",", ":")))
+        if number % 100 == 0:  # 1%: still running (this process is the live writer)
+            last = dict(tail[-2], workflow_id=workflow_id, pid=os.getpid(), pid_start=None)
+            lines.append(json.dumps(last, separators=(",", ":")))
+        directory = root / workflow_id
+        directory.mkdir(parents=True)
+        (directory / "trace.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def timings(
+    client: Client, method: str, rounds: int, **params: Any
+) -> tuple[list[float], list[float], int]:
+    """Round trips (request sent .. whole answer received) and the client's JSON decode."""
+    trips = []
+    decodes = []
+    size = 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        line = client.raw_call(method, **params)
+        received = time.perf_counter()
+        json.loads(line)
+        trips.append(received - start)
+        decodes.append(time.perf_counter() - received)
+        size = len(line)
+    return trips, decodes, size
+
+
+def bench_many(base: Path, records: list[dict[str, Any]], count: int, idle: float) -> None:
+    root = base / "many"
+    started = time.monotonic()
+    write_many(root, records, count)
+    print(f"wrote {count} traces in {time.monotonic() - started:.1f} s")
+    proc, sock, ready = start_flowd(base, "--root", str(root))
+    try:
+        client = Client(sock)
+        assert client.call("ping")["workflows"] == count
+        print(f"flowd ready with {count} workflows indexed after {ready:.2f} s")
+        row("RSS", f"{rss_mb(proc.pid):7.1f} MB   (target < 150)")
+        for label, method, params, rounds in (
+            ("ps (every workflow)", "ps", {}, 100),
+            ("ps status=running", "ps", {"status": "running"}, 100),
+            ("get", "get", {"workflow_id": "wf-04242"}, 300),
+        ):
+            trips, decodes, size = timings(client, method, rounds, **params)
+            print(
+                f"  {label:<24} round trip median {statistics.median(trips) * 1000:5.1f} ms"
+                f"  p99 {pct(trips, 0.99) * 1000:5.1f} ms;  client's json.loads of the"
+                f" {size / 1e6:.2f} MB answer: median {statistics.median(decodes) * 1000:5.1f} ms"
+            )
+        client.close()
+        time.sleep(1)
+        before = cpu_seconds(proc.pid)
+        time.sleep(idle)
+        used = cpu_seconds(proc.pid) - before
+        row(f"idle CPU over {idle:.0f} s", f"{100 * used / idle:7.2f} % of a core (target < 1)")
+        row("RSS after", f"{rss_mb(proc.pid):7.1f} MB")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+# -- 2. writers and watchers ----------------------------------------------------------
+
+
+def writer(root: str, workflows: int, seconds: float, template_path: str) -> None:
+    """Append one record per workflow every FLUSH seconds, one write each, for seconds."""
+    record = json.loads(Path(template_path).read_text())
+    files = []
+    for number in range(workflows):
+        path = Path(root) / f"live-{number:02d}" / "trace.jsonl"
+        files.append(os.open(path, os.O_WRONLY | os.O_APPEND))
+    step = 1
+    end = time.monotonic() + seconds
+    while True:
+        done = time.monotonic() >= end
+        step += 1
+        for number, fd in enumerate(files):
+            now = time.time()
+            line = dict(
+                record,
+                workflow_id=f"live-{number:02d}",
+                step=step,
+                status="completed" if done else "running",
+                bench_t=now,
+            )
+            os.write(fd, (json.dumps(line, separators=(",", ":")) + "\n").encode())
+        if done:
+            break
+        time.sleep(FLUSH)
+    for fd in files:
+        os.close(fd)
+
+
+def start_writer(root: Path, workflows: int, seconds: float, base: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--writer", str(root), str(workflows), str(seconds),
+         str(base / "record.json")]
+    )  # fmt: skip
+
+
+def prepare_live(root: Path, records: list[dict[str, Any]], workflows: int, base: Path) -> None:
+    record = dict(records[len(records) // 2], pid=os.getpid(), pid_start=None)
+    (base / "record.json").write_text(json.dumps(record))
+    for number in range(workflows):
+        path = root / f"live-{number:02d}" / "trace.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        first = dict(record, workflow_id=f"live-{number:02d}", step=1, bench_t=time.time())
+        path.write_text(json.dumps(first, separators=(",", ":")) + "\n")
+
+
+def bench_watch(
+    base: Path, records: list[dict[str, Any]], writers: int, clients: int, seconds: float
+) -> None:
+    root = base / "live"
+    prepare_live(root, records, writers, base)
+    proc, sock, _ = start_flowd(base, "--root", str(root))
+    try:
+        watchers = []
+        selector = selectors.DefaultSelector()
+        for number in range(clients):
+            client = Client(sock)
+            client.call("watch", workflow_id=f"live-{number % writers:02d}")
+            client.sock.setblocking(False)
+            state = {"steps": [], "latency": [], "done": False, "client": client}
+            watchers.append(state)
+            selector.register(client.sock, selectors.EVENT_READ, state)
+        feed = start_writer(root, writers, seconds, base)
+        rss = [rss_mb(proc.pid)]
+        deadline = time.monotonic() + seconds + 30
+        next_sample = time.monotonic()
+        while not all(w["done"] for w in watchers) and time.monotonic() < deadline:
+            for key, _ in selector.select(0.5):
+                state = key.data
+                client = state["client"]
+                try:
+                    data = client.sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                received = time.time()
+                if not data:
+                    state["done"] = True
+                    selector.unregister(client.sock)
+                    continue
+                client.buffer += data
+                *lines, client.buffer = client.buffer.split(b"\n")
+                for line in lines:
+                    message = json.loads(line)
+                    record = message["params"]["record"]
+                    state["steps"].append(record["step"])
+                    if record["step"] > 1:
+                        state["latency"].append(received - record["bench_t"])
+                    if record["status"] == "completed":
+                        state["done"] = True
+            if time.monotonic() >= next_sample:
+                rss.append(rss_mb(proc.pid))
+                next_sample += 0.5
+        feed.wait()
+        expected = None
+        in_order = 0
+        total = 0
+        latencies: list[float] = []
+        for state in watchers:
+            steps = state["steps"]
+            total += len(steps)
+            latencies += state["latency"]
+            if steps and steps == list(range(steps[0], steps[0] + len(steps))):
+                in_order += 1
+            expected = steps[-1] if steps else expected
+        written = (expected or 0) * clients
+        print(
+            f"{writers} workflows writing every {FLUSH * 1000:.0f} ms for {seconds:.0f} s,"
+            f" {clients} clients watching one each"
+        )
+        row("notifications delivered", f"{total} of {written} (one per record per watcher)")
+        row("clients with every step in order", f"{in_order} of {clients}")
+        row(
+            "latency write -> client",
+            f"median {statistics.median(latencies) * 1000:5.1f} ms"
+            f"   p99 {pct(latencies, 0.99) * 1000:5.1f} ms"
+            f"   max {max(latencies) * 1000:5.1f} ms (target p99 < 100)",
+        )
+        row("daemon RSS", f"{min(rss):.1f} .. {max(rss):.1f} MB")
+        for state in watchers:
+            state["client"].close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+# -- 3. a client that stops reading ---------------------------------------------------
+
+
+def bench_slow_client(
+    base: Path, records: list[dict[str, Any]], writers: int, seconds: float
+) -> None:
+    root = base / "slow"
+    prepare_live(root, records, writers, base)
+    proc, sock, _ = start_flowd(base, "--root", str(root), "--stall-timeout", "2")
+    try:
+        slow = Client(sock)
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.call("watch")  # everything, and then never read
+        healthy = Client(sock)
+        healthy.call("watch")
+        healthy.sock.settimeout(0.2)
+        feed = start_writer(root, writers, seconds, base)
+        start = time.monotonic()
+        rss = [rss_mb(proc.pid)]
+        got = 0
+        while feed.poll() is None:
+            try:
+                data = healthy.sock.recv(1 << 20)
+                got += data.count(b"\n")
+            except TimeoutError:
+                pass
+            rss.append(rss_mb(proc.pid))
+        cut = None
+        for line in (base / "flowd.log").read_text().splitlines():
+            if "cut off" in line:
+                cut = line
+        slow.sock.settimeout(5)
+        closed = False
+        try:
+            while slow.sock.recv(1 << 20):
+                pass
+            closed = True
+        except ConnectionError:
+            closed = True  # reset: closed by the daemon with data still in flight
+        except TimeoutError:
+            pass
+        print(
+            f"a client watching everything that never reads, {writers} workflows writing"
+            f" for {seconds:.0f} s"
+        )
+        why = f" ({cut.split('flowd WARNING ')[-1]})" if cut else ""
+        row("cut off", ("yes" if cut and closed else "NO") + why)
+        row("daemon RSS meanwhile", f"{min(rss):.1f} .. {max(rss):.1f} MB")
+        row(
+            "a healthy client meanwhile got",
+            f"{got} notifications in {time.monotonic() - start:.1f} s",
+        )
+        slow.close()
+        healthy.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--writer":
+        writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+        return 0
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workflows", type=int, default=10000)
+    parser.add_argument("--writers", type=int, default=50)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--idle", type=float, default=10)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-flowd-"))
+    try:
+        records = template(base)
+        bench_many(base, records, args.workflows, args.idle)
+        bench_watch(base, records, args.writers, args.clients, args.seconds)
+        bench_slow_client(base, records, args.writers, args.seconds)
+    finally:
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
