@@ -31,6 +31,7 @@ from flowctl.source import Source
 
 HISTORY_FILE: Final = "flowctl_history"
 CACHE_SECONDS: Final = 2.0
+DUTY_DIVISOR: Final = 50
 SHELL_WORDS: Final = {"help": "this help; 'help CMD' for a command's options", "exit": "leave"}
 OPTIONS: Final = {
     "ps": ("--status", "--json", "--trace-dir"),
@@ -41,17 +42,21 @@ TAKES_WORKFLOW: Final = ("history", "watch")
 
 
 class Cached:
-    """A value recomputed at most every CACHE_SECONDS (the toolbar renders on each key)."""
+    """A value recomputed at most every CACHE_SECONDS, and never for more than
+    1/DUTY_DIVISOR of the time (listing 10,000 workflows takes a while)."""
 
     def __init__(self, compute: Callable[[], str | list[str]]) -> None:
         self._compute = compute
         self._value: str | list[str] | None = None
         self._at = 0.0
+        self._lifetime = CACHE_SECONDS
 
     def get(self) -> str | list[str]:
         now = time.monotonic()
-        if self._value is None or now - self._at >= CACHE_SECONDS:
-            self._value, self._at = self._compute(), now
+        if self._value is None or now - self._at >= self._lifetime:
+            self._value = self._compute()
+            self._at = time.monotonic()
+            self._lifetime = max(CACHE_SECONDS, (self._at - now) * DUTY_DIVISOR)
         return self._value
 
 
@@ -140,6 +145,7 @@ class FlowShell:
         self._ids = Cached(source.workflow_ids)
         self._toolbar = Cached(self._toolbar_text)
         self._history, self._input, self._output = history, input, output
+        self.active_prompt: PromptSession[str] | None = None  # while ``run`` runs
 
     def _cached_ids(self) -> list[str]:
         ids = self._ids.get()
@@ -219,9 +225,11 @@ class FlowShell:
             completer=FlowCompleter(self._cached_ids),
             history=self._history if self._history is not None else open_history(),
             bottom_toolbar=self.toolbar,
+            refresh_interval=CACHE_SECONDS,  # the toolbar's counts stay current
             input=self._input,
             output=self._output,
         )
+        self.active_prompt = prompt
         self._print(
             f"flowctl shell: {self.source.kind} in {self.source.location}. "
             "Type 'help'; Ctrl-D leaves."

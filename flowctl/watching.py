@@ -92,7 +92,7 @@ class WorkflowWatch:
     def plain_lines(self, now: datetime) -> list[str]:
         record, status = self.view.latest, self.status
         if record is None or status is None:
-            shown: object = ("waiting", self.view.present)
+            shown: object = WAITING  # once, whether or not the (empty) trace exists yet
         else:
             shown = status if self._status_only else (record.run, record.step, status)
         if shown == self._shown:

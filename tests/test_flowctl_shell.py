@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import python_env
+from conftest import python_env, wait_until
+from prompt_toolkit.buffer import CompletionState
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
@@ -48,8 +48,8 @@ class Driven:
         self.trace_dir = trace_dir
         self.history = history
 
-    def run(self, *chunks: str, pause: float = 0.3) -> int:
-        """Type ``chunks`` one after another, ``pause`` apart (completion is asynchronous)."""
+    def run(self, *chunks: str) -> int:
+        """Type ``chunks`` one after another; a Tab waits for completions to be ready."""
         with create_pipe_input() as pipe:
             shell = FlowShell(
                 GlobalOptions(trace_dir=str(self.trace_dir)),
@@ -66,10 +66,27 @@ class Driven:
                 pipe.send_text(chunks[0])
                 return shell.run()
 
+            def state() -> tuple[str, CompletionState | None]:
+                prompt = shell.active_prompt
+                if prompt is None:
+                    return "", None
+                return prompt.default_buffer.text, prompt.default_buffer.complete_state
+
+            def ready_to_complete() -> bool:
+                text, completing = state()
+                return completing is not None and completing.original_document.text == text
+
+            def completed() -> bool:
+                completing = state()[1]
+                return completing is not None and completing.complete_index is not None
+
             def feed() -> None:
                 for chunk in chunks:
-                    time.sleep(pause)
+                    if chunk == "\t":  # completion runs asynchronously: wait for it
+                        assert wait_until(ready_to_complete, 10)
                     pipe.send_text(chunk)
+                    if chunk == "\t":
+                        assert wait_until(completed, 10)
 
             feeder = threading.Thread(target=feed, daemon=True)
             feeder.start()
@@ -133,12 +150,15 @@ def test_watch_in_the_shell_returns_to_the_prompt(driven: Driven) -> None:
 
 
 def test_ctrl_c_during_a_watch_returns_to_the_prompt(driven: Driven) -> None:
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        code = driven.run("watch wf-001\rps --status failed\r\x04")
-    finally:
-        timer.cancel()
+    def interrupt_the_watch() -> None:
+        # Ctrl-C reaches a plain watch as SIGINT; send it once the watch has printed.
+        if wait_until(lambda: "result: 30" in driven.out.getvalue(), 20):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_the_watch, daemon=True)
+    interrupter.start()
+    code = driven.run("watch wf-001\rps --status failed\r\x04")
+    interrupter.join()
     assert code == exitcodes.OK
     out = driven.out.getvalue()
     assert "wf-001  completed   step 10  result: 30" in out and "wf-002    failed" in out
@@ -184,6 +204,7 @@ def test_flowctl_without_a_command_opens_the_shell_on_a_terminal(
     traces: Path, tmp_path: Path, start_python: object
 ) -> None:
     start_workflow(start_python, tmp_path, "wf-live", "block", 120)  # type: ignore[arg-type]
+    # The toolbar refreshes on its own: open the shell before the workflow writes anything.
     term = Tmux("flowctl-shell", flowctl_command("--trace-dir", tmp_path))
     try:
         term.wait_for("flowctl>")

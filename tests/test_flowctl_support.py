@@ -3,6 +3,7 @@ real traces in a subprocess, and ways to run ``flowctl`` / ``doeff-flow`` as pro
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -176,11 +177,16 @@ def put_trace(trace_dir: Path, workflow_id: str, text: str | bytes) -> Path:
     return path
 
 
+_TMUX_SERVERS = itertools.count()
+
+
 class Tmux:
     """A private tmux server running one command in a real pseudo-terminal."""
 
     def __init__(self, name: str, command: list[str], columns: int = 100, rows: int = 40) -> None:
-        self._base = ["/usr/bin/tmux", "-L", f"{name}-{os.getpid()}", "-f", "/dev/null"]
+        # A server of its own: a name never reused, even while an old server shuts down.
+        socket_name = f"{name}-{os.getpid()}-{next(_TMUX_SERVERS)}"
+        self._base = ["/usr/bin/tmux", "-L", socket_name, "-f", "/dev/null"]
         env = python_env()
         exports = [f"{key}={env[key]}" for key in ("PYTHONPATH", "XDG_STATE_HOME") if key in env]
         shell = " ".join(shlex.quote(part) for part in ["env", *exports, *command])
