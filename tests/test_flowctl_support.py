@@ -3,12 +3,13 @@ real traces in a subprocess, and ways to run ``flowctl`` / ``doeff-flow`` as pro
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -177,16 +178,14 @@ def put_trace(trace_dir: Path, workflow_id: str, text: str | bytes) -> Path:
     return path
 
 
-_TMUX_SERVERS = itertools.count()
-
-
 class Tmux:
     """A private tmux server running one command in a real pseudo-terminal."""
 
     def __init__(self, name: str, command: list[str], columns: int = 100, rows: int = 40) -> None:
-        # A server of its own: a name never reused, even while an old server shuts down.
-        socket_name = f"{name}-{os.getpid()}-{next(_TMUX_SERVERS)}"
-        self._base = ["/usr/bin/tmux", "-L", socket_name, "-f", "/dev/null"]
+        # A server of its own, on a socket in a short private directory removed on close
+        # (never reused, even while an old server shuts down).
+        self._dir = tempfile.mkdtemp(prefix=f"{name}-")
+        self._base = ["/usr/bin/tmux", "-S", f"{self._dir}/tmux", "-f", "/dev/null"]
         env = python_env()
         exports = [f"{key}={env[key]}" for key in ("PYTHONPATH", "XDG_STATE_HOME") if key in env]
         shell = " ".join(shlex.quote(part) for part in ["env", *exports, *command])
@@ -220,3 +219,4 @@ class Tmux:
 
     def close(self) -> None:
         self._run("kill-server")
+        shutil.rmtree(self._dir, ignore_errors=True)
