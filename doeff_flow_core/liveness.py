@@ -14,22 +14,31 @@ def this_host() -> str:
     return socket.gethostname()
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None where unavailable."""
+def _proc_stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onwards of /proc/PID/stat (state first), or None where unavailable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(b")") + 2 :].split()
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None where unavailable."""
+    fields = _proc_stat_fields(pid)
     try:
-        return int(fields[19])
+        return int(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
 
 def process_alive(pid: int, start_ticks: int | None = None) -> bool:
+    """Whether ``pid`` still runs the process that started at ``start_ticks``.
+
+    A zombie (exited, not yet reaped by its parent) is not alive.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -38,11 +47,13 @@ def process_alive(pid: int, start_ticks: int | None = None) -> bool:
         pass  # exists, owned by someone else
     except OSError:
         return False
-    if start_ticks is not None:
-        current = process_start_ticks(pid)
-        if current is not None and current != start_ticks:
-            return False  # the pid was reused by another process
-    return True
+    fields = _proc_stat_fields(pid)
+    if not fields:
+        return True  # no /proc: the signal check is all there is
+    if fields[0] == b"Z":
+        return False
+    # A different start time: the pid was reused by another process.
+    return start_ticks is None or len(fields) <= 19 or fields[19] == str(start_ticks).encode()
 
 
 def effective_status(record: LiveTrace) -> str:

@@ -15,7 +15,6 @@ from doeff_flow_core import InvalidWorkflowId, LiveTrace, effective_status
 from doeff_flow_core.ids import is_workflow_id, validate_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME
 from doeff_flow_core.reader import read_from
-from doeff_flow_core.records import LOST, RUNNING
 from flowctl.errors import (
     BadWorkflowId,
     SourceUnavailable,
@@ -44,25 +43,6 @@ def _strerror(exc: OSError) -> str:
     return exc.strerror or exc.__class__.__name__
 
 
-def current_status(record: LiveTrace) -> str:
-    """The core's effective status, plus: a writer that exited but was not yet reaped by
-    its parent (a zombie) is lost too; the core's check sees its pid as alive."""
-    status = effective_status(record)
-    if status == RUNNING and record.pid is not None and _is_zombie(record.pid):
-        return LOST
-    return status
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return False
-    fields = data[data.rfind(b")") + 2 :].split()
-    return bool(fields) and fields[0] == b"Z"
-
-
 def checked_id(workflow_id: str) -> str:
     try:
         return validate_workflow_id(workflow_id)
@@ -80,7 +60,7 @@ def read_entry(workflow_id: str, path: Path) -> WorkflowEntry:
         return WorkflowEntry(workflow_id, None, UNREADABLE, _strerror(exc))
     if tail.records:
         record = tail.records[-1]
-        return WorkflowEntry(workflow_id, record, current_status(record))
+        return WorkflowEntry(workflow_id, record, effective_status(record))
     if tail.skipped or tail.torn:
         return WorkflowEntry(workflow_id, None, UNREADABLE, no_record_reason(tail.skipped))
     return WorkflowEntry(workflow_id, None, EMPTY, "nothing written yet")
@@ -154,7 +134,7 @@ class FileSource:
         return History(workflow_id, tail.records, tail.skipped, tail.torn)
 
     def status(self, record: LiveTrace) -> str:
-        return current_status(record)
+        return effective_status(record)
 
     def follow(
         self, workflow_id: str, *, snapshot: int = DEFAULT_SNAPSHOT, every_record: bool = False
