@@ -11,6 +11,7 @@ line on stderr and exit 1.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import resource
@@ -132,6 +133,8 @@ async def serve(args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signal, signals, notifier, group.cancel_scope)
                 await daemon.load()
+                # the index is mostly long-lived and acyclic: keep the collector off it
+                gc.freeze()
                 server = Server(RpcInterface(daemon), daemon.hub, args.stall_timeout)
                 group.start_soon(server.serve, sock)
                 group.start_soon(daemon.run)

@@ -21,6 +21,7 @@ import anyio.lowlevel
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME
 from flowd.discovery import ARGUMENT, REGISTRY, REGISTRY_POLL, RegistryWatch, root_path
+from flowd.errors import WatcherUnavailable
 from flowd.index import Entry, Index, Root, Update, workflow_names
 from flowd.subscriptions import Hub
 from flowd.traces import ident_of
@@ -33,7 +34,7 @@ from flowd.watching import (
     IN_ISDIR,
     IN_MOVE_SELF,
     IN_Q_OVERFLOW,
-    POLL_ACTIVE_MAX,
+    POLL_IDLE_MAX,
     ROOT_MASK,
     ROOT_MISSING,
     ROOT_POLL,
@@ -50,6 +51,7 @@ log = logging.getLogger("flowd")
 SLICE: Final = 256  # workflows indexed between two checkpoints
 MOST_DUE: Final = 2000  # polls run between two looks at inotify
 IDLE_WAIT: Final = 3600.0
+TICK: Final = 0.05
 
 Target = Root | Entry
 
@@ -71,7 +73,7 @@ class Daemon:
                 self._inotify = Inotify()
             except OSError as exc:
                 if watcher == "inotify":
-                    raise
+                    raise WatcherUnavailable(exc) from None
                 log.warning("%s; polling traces instead", exc.strerror)
         self.watcher = "inotify" if self._inotify is not None else "poll"
 
@@ -183,8 +185,9 @@ class Daemon:
             self._schedule.add(entry, time.monotonic(), jittered(SAFETY_INTERVAL))
         else:
             latest = entry.latest
-            active = latest is None or latest.status == "running"
-            entry.interval = next_poll(0, True) if active or fresh else POLL_ACTIVE_MAX
+            # a finished workflow's trace changes only if it is run again: poll it rarely
+            ended = latest is not None and latest.status != "running" and not fresh
+            entry.interval = POLL_IDLE_MAX if ended else next_poll(0, True)
             self._schedule.add(entry, time.monotonic(), jittered(entry.interval))
 
     def _remove_workflow(self, root: Root, name: str) -> None:
@@ -324,7 +327,8 @@ class Daemon:
         while True:
             now = time.monotonic()
             due = self._schedule.next_due()
-            wait = IDLE_WAIT if due is None else max(0.0, due - now)
+            # polls due close together are run together: at most one wake-up per TICK
+            wait = IDLE_WAIT if due is None else max(TICK, due - now)
             if self._dirty:
                 wait = 0.0
             if self._inotify is not None:

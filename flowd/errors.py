@@ -145,3 +145,8 @@ class SocketUnavailable(StartupError):
 class BadInheritedSocket(StartupError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"inherited socket (LISTEN_FDS) unusable: {reason}")
+
+
+class WatcherUnavailable(StartupError):
+    def __init__(self, error: OSError) -> None:
+        super().__init__(f"--watcher inotify: {error.strerror or error}")

@@ -44,6 +44,7 @@ RECEIVE_BYTES: Final = 64 * 1024
 LIVE_CHECK_TIMEOUT: Final = 1.0
 FLUSH_TIMEOUT: Final = 5.0  # to send what is queued to a client that is leaving
 ACCEPT_PAUSE: Final = 0.1  # after accept fails (out of file descriptors)
+ACCEPT_LOG_EVERY: Final = 10.0
 
 
 def bind_socket(path: Path) -> socket.socket:
@@ -150,13 +151,17 @@ class Server:
 
     async def serve(self, sock: socket.socket) -> None:
         listener = await SocketListener.from_socket(sock)
+        quiet_until = 0.0
         async with listener, anyio.create_task_group() as group:
             while True:
                 try:
                     stream = await listener.accept()
                 except (anyio.BrokenResourceError, OSError) as exc:
                     cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-                    log.error("accepting a connection: %s", cause)
+                    now = anyio.current_time()
+                    if now >= quiet_until:  # one line, not one per retry
+                        log.error("accepting a connection: %s (retrying)", cause)
+                        quiet_until = now + ACCEPT_LOG_EVERY
                     await anyio.sleep(ACCEPT_PAUSE)
                     continue
                 group.start_soon(self._connection, stream)
