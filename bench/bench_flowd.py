@@ -171,7 +171,7 @@ def bench_many(base: Path, records: list[dict[str, Any]], count: int, idle: floa
     try:
         client = Client(sock)
         assert client.call("ping")["workflows"] == count
-        print(f"flowd ready with {count} workflows indexed after {ready:.2f} s")
+        print(f"flowd (inotify) ready with {count} workflows indexed after {ready:.2f} s")
         row("RSS", f"{rss_mb(proc.pid):7.1f} MB   (target < 150)")
         for label, method, params, rounds in (
             ("ps (every workflow)", "ps", {}, 100),
@@ -191,6 +191,28 @@ def bench_many(base: Path, records: list[dict[str, Any]], count: int, idle: floa
         used = cpu_seconds(proc.pid) - before
         row(f"idle CPU over {idle:.0f} s", f"{100 * used / idle:7.2f} % of a core (target < 1)")
         row("RSS after", f"{rss_mb(proc.pid):7.1f} MB")
+        connections = [Client(sock) for _ in range(1000)]
+        start = time.perf_counter()
+        for conn in connections:
+            conn.sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        answered = sum(1 for conn in connections if b'"result"' in conn.sock.recv(4096))
+        took = time.perf_counter() - start
+        row("1,000 connections at once", f"{answered} pings answered in {took * 1000:.0f} ms")
+        row("RSS with them open", f"{rss_mb(proc.pid):7.1f} MB")
+        for conn in connections:
+            conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        shutil.rmtree(sock.parent, ignore_errors=True)
+    proc, sock, ready = start_flowd(base, "--root", str(root), "--watcher", "poll")
+    try:
+        print(f"flowd (--watcher poll) ready with {count} workflows after {ready:.2f} s")
+        time.sleep(1)
+        before = cpu_seconds(proc.pid)
+        time.sleep(idle)
+        used = cpu_seconds(proc.pid) - before
+        row(f"idle CPU over {idle:.0f} s", f"{100 * used / idle:7.2f} % of a core")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
