@@ -112,14 +112,17 @@ class Update:
 
     ``reset``: the trace is new, or was read again from its start (truncated, replaced).
     ``complete``: ``lines`` are every record since the last update (or, with ``reset``,
-    since the start of the file); otherwise only the latest one (a trace found already
-    written, or a big replacement).
+    since the start of the file). Otherwise ``lines`` is only the latest record: of a
+    trace ``found`` already written (when flowd starts, or a root is added), whose
+    latest record stands for its past; or of a new trace too big to send at once, which
+    watchers then read from its start at their own pace.
     """
 
     entry: Entry
     lines: list[Line]
     reset: bool = False
     complete: bool = True
+    found: bool = False
 
 
 def workflow_names(root: str) -> set[str]:
@@ -190,7 +193,7 @@ class Index:
     def load(self, entry: Entry, fresh: bool) -> Update:
         """Read a new entry: with ``fresh`` (it appeared while flowd runs) its records from
         the first, else its latest record."""
-        update = self.refresh(entry) if fresh else self._load_latest(entry)
+        update = self.refresh(entry) if fresh else self._load_latest(entry, found=True)
         return update or Update(entry, [], reset=True)
 
     def remove_workflow(self, root: Root, name: str) -> Entry | None:
@@ -206,7 +209,7 @@ class Index:
         self._count -= 1
         return entry
 
-    def _load_latest(self, entry: Entry) -> Update | None:
+    def _load_latest(self, entry: Entry, found: bool) -> Update | None:
         try:
             with open(entry.path, "rb") as handle:
                 tail = tail_of(handle, 1)
@@ -222,7 +225,7 @@ class Index:
         entry.torn = tail.torn
         entry.skipping = False
         entry.problem = _problem(entry)
-        return Update(entry, tail.lines, reset=True, complete=False)
+        return Update(entry, tail.lines, reset=True, complete=False, found=found)
 
     def _no_file(self, entry: Entry, error: OSError) -> None:
         entry.latest = None
@@ -249,7 +252,7 @@ class Index:
                 reset = handle.read(1) != b"\n"  # rewritten in place
             if reset:
                 if size > FRESH_LIMIT:
-                    return self._load_latest(entry)
+                    return self._load_latest(entry, found=False)
                 entry.gen += 1
                 entry.ident = ident_of(stat)
                 entry.offset = entry.skipped = 0

@@ -151,6 +151,9 @@ class Hub:
             for sub in (*self._bound.get(entry.key, ()), *self._everything):
                 if entry.key in sub.backlog or not sub.matches_root(entry):
                     continue
+                if not update.complete and not update.found:  # too big at once
+                    self._defer(sub, entry, 0)
+                    continue
                 if bodies is None:
                     bodies = bodies_of(entry, update.lines)
                 self._deliver(sub, entry, update.lines, bodies)
@@ -173,8 +176,12 @@ class Hub:
         if sub.session.outbox.fits(len(bodies), size):
             sub.send(bodies)
         else:
-            sub.backlog[entry.key] = Cursor(entry, lines[0].start)
-            self._pump(sub)
+            self._defer(sub, entry, lines[0].start)
+
+    def _defer(self, sub: Subscription, entry: Entry, offset: int | None) -> None:
+        """Leave a workflow's records from ``offset`` (None: its latest) to the pump."""
+        sub.backlog[entry.key] = Cursor(entry, offset)
+        self._pump(sub)
 
     def _bind(self, sub: Subscription, entry: Entry, update: Update | None) -> None:
         sub.key = entry.key
@@ -182,9 +189,11 @@ class Hub:
         if update is not None and update.complete:
             lines = update.lines if sub.after is None else resume_from(update.lines, *sub.after)
             self._deliver(sub, entry, lines)
-        else:
+        elif sub.after is not None:
             sub.backlog[entry.key] = Cursor(entry, after=sub.after)
             self._pump(sub)
+        else:  # its latest record (from its start, if it is new but big)
+            self._defer(sub, entry, 0 if update is not None and not update.found else None)
 
     def _pump(self, sub: Subscription) -> None:
         if not sub.pumping and sub.backlog:

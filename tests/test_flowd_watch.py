@@ -278,6 +278,22 @@ def test_a_rotated_trace_is_followed_by_path(world: World, client: Client) -> No
     assert client.trace()["record"]["step"] == 4
 
 
+def test_a_trace_replaced_by_a_big_one_is_sent_from_its_first_record(
+    world: World, client: Client
+) -> None:
+    trace = world.trace("wf-big")
+    put(trace, world.template[0] + b"\n")
+    wait_for(lambda: latest(client, "wf-big") == records(trace)[-1], what="indexed")
+    watch(client, workflow_id="wf-big")
+    assert client.trace()["record"]["step"] == 1
+    big = b"".join(world.template[i % len(world.template)] + b"\n" for i in range(800))
+    assert len(big) > 256 * 1024  # more than flowd sends in one go
+    put(trace.with_name("new"), big)
+    trace.with_name("new").rename(trace)
+    received = [client.trace()["record"] for _ in range(800)]
+    assert received == records(trace)
+
+
 def test_a_deleted_trace_and_a_deleted_workflow(world: World, client: Client) -> None:
     run_workflow_to_end(world.root, "wf-delete", 1, env=world.env)
     wait_for(lambda: client.request("get", {"workflow_id": "wf-delete"}).get("result"))
