@@ -9,6 +9,7 @@ changes happen on the event loop, in slices, so requests are answered meanwhile.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import time
@@ -49,7 +50,7 @@ from flowd.watching import (
 log = logging.getLogger("flowd")
 
 SLICE: Final = 256  # workflows indexed between two checkpoints
-MOST_DUE: Final = 2000  # polls run between two looks at inotify
+MOST_DUE: Final = 2000  # polls (and refreshes) run between two looks at inotify
 IDLE_WAIT: Final = 3600.0
 TICK: Final = 0.05
 
@@ -339,8 +340,9 @@ class Daemon:
             else:
                 await anyio.sleep(wait)
             self._run_due()
-            dirty, self._dirty = list(self._dirty), {}
+            dirty = list(itertools.islice(self._dirty, MOST_DUE))
             for entry in dirty:
+                del self._dirty[entry]
                 self._refresh(entry)
             await anyio.lowlevel.checkpoint()
 
