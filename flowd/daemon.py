@@ -8,12 +8,13 @@ changes happen on the event loop, in slices, so requests are answered meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 import anyio
@@ -141,7 +142,8 @@ class Daemon:
         for count, name in enumerate(sorted(names), 1):
             if root.path not in self.index.roots:
                 return  # removed meanwhile
-            self._add_workflow(root, name, fresh)
+            with _guard(os.path.join(root.path, name)):
+                self._add_workflow(root, name, fresh)
             if count % SLICE == 0:
                 await anyio.lowlevel.checkpoint()
         interval = SAFETY_INTERVAL if root.watch >= 0 else ROOT_POLL
@@ -206,12 +208,9 @@ class Daemon:
         if entry.removed:
             return False
         before = (entry.gen, entry.offset, entry.size)
-        try:
+        update = None
+        with _guard(entry.path):
             update = self.index.refresh(entry)
-        except Exception as exc:  # a bug must not stop the daemon: log it, go on
-            log.error("reading %s: %s: %s", entry.path, type(exc).__name__, exc)
-            log.debug("reading %s", entry.path, exc_info=True)
-            return False
         if update is not None:
             self._publish(update)
         if entry.behind:
@@ -279,10 +278,11 @@ class Daemon:
                         self._schedule.add(target, time.monotonic(), 0)
                 continue
             for target in list(targets):
-                if isinstance(target, Root):
-                    self._on_root_event(target, event)
-                else:
-                    self._on_entry_event(target, event)
+                with _guard("an inotify event"):
+                    if isinstance(target, Root):
+                        self._on_root_event(target, event)
+                    else:
+                        self._on_entry_event(target, event)
 
     def _on_root_event(self, root: Root, event: Event) -> None:
         if event.mask & (IN_DELETE_SELF | IN_MOVE_SELF):
@@ -352,14 +352,19 @@ class Daemon:
             if isinstance(item, Entry):
                 if item.removed:
                     continue
-                changed = self._poll(item)
+                changed = False
+                with _guard(item.path):
+                    changed = self._poll(item)
                 if item.watch >= 0:
                     self._schedule.add(item, now, jittered(SAFETY_INTERVAL))
                 else:
                     item.interval = next_poll(item.interval, changed)
                     self._schedule.add(item, now, item.interval)
             elif isinstance(item, Root):
-                self._check_root(item, now)
+                with _guard(item.path):
+                    self._check_root(item, now)
+                if item.due == float("inf") and item.path in self.index.roots:
+                    self._schedule.add(item, now, ROOT_MISSING)  # it failed: look again
 
     def _check_root(self, root: Root, now: float) -> None:
         if root.path not in self.index.roots:
@@ -383,3 +388,13 @@ class Daemon:
             self._schedule.add(root, now, jittered(interval) if root.watch >= 0 else interval)
         else:
             self._schedule.add(root, now, ROOT_MISSING)
+
+
+@contextlib.contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """A bug met while handling one thing is logged, and the daemon goes on."""
+    try:
+        yield
+    except Exception as exc:
+        log.error("%s: %s: %s", what, type(exc).__name__, exc)
+        log.debug("%s", what, exc_info=True)
