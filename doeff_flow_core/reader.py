@@ -6,29 +6,48 @@ are counted and skipped so one bad line never hides the rest of a trace.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from stat import S_ISDIR
 
 from doeff_flow_core.errors import MalformedRecord
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME
 from doeff_flow_core.records import LiveTrace, parse_record
 
-BLOCK_SIZE = 64 * 1024
+# Reading backwards, the first block is small (the latest record of most traces lies in
+# it) and each further one twice the last, up to MAX_BLOCK.
+FIRST_BLOCK = 8 * 1024
+BLOCK_SIZE = 64 * 1024  # the size a backward read has grown to by its fourth block
+MAX_BLOCK = 1024 * 1024
 # Lines longer than this are skipped as malformed; no record written by the core comes close.
 MAX_LINE_BYTES = 1024 * 1024
+# Why a workflow has no latest record (``WorkflowSummary.problem``; flowd says the same).
+NO_TRACE = "no trace.jsonl"
+EMPTY_TRACE = "empty trace"
+NO_VALID_RECORDS = "no valid records"
 
 
 @dataclass(frozen=True)
 class Tail:
-    """The last records of a trace, oldest first, and what was skipped to get them."""
+    """The last records of a trace, oldest first, and what was skipped to get them.
+
+    ``end`` is the offset just after the last complete line read (0 if there is none): a
+    follower goes on from there with ``read_from``. ``torn`` says a partial line (a writer
+    killed mid-write, or a line still being written) lay between ``end`` and where the
+    read started. ``end`` does not take part in comparisons: two tails are equal when they
+    hold the same records.
+    """
 
     records: tuple[LiveTrace, ...]
     skipped: int = 0
     torn: bool = False
+    end: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -49,60 +68,108 @@ class WorkflowSummary:
     problem: str | None = None
 
 
+class _Records:
+    """The records among ``lines``, parsed as they are taken; ``skipped`` counts the
+    lines met that are not records (malformed, or longer than MAX_LINE_BYTES)."""
+
+    def __init__(self, lines: Iterable[bytes]) -> None:
+        self._lines = lines
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[LiveTrace]:
+        for raw in self._lines:
+            if not raw.strip():
+                continue
+            if len(raw) > MAX_LINE_BYTES:
+                self.skipped += 1
+                continue
+            try:
+                record = parse_record(raw)
+            except MalformedRecord:
+                self.skipped += 1
+                continue
+            yield record
+
+
 def _parse_lines(lines: list[bytes]) -> tuple[list[LiveTrace], int]:
-    records: list[LiveTrace] = []
-    skipped = 0
-    for raw in lines:
-        if not raw.strip():
-            continue
-        if len(raw) > MAX_LINE_BYTES:
-            skipped += 1
-            continue
-        try:
-            records.append(parse_record(raw))
-        except MalformedRecord:
-            skipped += 1
-    return records, skipped
+    parsed = _Records(lines)
+    return list(parsed), parsed.skipped
 
 
-def read_last(path: str | os.PathLike[str], n: int) -> Tail:
-    """The last ``n`` valid records, reading backwards from the end in blocks."""
-    records: list[LiveTrace] = []
-    skipped = 0
-    torn = False
-    # Drop bytes after the last newline seen: a torn last line, or the rest of a line
-    # too long to keep.
-    drop_tail = True
-    carry = b""  # a line whose start lies in an earlier block, with its newline
-    with open(path, "rb") as handle:
-        position = end = handle.seek(0, os.SEEK_END)
-        while position > 0 and len(records) < n:
-            size = min(BLOCK_SIZE, position)
-            position -= size
-            handle.seek(position)
-            data = handle.read(size) + carry
-            carry = b""
-            if position + size == end:
-                torn = not data.endswith(b"\n")
-            if drop_tail:
-                cut = data.rfind(b"\n")
+class _Backward:
+    """The complete lines before ``end`` in an open file, last first (newlines removed).
+
+    Blocks are read backwards, growing from FIRST_BLOCK to MAX_BLOCK, only as far as the
+    caller iterates. What follows the last newline is left out (a torn or unfinished
+    line); ``end`` is the offset just after that newline (None until it is found). A line
+    that grows past MAX_LINE_BYTES before its start is found is given up and counted in
+    ``oversized``, so memory stays bounded by about MAX_LINE_BYTES + MAX_BLOCK.
+    """
+
+    def __init__(self, fd: int, end: int) -> None:
+        self._fd = fd
+        self._position = end
+        self._block = FIRST_BLOCK
+        self.end: int | None = None
+        self.oversized = 0
+
+    def _read(self) -> bytes:
+        size = min(self._block, self._position)
+        self._position -= size
+        self._block = min(self._block * 2, MAX_BLOCK)
+        return os.pread(self._fd, size, self._position)
+
+    def __iter__(self) -> Iterator[bytes]:
+        head = b""  # the text before a line end found, back to where reading stopped
+        seeking = True  # dropping bytes up to the next newline back (torn or too long)
+        while self._position > 0:
+            block = self._read()
+            if seeking:
+                cut = block.rfind(b"\n")
                 if cut < 0:
                     continue
-                data = data[: cut + 1]
-                drop_tail = False
-            lines = data.split(b"\n")
-            lines.pop()  # data ends with a newline: the last piece is empty
-            if position > 0:
-                first = lines.pop(0)
-                if len(first) > MAX_LINE_BYTES:
-                    skipped += 1  # bounded memory: give the line up, skip its start
-                    drop_tail = True
-                else:
-                    carry = first + b"\n"
-            parsed, bad = _parse_lines(lines)
-            records[:0] = parsed
-            skipped += bad
-    return Tail(tuple(records[-n:]) if n > 0 else (), skipped, torn)
+                if self.end is None:
+                    self.end = self._position + cut + 1
+                head, seeking = block[:cut], False
+            else:
+                head = block + head
+            stop = len(head)
+            cut = head.rfind(b"\n", 0, stop)
+            while cut >= 0:
+                yield head[cut + 1 : stop]
+                stop = cut
+                cut = head.rfind(b"\n", 0, stop)
+            head = head[:stop]
+            if len(head) > MAX_LINE_BYTES:
+                self.oversized += 1  # bounded memory: give the line up
+                head, seeking = b"", True
+        if not seeking:
+            yield head  # the file's first line
+
+
+def read_last(path: str | os.PathLike[str], n: int, end: int | None = None) -> Tail:
+    """The last ``n`` valid records in the complete lines before ``end`` (default: the
+    file's size now), oldest first.
+
+    Reads backwards from ``end`` and parses from the last line back, stopping once it has
+    ``n`` records: the cost depends on ``n`` and the size of the records, not of the file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        stat = os.fstat(fd)
+        if S_ISDIR(stat.st_mode):  # open() refuses a directory; os.open does not
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        limit = stat.st_size if end is None else max(0, min(end, stat.st_size))
+        lines = _Backward(fd, limit)
+        parsed = _Records(lines)
+        records = list(islice(parsed, n)) if n > 0 else []
+        if n <= 0:
+            next(iter(lines), None)  # only where the complete lines end
+    finally:
+        os.close(fd)
+    records.reverse()
+    last = lines.end or 0
+    return Tail(tuple(records), parsed.skipped + lines.oversized, last != limit, last)
 
 
 def read_latest(path: str | os.PathLike[str]) -> LiveTrace | None:
@@ -134,7 +201,7 @@ def read_all(path: str | os.PathLike[str]) -> Tail:
     torn = bool(data) and not data.endswith(b"\n")
     body = data[: data.rfind(b"\n") + 1] if torn else data
     records, skipped = _parse_lines(body.split(b"\n"))
-    return Tail(tuple(records), skipped, torn)
+    return Tail(tuple(records), skipped, torn, len(body))
 
 
 def follow(
@@ -164,28 +231,31 @@ def scan_workflows(trace_dir: str | os.PathLike[str]) -> list[WorkflowSummary]:
     """Every workflow directory under ``trace_dir`` with its latest record, sorted by id.
 
     A directory whose trace cannot be read is listed with ``problem`` set, so one bad
-    trace never hides the others. Symlinked directories are not followed.
+    trace never hides the others. Symlinked directories are not followed. Each trace
+    costs one small read from its end and one parse (``read_last(path, 1)``).
     """
-    root = Path(trace_dir)
     summaries: list[WorkflowSummary] = []
-    with os.scandir(root) as entries:
+    with os.scandir(trace_dir) as entries:
         for entry in entries:
             if not is_workflow_id(entry.name) or not entry.is_dir(follow_symlinks=False):
                 continue
-            path = Path(entry.path) / TRACE_FILE_NAME
-            summaries.append(_summarize(entry.name, path))
+            path = Path(os.path.join(entry.path, TRACE_FILE_NAME))
+            summaries.append(summarize(entry.name, path))
     summaries.sort(key=lambda s: s.workflow_id)
     return summaries
 
 
-def _summarize(workflow_id: str, path: Path) -> WorkflowSummary:
+def summarize(workflow_id: str, path: str | os.PathLike[str]) -> WorkflowSummary:
+    """One workflow's latest record, or the problem (NO_TRACE, EMPTY_TRACE,
+    NO_VALID_RECORDS, or the system's error) that leaves it without one."""
+    trace = path if isinstance(path, Path) else Path(path)
     try:
-        tail = read_last(path, 1)
+        tail = read_last(trace, 1)
     except FileNotFoundError:
-        return WorkflowSummary(workflow_id, path, None, "no trace.jsonl")
+        return WorkflowSummary(workflow_id, trace, None, NO_TRACE)
     except OSError as exc:
-        return WorkflowSummary(workflow_id, path, None, exc.strerror or str(exc))
+        return WorkflowSummary(workflow_id, trace, None, exc.strerror or str(exc))
     if not tail.records:
-        problem = "no valid records" if tail.skipped or tail.torn else "empty trace"
-        return WorkflowSummary(workflow_id, path, None, problem)
-    return WorkflowSummary(workflow_id, path, tail.records[-1])
+        problem = NO_VALID_RECORDS if tail.skipped or tail.torn else EMPTY_TRACE
+        return WorkflowSummary(workflow_id, trace, None, problem)
+    return WorkflowSummary(workflow_id, trace, tail.records[-1])

@@ -144,6 +144,9 @@ def parse_record(line: str | bytes, line_number: int | None = None) -> LiveTrace
         raise MalformedRecord(exc.reason, line_number) from None
 
 
+_MISSING: Final = object()
+
+
 def _check(name: str, value: object, kind: type) -> Any:
     # bool is an int in Python, but never a valid step, line or pid.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -152,14 +155,19 @@ def _check(name: str, value: object, kind: type) -> Any:
 
 
 def _req(data: dict[str, Any], name: str, kind: type) -> Any:
-    if name not in data:
+    value = data.get(name, _MISSING)
+    if type(value) is kind:  # the common case, without a call
+        return value
+    if value is _MISSING:
         raise MalformedRecord(f"missing {name!r}")
-    return _check(name, data[name], kind)
+    return _check(name, value, kind)
 
 
 def _opt(data: dict[str, Any], name: str, kind: type, default: object = None) -> Any:
     value = data.get(name)
-    return default if value is None else _check(name, value, kind)
+    if value is None:
+        return default
+    return value if type(value) is kind else _check(name, value, kind)
 
 
 def _time(data: dict[str, Any], name: str) -> datetime:

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from typing import Final, TextIO
 
 from doeff_flow_core import LiveTrace
+from doeff_flow_core.reader import NO_VALID_RECORDS
 from doeff_flow_core.records import RUNNING, UNKNOWN
 from flowctl import exitcodes
 from flowctl.connect import open_source
 from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
-from flowctl.filesource import malformed, no_record_reason
 from flowctl.options import Request
 from flowctl.render_text import history_json_line, history_line, ps_json, ps_lines
 from flowctl.source import UNREADABLE, Source
@@ -44,6 +44,10 @@ class Command:
 
 def warn(session: Session, message: str) -> None:
     print(f"flowctl: {message}", file=session.err)
+
+
+def malformed(skipped: int) -> str:
+    return f"{skipped} malformed line{'' if skipped == 1 else 's'} skipped"
 
 
 def run_ps(session: Session, request: Request, source: Source) -> int:
@@ -97,7 +101,7 @@ def _follow_history(
             source.list_workflows()  # a missing trace directory is its own error
             raise WorkflowNotFound(workflow_id, source.location)
         if not update.records and update.skipped:
-            raise TraceUnreadable(workflow_id, no_record_reason(update.skipped))
+            raise TraceUnreadable(workflow_id, NO_VALID_RECORDS)
         latest = None
         while True:
             if update.records:

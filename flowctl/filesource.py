@@ -1,7 +1,7 @@
 """``FileSource``: the data-source interface over ``<trace_dir>/<workflow_id>/trace.jsonl``.
 
-Files are never read whole: the latest records come from the end (``read_tail``), new
-ones from a stored offset (the core's ``read_from``), and a live feed costs one
+Files are never read whole: the latest records come from the end (the core's
+``read_last``), new ones from a stored offset (``read_from``), and a live feed costs one
 ``stat`` per poll while nothing changes.
 """
 
@@ -14,7 +14,14 @@ from pathlib import Path
 from doeff_flow_core import InvalidWorkflowId, LiveTrace, effective_status
 from doeff_flow_core.ids import is_workflow_id, validate_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME
-from doeff_flow_core.reader import read_from
+from doeff_flow_core.reader import (
+    NO_VALID_RECORDS,
+    WorkflowSummary,
+    read_from,
+    read_last,
+    scan_workflows,
+    summarize,
+)
 from flowctl.errors import (
     BadWorkflowId,
     SourceUnavailable,
@@ -22,8 +29,13 @@ from flowctl.errors import (
     TraceUnreadable,
     WorkflowNotFound,
 )
-from flowctl.source import EMPTY, UNREADABLE, DirectoryUpdate, History, Update, WorkflowEntry
-from flowctl.tailing import read_tail
+from flowctl.source import (
+    DirectoryUpdate,
+    History,
+    Update,
+    WorkflowEntry,
+    workflow_entry,
+)
 
 DEFAULT_SNAPSHOT = 200
 # A watch that finds more than this much new data skips to the latest records.
@@ -50,30 +62,8 @@ def checked_id(workflow_id: str) -> str:
         raise BadWorkflowId(str(exc)) from None
 
 
-def read_entry(workflow_id: str, path: Path) -> WorkflowEntry:
-    """The workflow's latest record and effective status; a problem instead of an error."""
-    try:
-        tail = read_tail(path, 1)
-    except FileNotFoundError:
-        return WorkflowEntry(workflow_id, None, EMPTY, "no trace yet")
-    except OSError as exc:
-        return WorkflowEntry(workflow_id, None, UNREADABLE, _strerror(exc))
-    if tail.records:
-        record = tail.records[-1]
-        return WorkflowEntry(workflow_id, record, effective_status(record))
-    if tail.skipped or tail.torn:
-        return WorkflowEntry(workflow_id, None, UNREADABLE, no_record_reason(tail.skipped))
-    return WorkflowEntry(workflow_id, None, EMPTY, "nothing written yet")
-
-
-def malformed(skipped: int) -> str:
-    return f"{skipped} malformed line{'' if skipped == 1 else 's'} skipped"
-
-
-def no_record_reason(skipped: int) -> str:
-    if not skipped:
-        return "no complete record in the trace (torn line)"
-    return f"no valid record in the trace ({malformed(skipped)})"
+def entry_of(summary: WorkflowSummary) -> WorkflowEntry:
+    return workflow_entry(summary.workflow_id, summary.latest, summary.problem)
 
 
 def _workflow_names(root: Path) -> list[str]:
@@ -101,18 +91,26 @@ class FileSource:
     def _path(self, workflow_id: str) -> Path:
         return self._root / checked_id(workflow_id) / TRACE_FILE_NAME
 
-    def _names(self) -> list[str]:
+    def _unavailable(self, exc: OSError) -> Exception:
+        if isinstance(exc, FileNotFoundError):
+            return TraceDirMissing(self.location)
+        if isinstance(exc, NotADirectoryError):
+            return TraceDirMissing(self.location, "is not a directory")
+        return SourceUnavailable(self.location, _strerror(exc))
+
+    def _check_root(self) -> None:
         try:
-            return _workflow_names(self._root)
-        except FileNotFoundError:
-            raise TraceDirMissing(self.location) from None
-        except NotADirectoryError:
-            raise TraceDirMissing(self.location, "is not a directory") from None
+            with os.scandir(self._root):
+                pass
         except OSError as exc:
-            raise SourceUnavailable(self.location, _strerror(exc)) from None
+            raise self._unavailable(exc) from None
 
     def list_workflows(self) -> list[WorkflowEntry]:
-        return [read_entry(name, self._root / name / TRACE_FILE_NAME) for name in self._names()]
+        try:
+            summaries = scan_workflows(self._root)
+        except OSError as exc:
+            raise self._unavailable(exc) from None
+        return [entry_of(summary) for summary in summaries]
 
     def workflow_ids(self) -> list[str]:
         try:
@@ -123,14 +121,14 @@ class FileSource:
     def history(self, workflow_id: str, last: int) -> History:
         path = self._path(workflow_id)
         try:
-            tail = read_tail(path, last)
+            tail = read_last(path, last)
         except FileNotFoundError:
-            self._names()  # a missing trace directory is its own error
+            self._check_root()  # a missing trace directory is its own error
             raise WorkflowNotFound(workflow_id, self.location) from None
         except OSError as exc:
             raise TraceUnreadable(workflow_id, _strerror(exc), io_error=True) from None
         if not tail.records and (tail.skipped or tail.torn):
-            raise TraceUnreadable(workflow_id, no_record_reason(tail.skipped))
+            raise TraceUnreadable(workflow_id, NO_VALID_RECORDS)
         return History(workflow_id, tail.records, tail.skipped, tail.torn)
 
     def status(self, record: LiveTrace) -> str:
@@ -198,8 +196,8 @@ class TraceFeed:
         offset = self._offset
         jump = not self._every_record and offset is not None and size - offset > JUMP_BYTES
         if offset is None or jump:
-            tail = read_tail(self._path, self._snapshot, end=size)
-            self._offset = tail.end_offset
+            tail = read_last(self._path, self._snapshot, end=size)
+            self._offset = tail.end
             return Update(tail.records, reset=reset, skipped=tail.skipped)
         chunk = read_from(self._path, offset, READ_LIMIT)
         if chunk.reset:
@@ -279,7 +277,7 @@ class TraceDirFeed:
             if name in self._keys and self._keys[name] == key:
                 continue
             self._keys[name] = key
-            changed.append(read_entry(name, path))
+            changed.append(entry_of(summarize(name, path)))
         if not (changed or removed or first):
             return None
         return DirectoryUpdate(tuple(changed), removed, True, first)

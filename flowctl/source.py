@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from doeff_flow_core import LiveTrace
+from doeff_flow_core import LiveTrace, effective_status
+from doeff_flow_core.reader import EMPTY_TRACE, NO_TRACE
 
 # Statuses of a workflow entry that has no record to derive a status from.
-EMPTY: Final = "empty"  # the trace exists but nothing complete is written yet
+EMPTY: Final = "empty"  # no trace file yet, or nothing complete written in it
 UNREADABLE: Final = "unreadable"  # the trace holds no valid record, or cannot be read
 
 
@@ -31,6 +32,19 @@ class WorkflowEntry:
     latest: LiveTrace | None
     status: str
     problem: str | None = None
+
+
+def workflow_entry(
+    workflow_id: str, latest: LiveTrace | None, problem: str | None, status: str | None = None
+) -> WorkflowEntry:
+    """The entry for a workflow's latest record (its effective status: ``status`` when
+    known, else derived now), or for the problem that leaves it without one (the core's
+    and flowd's words: ``no trace.jsonl``, ``empty trace``, ``no valid records``, or the
+    system's error)."""
+    if latest is not None:
+        return WorkflowEntry(workflow_id, latest, status or effective_status(latest))
+    nothing_yet = problem in (NO_TRACE, EMPTY_TRACE)
+    return WorkflowEntry(workflow_id, None, EMPTY if nothing_yet else UNREADABLE, problem)
 
 
 @dataclass(frozen=True)

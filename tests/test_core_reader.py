@@ -23,6 +23,7 @@ from doeff_flow_core import (
     read_from,
     read_last,
     read_latest,
+    reader,
     scan_workflows,
 )
 from doeff_flow_core.reader import BLOCK_SIZE, MAX_LINE_BYTES, read_all
@@ -327,3 +328,101 @@ def test_parse_record_says_why(change: str, reason: str) -> None:
     assert reason in info.value.reason
     assert info.value.line_number == 12
     assert str(info.value).startswith("line 12: malformed trace record: ")
+
+
+# -- read_last from a fixed end, parsed lazily --------------------------------------------------
+
+KIND = st.one_of(
+    st.integers(1, 10**6).map(lambda step: ("record", step)),
+    st.sampled_from([("garbage", 0), ("blank", 0), ("long", 0), ("badtype", 0)]),
+)
+
+
+def line_of_kind(kind: str, step: int) -> bytes:
+    if kind == "record":
+        return record(step)
+    if kind == "garbage":
+        return b"{not json\n"
+    if kind == "long":
+        return json.dumps({"pad": "x" * 1500}).encode() + b"\n"
+    if kind == "badtype":
+        return record(step).replace(b'"step":', b'"step":"seven","was":', 1)
+    return b"\n"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(KIND, max_size=30),
+    st.sampled_from([b"", b'{"workflow_id": "wf', b"x" * 50]),
+    st.integers(1, 40),
+)
+def test_read_last_with_tiny_blocks_matches_a_naive_reading(
+    items: list[tuple[str, int]], torn: bytes, n: int
+) -> None:
+    body = b"".join(line_of_kind(kind, step) for kind, step in items)
+    expected = [step for kind, step in items if kind == "record"][-n:]
+    # Tiny blocks and a tiny line limit, so block boundaries and over-long lines are hit.
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        path = write(Path(tmp) / "t.jsonl", body + torn)
+        patch.setattr(reader, "FIRST_BLOCK", 16)
+        patch.setattr(reader, "MAX_BLOCK", 64)
+        patch.setattr(reader, "MAX_LINE_BYTES", 1000)
+        tail = read_last(path, n)
+    assert steps(tail.records) == expected
+    assert tail.end == len(body)
+    assert tail.torn == bool(torn)
+
+
+def test_read_last_stops_at_the_given_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader, "MAX_LINE_BYTES", 500)
+    head = record(1) + record(2)
+    path = write(tmp_path / "t.jsonl", head, json.dumps({"pad": "y" * 2000}).encode() + b"\n")
+    with path.open("ab") as handle:
+        handle.write(record(3))
+    tail = read_last(path, 5)
+    assert steps(tail.records) == [1, 2, 3] and tail.skipped == 1
+    assert (tail.end, tail.torn) == (path.stat().st_size, False)
+    bounded = read_last(path, 5, end=len(head) + 10)  # in the middle of the big line
+    assert steps(bounded.records) == [1, 2]
+    assert (bounded.end, bounded.torn) == (len(head), True)
+    assert read_last(path, 5, end=0) == reader.Tail(())
+
+
+def test_read_last_parses_only_the_records_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "t.jsonl", *(record(step) for step in range(1, 2001)))
+    parsed: list[bytes | str] = []
+
+    def counting(line: bytes | str, line_number: int | None = None) -> LiveTrace:
+        parsed.append(line)
+        return parse_record(line, line_number)
+
+    monkeypatch.setattr(reader, "parse_record", counting)
+    assert steps(read_last(path, 3).records) == [1998, 1999, 2000]
+    assert len(parsed) == 3
+
+
+def test_read_last_finds_the_end_when_asked_for_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.jsonl", record(1), record(2)[:10])
+    tail = read_last(path, 0)
+    assert (tail.records, tail.end, tail.torn) == ((), len(record(1)), True)
+
+
+def test_summarize_says_why_there_is_no_record(tmp_path: Path) -> None:
+    (tmp_path / "wf-none").mkdir()
+    write(tmp_path / "wf-ok.jsonl", record(1), record(2))
+    write(tmp_path / "empty.jsonl", b"")
+    write(tmp_path / "bad.jsonl", GARBAGE[0] + b"\n")
+    latest = reader.summarize("wf-ok", tmp_path / "wf-ok.jsonl").latest
+    assert latest is not None and latest.step == 2
+    problems = {
+        name: reader.summarize("wf", tmp_path / name).problem
+        for name in ("missing.jsonl", "empty.jsonl", "bad.jsonl", "wf-none")
+    }
+    assert problems == {
+        "missing.jsonl": reader.NO_TRACE,
+        "empty.jsonl": reader.EMPTY_TRACE,
+        "bad.jsonl": reader.NO_VALID_RECORDS,
+        "wf-none": "Is a directory",
+    }
