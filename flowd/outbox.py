@@ -60,10 +60,6 @@ class Outbox:
         return len(self._queue)
 
     @property
-    def queued_bytes(self) -> int:
-        return self._bytes
-
-    @property
     def done(self) -> bool:
         return self.overflowed or self.closing
 

@@ -7,6 +7,7 @@ reach are the ones in its explicit table; nothing is looked up by name otherwise
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ HISTORY_MAX: Final = 10000
 CLIENT_MISTAKES: Final = (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS)
 
 
+@functools.cache
 def version() -> str:
     try:
         return metadata.version("doeff-flow")
@@ -157,10 +159,6 @@ class RpcInterface:
             "roots.list": self.roots_list,
             "roots.add": self.roots_add,
         }
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self._methods)
 
     async def handle_line(self, client: Client, line: bytes) -> None:
         """Answer one request line: its response (if it wants one) goes to the outbox."""

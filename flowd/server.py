@@ -147,7 +147,6 @@ class Server:
         self._hub = hub
         self._stall = stall
         self._count = 0
-        self.connections = 0
 
     async def serve(self, sock: socket.socket) -> None:
         listener = await SocketListener.from_socket(sock)
@@ -179,7 +178,6 @@ class Server:
             log.warning("%s: uid %d is not this daemon's (%d); closed", name, uid, os.getuid())
             await stream.aclose()
             return
-        self.connections += 1
         log.debug("%s: connected", name)
         client: Connection | None = None
         try:
@@ -197,7 +195,6 @@ class Server:
             log.error("%s: %s: %s", name, type(exc).__name__, exc)
             log.debug("%s", name, exc_info=True)
         finally:
-            self.connections -= 1
             if client is not None and client.outbox.overflowed:
                 log.warning(
                     "%s: stopped reading (nothing sent to it for %g s); cut off",

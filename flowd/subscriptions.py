@@ -113,13 +113,6 @@ class Hub:
         self._pending: dict[str, set[Subscription]] = {}
         self._everything: set[Subscription] = set()
 
-    def __len__(self) -> int:
-        return (
-            sum(map(len, self._bound.values()))
-            + sum(map(len, self._pending.values()))
-            + len(self._everything)
-        )
-
     def start(self, sub: Subscription) -> None:
         """Begin sending: call right after the ``watch`` response is queued."""
         if sub.workflow_id is None:

@@ -149,9 +149,6 @@ class Schedule:
         self._heap: list[tuple[float, int, Scheduled]] = []
         self._order = itertools.count()
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     def add(self, item: Scheduled, now: float, delay: float) -> None:
         item.due = now + delay
         heapq.heappush(self._heap, (item.due, next(self._order), item))
