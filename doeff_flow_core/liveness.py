@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from functools import cache
 
 from doeff_flow_core.records import LOST, RUNNING, UNKNOWN, LiveTrace
@@ -56,11 +57,26 @@ def process_alive(pid: int, start_ticks: int | None = None) -> bool:
     return start_ticks is None or len(fields) <= 19 or fields[19] == str(start_ticks).encode()
 
 
-def effective_status(record: LiveTrace) -> str:
+def derive_status(
+    status: str,
+    pid: int | None,
+    host: str | None,
+    pid_start: int | None,
+    alive: Callable[[int, int | None], bool] = process_alive,
+) -> str:
     """The status to show: ``lost`` for a running record whose writer died on this host,
-    ``unknown`` for a running record written on another host, else the written status."""
-    if record.status != RUNNING or record.pid is None:
-        return record.status
-    if record.host is not None and record.host != this_host():
+    ``unknown`` for a running record written on another host, else the written status.
+
+    ``alive(pid, pid_start)`` is asked only for a running record of this host; callers
+    answering many records at once pass a caching one.
+    """
+    if status != RUNNING or pid is None:
+        return status
+    if host is not None and host != this_host():
         return UNKNOWN
-    return RUNNING if process_alive(record.pid, record.pid_start) else LOST
+    return RUNNING if alive(pid, pid_start) else LOST
+
+
+def effective_status(record: LiveTrace) -> str:
+    """``derive_status`` of a record."""
+    return derive_status(record.status, record.pid, record.host, record.pid_start)

@@ -18,9 +18,8 @@ from typing import Final
 
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME
-from doeff_flow_core.liveness import process_alive, this_host
+from doeff_flow_core.liveness import derive_status, process_alive
 from doeff_flow_core.reader import MAX_LINE_BYTES
-from doeff_flow_core.records import LOST, RUNNING, UNKNOWN
 from flowd.traces import CHUNK, FileIdent, Line, ident_of, split_lines, tail_of
 
 # A trace that appears (or is replaced) while flowd runs is sent from its first record
@@ -309,17 +308,15 @@ class Liveness:
     """Derived statuses for one answer: each writer process is looked up once."""
 
     def __init__(self) -> None:
-        self._alive: dict[tuple[int, int | None], bool] = {}
+        self._known: dict[tuple[int, int | None], bool] = {}
 
     def status(self, line: Line) -> str:
-        """``lost`` for a running record whose writer died on this host, ``unknown``
-        for one from another host, else the written status (as the core derives it)."""
-        if line.status != RUNNING or line.pid is None:
-            return line.status
-        if line.host is not None and line.host != this_host():
-            return UNKNOWN
-        key = (line.pid, line.pid_start)
-        alive = self._alive.get(key)
+        """The status to show for ``line``, derived as the core derives it."""
+        return derive_status(line.status, line.pid, line.host, line.pid_start, self._alive)
+
+    def _alive(self, pid: int, pid_start: int | None) -> bool:
+        key = (pid, pid_start)
+        alive = self._known.get(key)
         if alive is None:
-            alive = self._alive[key] = process_alive(line.pid, line.pid_start)
-        return RUNNING if alive else LOST
+            alive = self._known[key] = process_alive(pid, pid_start)
+        return alive
