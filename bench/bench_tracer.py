@@ -57,10 +57,6 @@ def dense(effects: int) -> Any:
     return top(effects // (2 * per), per)
 
 
-def timed(make: Callable[[], float]) -> float:
-    return make()
-
-
 def run_untraced(effects: int) -> float:
     program = state({"x": 0})(dense(effects))
     start = time.perf_counter()
@@ -68,7 +64,22 @@ def run_untraced(effects: int) -> float:
     return time.perf_counter() - start
 
 
+@do
+def stack_only(effect: Any, k: Any) -> Any:
+    yield doeff.GetTraceback(k)
+    return (yield doeff.Pass(effect, k))
+
+
+def run_hooks_only(effects: int) -> float:
+    """doeff's hooks alone, recording nothing: the floor any tracer of stacks pays."""
+    program = state({"x": 0})(doeff.WithObserve([].append, handler(stack_only)(dense(effects))))
+    start = time.perf_counter()
+    doeff.run(program)
+    return time.perf_counter() - start
+
+
 def run_observed(effects: int, trace_dir: Path) -> float:
+    trace_file(trace_dir, "bench-dense").unlink(missing_ok=True)
     start = time.perf_counter()
     with trace_observer("bench-dense", trace_dir) as observe:
         doeff.run(state({"x": 0})(observe(dense(effects))))
@@ -83,6 +94,7 @@ def run_stack_untraced(effects: int) -> float:
 
 
 def run_workflow_traced(effects: int, trace_dir: Path) -> float:
+    trace_file(trace_dir, "bench-wf").unlink(missing_ok=True)
     start = time.perf_counter()
     run_workflow(dense(effects), "bench-wf", trace_dir, store={"x": 0})
     return time.perf_counter() - start
@@ -187,6 +199,8 @@ def main() -> None:
             f"dense loop, trace_observer: {ratio:.2f}x  "
             f"(traced {traced / n * 1e6:.2f} us/effect, untraced {plain / n * 1e6:.2f})"
         )
+        floor, _, _ = best_ratio(lambda: run_hooks_only(n), lambda: run_untraced(n), args.rounds)
+        print(f"  of which doeff's hooks:   {floor:.2f}x  (WithObserve + handler + GetTraceback)")
         ratio, traced, plain = best_ratio(
             lambda: run_workflow_traced(n, root), lambda: run_stack_untraced(n), args.rounds
         )
