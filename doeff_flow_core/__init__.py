@@ -6,9 +6,11 @@ when they are called, so a worker can embed the package with no other dependency
 """
 
 from doeff_flow_core.errors import (
+    BadTraceSetting,
     InvalidWorkflowId,
     MalformedRecord,
     TraceDirUnwritable,
+    WorkflowBusy,
     WorkflowFailed,
 )
 from doeff_flow_core.ids import validate_workflow_id
@@ -33,6 +35,7 @@ from doeff_flow_core.tracing import TraceObserver, trace_observer
 from doeff_flow_core.workflow import WorkflowResult, run_workflow
 
 __all__ = [
+    "BadTraceSetting",
     "InvalidWorkflowId",
     "LiveTrace",
     "MalformedRecord",
@@ -41,6 +44,7 @@ __all__ = [
     "TraceDirUnwritable",
     "TraceFrame",
     "TraceObserver",
+    "WorkflowBusy",
     "WorkflowFailed",
     "WorkflowResult",
     "WorkflowSummary",

@@ -40,3 +40,24 @@ class WorkflowFailed(RuntimeError):
         self.workflow_id = workflow_id
         self.error = error
         super().__init__(f"workflow {workflow_id} failed: {type(error).__name__}: {error}")
+
+
+class WorkflowBusy(RuntimeError):
+    """Another process is tracing the same workflow id now."""
+
+    def __init__(self, workflow_id: str, holder: str) -> None:
+        self.workflow_id = workflow_id
+        self.holder = holder
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        super().__init__(
+            f"workflow {workflow_id} is already being traced by {who}; "
+            "use another workflow id, or wait for that run to end"
+        )
+
+
+class BadTraceSetting(ValueError):
+    """A rotation setting that is not a whole number of at least 0."""
+
+    def __init__(self, name: str, value: object) -> None:
+        self.name = name
+        super().__init__(f"{name} must be a whole number >= 0, not {value!r}")

@@ -10,6 +10,7 @@ from doeff_flow_core.ids import validate_workflow_id
 TRACE_DIR_ENV = "DOEFF_FLOW_TRACE_DIR"
 DEFAULT_TRACE_DIR = ".doeff-flow"
 TRACE_FILE_NAME = "trace.jsonl"
+LOCK_FILE_NAME = "writer.lock"
 
 
 def default_trace_dir() -> Path:
@@ -27,6 +28,11 @@ def workflow_dir(trace_dir: str | os.PathLike[str] | None, workflow_id: str) -> 
 
 def trace_file(trace_dir: str | os.PathLike[str] | None, workflow_id: str) -> Path:
     return workflow_dir(trace_dir, workflow_id) / TRACE_FILE_NAME
+
+
+def rotated_path(path: Path, index: int) -> Path:
+    """``trace.jsonl.<index>``: the ``index``-th newest rotated part of ``path``."""
+    return path.with_name(f"{path.name}.{index}")
 
 
 def state_dir() -> Path:

@@ -44,7 +44,7 @@ from doeff_flow_core.liveness import process_start_ticks, this_host
 from doeff_flow_core.records import COMPLETED, FAILED
 from doeff_flow_core.registry import register_trace_dir
 from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
-from doeff_flow_core.writer import FLUSH_INTERVAL, Flusher, TraceFile
+from doeff_flow_core.writer import FLUSH_INTERVAL, Flusher, Rotation, TraceFile, WriterLock
 
 # Past this many buffered effects the workflow's own thread encodes them (while its
 # caches are warm) and wakes the flusher thread to write them.
@@ -59,9 +59,12 @@ Program = Any
 class TraceObserver:
     """Traces one run of one workflow to ``<trace_dir>/<workflow_id>/trace.jsonl``.
 
-    Creating it opens the file (raising ``TraceDirUnwritable`` or ``InvalidWorkflowId``
-    before anything runs); ``observe(program)`` wraps a program; ``close()`` writes the
-    terminal record.
+    Creating it takes the workflow's writer lock and opens the file, raising
+    ``InvalidWorkflowId``, ``BadTraceSetting``, ``WorkflowBusy`` or ``TraceDirUnwritable``
+    before anything runs; ``observe(program)`` wraps a program; ``close()`` writes the
+    terminal record and releases the lock. ``max_trace_bytes`` and ``keep_rotated`` set
+    rotation (default ``$DOEFF_FLOW_MAX_TRACE_BYTES`` or 64 MiB, ``$DOEFF_FLOW_KEEP_ROTATED``
+    or 3).
     """
 
     def __init__(
@@ -69,12 +72,20 @@ class TraceObserver:
         workflow_id: str,
         trace_dir: str | os.PathLike[str] | None = None,
         *,
+        max_trace_bytes: int | None = None,
+        keep_rotated: int | None = None,
         flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
         self.workflow_id = validate_workflow_id(workflow_id)
+        rotation = Rotation.from_environment(max_trace_bytes, keep_rotated)
         self.trace_dir = resolve_trace_dir(trace_dir).absolute()
         self.path = self.trace_dir / self.workflow_id / TRACE_FILE_NAME
-        self._file = TraceFile(self.path)
+        self._writer_lock = WriterLock(self.path.parent, self.workflow_id)
+        try:
+            self._file = TraceFile(self.path, rotation)
+        except BaseException:
+            self._writer_lock.release()
+            raise
         register_trace_dir(self.trace_dir)
         from doeff_core_effects import SlogEffect
 
@@ -210,6 +221,7 @@ class TraceObserver:
                 )
                 self._file.write(line)
         self._file.close()
+        self._writer_lock.release()
 
     @property
     def tracing_failed(self) -> str | None:
@@ -320,14 +332,20 @@ _task_routing = _TaskRouting()
 
 @contextmanager
 def trace_observer(
-    workflow_id: str, trace_dir: str | os.PathLike[str] | Path | None = None
+    workflow_id: str,
+    trace_dir: str | os.PathLike[str] | Path | None = None,
+    *,
+    max_trace_bytes: int | None = None,
+    keep_rotated: int | None = None,
 ) -> Iterator[Callable[[Program], Program]]:
     """Yield ``observe(program) -> program``; the terminal record is written on exit.
 
     >>> with trace_observer("wf-001", ".doeff-flow") as observe:
     ...     value = doeff.run(my_handlers(observe(my_workflow())))
     """
-    tracer = TraceObserver(workflow_id, trace_dir)
+    tracer = TraceObserver(
+        workflow_id, trace_dir, max_trace_bytes=max_trace_bytes, keep_rotated=keep_rotated
+    )
     try:
         yield tracer.observe
     except BaseException as exc:

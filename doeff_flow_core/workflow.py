@@ -46,6 +46,8 @@ def run_workflow(
     store: Mapping[Any, Any] | None = None,
     storage: Any = None,
     handlers: Sequence[Any] = (),
+    max_trace_bytes: int | None = None,
+    keep_rotated: int | None = None,
 ) -> WorkflowResult[Any]:
     """Run ``program`` traced to ``<trace_dir>/<workflow_id>/trace.jsonl``.
 
@@ -57,8 +59,10 @@ def run_workflow(
     handler's storage calls, say) is not.
 
     An exception from the workflow is returned as ``result.error``, never raised;
-    ``KeyboardInterrupt`` and ``SystemExit`` are recorded and re-raised. Invalid ids
-    and unwritable trace directories raise before the workflow starts.
+    ``KeyboardInterrupt`` and ``SystemExit`` are recorded and re-raised. Invalid ids,
+    unwritable trace directories and a workflow id another process is tracing now raise
+    before the workflow starts. ``max_trace_bytes`` / ``keep_rotated``: see
+    ``TraceObserver``.
     """
     import doeff
     from doeff_core_effects import await_handler, reader, slog_discard_handler, state
@@ -76,7 +80,9 @@ def run_workflow(
 
         runtime += [memo_handler(storage), cache_handler(storage)]
 
-    tracer = TraceObserver(workflow_id, trace_dir)
+    tracer = TraceObserver(
+        workflow_id, trace_dir, max_trace_bytes=max_trace_bytes, keep_rotated=keep_rotated
+    )
     try:
         traced = tracer.instrument(program, handlers)
         value = doeff.run(scheduled(doeff.with_handlers(runtime, traced)))

@@ -1,4 +1,5 @@
-"""The trace file: append-only, one ``write`` per flush, flushed from a background thread.
+"""The trace file: append-only, one ``write`` per flush, flushed from a background thread,
+rotated by size; and the lock that keeps it to one writer.
 
 The writer never raises into the workflow once it has started: a failed write stops
 tracing, says so once on stderr, and the workflow runs on.
@@ -7,28 +8,101 @@ tracing, says so once on stderr, and the workflow runs on.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from doeff_flow_core.errors import TraceDirUnwritable
+from doeff_flow_core.errors import BadTraceSetting, TraceDirUnwritable, WorkflowBusy
+from doeff_flow_core.layout import LOCK_FILE_NAME, rotated_path
 
 FLUSH_INTERVAL = 0.02  # seconds; a record is readable within this (plus one batch) of its effect
+MAX_BYTES_ENV = "DOEFF_FLOW_MAX_TRACE_BYTES"
+KEEP_ENV = "DOEFF_FLOW_KEEP_ROTATED"
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_KEEP = 3
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """When ``trace.jsonl`` is rotated: past ``max_bytes``, into ``trace.jsonl.1`` ...
+    ``.keep`` (the oldest beyond ``keep`` is dropped). ``max_bytes`` 0 never rotates."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    keep: int = DEFAULT_KEEP
+
+    @classmethod
+    def from_environment(cls, max_bytes: int | None = None, keep: int | None = None) -> Rotation:
+        """Arguments first, then ``$DOEFF_FLOW_MAX_TRACE_BYTES`` / ``$DOEFF_FLOW_KEEP_ROTATED``."""
+        return cls(
+            max_bytes=_setting(max_bytes, MAX_BYTES_ENV, DEFAULT_MAX_BYTES),
+            keep=_setting(keep, KEEP_ENV, DEFAULT_KEEP),
+        )
+
+
+def _setting(given: int | None, variable: str, default: int) -> int:
+    if given is not None:
+        value: object = given
+    else:
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadTraceSetting(variable, text) from None
+    if not isinstance(value, int) or value < 0:
+        raise BadTraceSetting(variable, value)
+    return value
+
+
+class WriterLock:
+    """One writer per workflow: an advisory lock on ``<workflow dir>/writer.lock``.
+
+    The kernel drops the lock when the process dies, so a crash never leaves the
+    workflow locked. The file holds the holder's pid, for the error message.
+    """
+
+    def __init__(self, directory: Path, workflow_id: str) -> None:
+        path = directory / LOCK_FILE_NAME
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise TraceDirUnwritable(directory, exc) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(self._fd)
+            raise WorkflowBusy(workflow_id, holder) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)  # closing the descriptor drops the lock
 
 
 class TraceFile:
-    """An open ``trace.jsonl`` in append mode."""
+    """An open ``trace.jsonl`` in append mode, rotated by size."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, rotation: Rotation | None = None) -> None:
         self.path = path
+        self.rotation = rotation or Rotation()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._fd = self._open()
+            self._size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise TraceDirUnwritable(path.parent, exc) from None
         self.failed: str | None = None
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def write(self, text: str) -> None:
         """Append ``text``; on failure remember why and drop everything after."""
@@ -36,6 +110,10 @@ class TraceFile:
             return
         data = memoryview(text.encode("utf-8", "backslashreplace"))
         try:
+            limit = self.rotation.max_bytes
+            if limit and self._size and self._size + len(data) > limit:
+                self._rotate()
+            self._size += len(data)
             while data:
                 written = os.write(self._fd, data)
                 data = data[written:]
@@ -46,6 +124,21 @@ class TraceFile:
                 "the workflow continues untraced",
                 file=sys.stderr,
             )
+
+    def _rotate(self) -> None:
+        """trace.jsonl -> .1 -> .2 ... between two writes, so no line is ever split."""
+        os.close(self._fd)
+        keep = self.rotation.keep
+        if keep:
+            for index in range(keep - 1, 0, -1):
+                older = rotated_path(self.path, index)
+                if older.exists():
+                    os.replace(older, rotated_path(self.path, index + 1))
+            os.replace(self.path, rotated_path(self.path, 1))
+        else:
+            os.unlink(self.path)
+        self._fd = self._open()
+        self._size = 0
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
