@@ -150,14 +150,16 @@ class TraceObserver:
                 print(f"doeff-flow: could not encode records: {exc!r}", file=sys.stderr)
 
     def flush(self, *, final: bool = False) -> None:
-        """Encode what is buffered and write the outbox, in one ``write``."""
+        """Encode what is buffered and write the outbox: one ``write`` per encoded batch
+        (usually one), so that rotation, checked between writes, keeps parts near their
+        size limit even when the flusher fell behind."""
         self.encode_buffered(final=final)
         with self._write_lock:
             outbox = self._outbox
             count = len(outbox)
-            if count:
-                text = "".join(outbox[:count])
-                del outbox[:count]
+            batches = outbox[:count]
+            del outbox[:count]
+            for text in batches:
                 # The write releases the GIL: the workflow runs on meanwhile.
                 self._file.write(text)
 
