@@ -179,6 +179,16 @@ def _time(data: dict[str, Any], name: str) -> datetime:
 
 
 def _frame(item: object) -> TraceFrame:
+    if type(item) is dict:  # the common case first: every field of the expected type
+        get = item.get
+        function, file, line, code = get("function"), get("file"), get("line"), get("code")
+        if (
+            type(function) is str
+            and type(file) is str
+            and type(line) is int
+            and (code is None or type(code) is str)
+        ):
+            return TraceFrame(function, file, line, code)
     if not isinstance(item, dict):
         raise MalformedRecord("a trace frame must be an object")
     return TraceFrame(
