@@ -1,9 +1,10 @@
 """flowctl speed, measured side by side in one run (whole processes, wall and CPU time).
 
     python bench/bench_flowctl.py [--big-mib 1024] [--workflows 10000] [--idle 5]
+                                  [--only history,ps,idle,latency]
 
 1. ``history WF --last 20`` on a 1 GiB trace vs a 1 MiB trace: the ratio (goal <= 1.5x).
-2. ``ps`` over 10,000 workflows (goal < 1 s).
+2. ``ps`` over 10,000 workflows (goal < 1 s), from the files and through flowd.
 3. ``watch WF`` CPU while nothing changes, over ``--idle`` seconds: plain output and the
    full-screen view in a pseudo-terminal (goal < 2% of a core).
 4. ``watch WF`` latency from a record landing in the trace to its line being printed
@@ -28,7 +29,9 @@ from typing import Any
 
 from doeff_flow_core.liveness import process_start_ticks
 
-FLOWCTL = [sys.executable, "-m", "flowctl"]
+# Files unless a benchmark says otherwise: no daemon answers on this socket.
+FLOWCTL = [sys.executable, "-m", "flowctl", "--socket", "/dev/null/no-flowd.sock"]
+SECTIONS = ("history", "ps", "idle", "latency")
 FRAMES = [
     {"function": "main_workflow", "file": "/srv/app/workflow.py", "line": 100, "code": None},
     {"function": "process_step", "file": "/srv/app/workflow.py", "line": 45, "code": None},
@@ -153,6 +156,21 @@ def bench_ps(base: Path, count: int, rounds: int) -> None:
         f"--json: {json_wall * 1000:.0f} ms wall"
     )
     print(f"  (process start and exit alone: {startup_wall * 1000:.0f} ms; goal < 1000 ms)")
+    from bench_flowd import start_flowd
+
+    flowd, sock, _ = start_flowd(base, "--root", str(trace_dir))
+    try:
+        through = ["--socket", sock, "--trace-dir", trace_dir, "ps"]
+        daemon_wall, daemon_cpu = timed(through, rounds)
+        daemon_json, _ = timed([*through, "--json"], rounds)
+    finally:
+        flowd.terminate()
+        flowd.wait()
+        shutil.rmtree(sock.parent, ignore_errors=True)
+    print(
+        f"  through flowd: {daemon_wall * 1000:.0f} ms wall, {daemon_cpu * 1000:.0f} ms cpu "
+        f"(flowctl's); --json: {daemon_json * 1000:.0f} ms wall"
+    )
     shutil.rmtree(trace_dir)
 
 
@@ -242,13 +260,21 @@ def main() -> None:
     parser.add_argument("--workflows", type=int, default=10_000, help="workflows for ps")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle watch")
     parser.add_argument("--rounds", type=int, default=5, help="runs per timing")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help="sections to run, comma-separated"
+    )
     options = parser.parse_args()
+    only = set(options.only.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-flowctl-") as tmp:
         base = Path(tmp)
-        bench_history(base, options.big_mib, options.rounds)
-        bench_ps(base, options.workflows, options.rounds)
-        bench_watch_idle(base, options.idle)
-        bench_watch_latency(base, 40)
+        if "history" in only:
+            bench_history(base, options.big_mib, options.rounds)
+        if "ps" in only:
+            bench_ps(base, options.workflows, options.rounds)
+        if "idle" in only:
+            bench_watch_idle(base, options.idle)
+        if "latency" in only:
+            bench_watch_latency(base, 40)
 
 
 if __name__ == "__main__":

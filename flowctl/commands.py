@@ -62,7 +62,7 @@ def run_ps(session: Session, request: Request, source: Source) -> int:
     session.out.flush()
     unreadable = [entry for entry in entries if entry.status == UNREADABLE]
     for entry in unreadable:
-        warn(session, f"{entry.workflow_id}: {entry.problem}")
+        warn(session, f"{entry.name}: {entry.problem}")
     return exitcodes.BAD_TRACE if unreadable else exitcodes.OK
 
 

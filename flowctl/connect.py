@@ -1,19 +1,22 @@
-"""Choosing the data source: the daemon when one answers, else the trace files.
+"""Choosing the data source: flowd when its socket answers, else the trace files.
 
-A missing daemon is not an error: flowctl reads files and says so only with
-``--verbose``. This version has no daemon client yet, so it always reads files; the
-socket is still resolved (``--socket``, ``$DOEFF_FLOW_SOCKET``,
-``$XDG_RUNTIME_DIR/doeff-flow/flowd.sock``, ``/tmp/doeff-flow-$UID/flowd.sock``) so
-``--verbose`` can say which one was passed over.
+The socket is ``--socket``, else ``$DOEFF_FLOW_SOCKET``, else
+``$XDG_RUNTIME_DIR/doeff-flow/flowd.sock``, else ``/tmp/doeff-flow-$UID/flowd.sock``.
+A missing or dead daemon is not an error: flowctl reads files and says so only with
+``--verbose``. Through flowd, a trace directory given explicitly (``--trace-dir`` or
+``$DOEFF_FLOW_TRACE_DIR``) scopes what is shown to that directory, as the files would;
+with neither, every workflow flowd indexes is shown.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TextIO
 
-from doeff_flow_core import default_trace_dir
-from doeff_flow_core.layout import default_socket_path
+from doeff_flow_core.layout import TRACE_DIR_ENV, default_socket_path, default_trace_dir
+from flowctl.daemonsource import DaemonSource
+from flowctl.errors import DaemonUnavailable
 from flowctl.filesource import FileSource
 from flowctl.options import GlobalOptions
 from flowctl.source import Source
@@ -23,10 +26,23 @@ def socket_path(explicit: str | None) -> Path:
     return Path(explicit) if explicit else default_socket_path()
 
 
+def explicit_trace_dir(options: GlobalOptions) -> str | None:
+    """``--trace-dir``, else ``$DOEFF_FLOW_TRACE_DIR``; None when neither is given."""
+    return options.trace_dir or os.environ.get(TRACE_DIR_ENV) or None
+
+
 def open_source(options: GlobalOptions, err: TextIO) -> Source:
-    trace_dir = Path(options.trace_dir) if options.trace_dir else default_trace_dir()
+    explicit = explicit_trace_dir(options)
+    trace_dir = Path(explicit) if explicit else default_trace_dir()
+    sock = str(socket_path(options.socket))
+    root = os.path.abspath(trace_dir) if explicit else None
+    try:
+        source = DaemonSource.connect(sock, root, str(trace_dir) if explicit else sock)
+    except DaemonUnavailable as exc:
+        if options.verbose:
+            print(f"flowctl: {exc}; reading trace files in {trace_dir}", file=err)
+        return FileSource(trace_dir)
     if options.verbose:
-        sock = socket_path(options.socket)
-        why = "this flowctl has no daemon client yet" if sock.exists() else "no daemon there"
-        print(f"flowctl: socket {sock}: {why}; reading trace files in {trace_dir}", file=err)
-    return FileSource(trace_dir)
+        scope = f"workflows in {root}" if root else "every workflow it indexes"
+        print(f"flowctl: reading through flowd (pid {source.pid}) at {sock}: {scope}", file=err)
+    return source

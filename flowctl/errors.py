@@ -66,3 +66,25 @@ class SourceUnavailable(FlowctlError):
 
     def __init__(self, location: str, detail: str) -> None:
         super().__init__(f"cannot read {location}: {detail}")
+
+
+class DaemonUnavailable(FlowctlError):
+    """flowd cannot be reached, or stopped answering (connect, send, receive, timeout)."""
+
+    exit_code = exitcodes.UNAVAILABLE
+
+    def __init__(self, socket_path: str, detail: str) -> None:
+        self.socket_path = socket_path
+        self.detail = detail
+        super().__init__(f"flowd at {socket_path}: {detail}")
+
+
+class DaemonError(FlowctlError):
+    """An error answer from flowd that flowctl has no meaning for (a protocol mismatch)."""
+
+    def __init__(self, method: str, code: int, message: str, data: object = None) -> None:
+        self.method = method
+        self.code = code
+        self.message = message
+        self.data = data
+        super().__init__(f"flowd answered {method} with error {code}: {message}")

@@ -30,6 +30,7 @@ from flowctl.errors import (
     WorkflowNotFound,
 )
 from flowctl.source import (
+    DEFAULT_SNAPSHOT,
     DirectoryUpdate,
     History,
     Update,
@@ -37,7 +38,6 @@ from flowctl.source import (
     workflow_entry,
 )
 
-DEFAULT_SNAPSHOT = 200
 # A watch that finds more than this much new data skips to the latest records.
 JUMP_BYTES = 1024 * 1024
 READ_LIMIT = 8 * 1024 * 1024

@@ -211,7 +211,7 @@ def status_counts(statuses: Iterable[str]) -> str:
 
 def _sort_key(entry: WorkflowEntry) -> tuple[int, str]:
     order = STATUS_ORDER.index(entry.status) if entry.status in STATUS_ORDER else len(STATUS_ORDER)
-    return (order, entry.workflow_id)
+    return (order, entry.name)
 
 
 def _detail(entry: WorkflowEntry) -> Line:

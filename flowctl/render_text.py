@@ -63,7 +63,7 @@ def outcome_text(record: LiveTrace, status: str, limit: int = MAX_NOTE_CHARS) ->
 
 def ps_columns(entry: WorkflowEntry, now: datetime, id_width: int) -> tuple[str, str, str]:
     """The id and the status, padded, then step, age and last slog (or the problem)."""
-    head = (f"{entry.workflow_id:<{id_width}}", f"{entry.status:<{STATUS_WIDTH}}")
+    head = (f"{entry.name:<{id_width}}", f"{entry.status:<{STATUS_WIDTH}}")
     record = entry.latest
     if record is None:
         return (*head, f"{'-':<{STEP_WIDTH}}{safe_clip(entry.problem or '', MAX_NOTE_CHARS)}")
@@ -79,7 +79,7 @@ def ps_line(entry: WorkflowEntry, now: datetime, id_width: int = ID_WIDTH) -> st
 
 def id_column(entries: Sequence[WorkflowEntry]) -> int:
     """The seed's 10 columns, wider when an id needs it."""
-    return max([ID_WIDTH - 2, *(len(e.workflow_id) for e in entries)]) + 2
+    return max([ID_WIDTH - 2, *(len(e.name) for e in entries)]) + 2
 
 
 def ps_lines(entries: Sequence[WorkflowEntry], now: datetime) -> list[str]:
@@ -94,20 +94,24 @@ def ps_json(entries: Iterable[WorkflowEntry], now: datetime) -> str:
 
 def ps_object(entry: WorkflowEntry, now: datetime) -> dict[str, Any]:
     record = entry.latest
+    data: dict[str, Any]
     if record is None:
-        return {
+        data = {
             "workflow_id": entry.workflow_id,
             "status": entry.status,
             "step": None,
             "updated_at": None,
             "problem": entry.problem,
         }
-    data = record.to_dict()
-    data["workflow_id"] = entry.workflow_id
-    data["written_status"] = record.status
-    data["status"] = entry.status
-    data["age_seconds"] = round(seconds_between(record.updated_at, now), 3)
-    data["problem"] = entry.problem
+    else:
+        data = record.to_dict()
+        data["workflow_id"] = entry.workflow_id
+        data["written_status"] = record.status
+        data["status"] = entry.status
+        data["age_seconds"] = round(seconds_between(record.updated_at, now), 3)
+        data["problem"] = entry.problem
+    if entry.root is not None:
+        data["root"] = entry.root  # the same id is listed under another root too
     return data
 
 
@@ -127,9 +131,12 @@ def history_json_line(record: LiveTrace) -> str:
     return json.dumps(record.to_dict(), separators=(",", ":"))
 
 
-def change_line(record: LiveTrace, status: str, now: datetime, *, status_only: bool) -> str:
-    """Plain ``watch``: one line per change, ``12:00:00.123 wf-001 running step 4 ...``."""
-    head = f"{clock(now)}  {record.workflow_id}  {status:<{HISTORY_STATUS_WIDTH}}"
+def change_line(
+    record: LiveTrace, status: str, now: datetime, *, status_only: bool, name: str | None = None
+) -> str:
+    """Plain ``watch``: one line per change, ``12:00:00.123 wf-001 running step 4 ...``;
+    ``name`` instead of the record's id where that is ambiguous."""
+    head = f"{clock(now)}  {name or record.workflow_id}  {status:<{HISTORY_STATUS_WIDTH}}"
     if status_only:
         return head.rstrip()
     head = f"{head}  step {record.step}"

@@ -1,8 +1,8 @@
 """The data-source interface: where flowctl gets workflows and records from.
 
 One interface, interchangeable implementations (as prompt-toolkit's ``History`` /
-``FileHistory``): ``FileSource`` reads trace files now; a daemon source will answer the
-same calls over flowd's socket. Nothing here names a file: workflows are named by id,
+``FileHistory``): ``FileSource`` reads trace files; ``DaemonSource`` answers the same
+calls over flowd's socket. Nothing here names a file: workflows are named by id,
 and live views are ``Feed`` objects that are polled, which a socket subscription
 (a snapshot, then pushed records) implements as naturally as a file tail.
 """
@@ -18,6 +18,8 @@ from doeff_flow_core.reader import EMPTY_TRACE, NO_TRACE
 # Statuses of a workflow entry that has no record to derive a status from.
 EMPTY: Final = "empty"  # no trace file yet, or nothing complete written in it
 UNREADABLE: Final = "unreadable"  # the trace holds no valid record, or cannot be read
+# How many of the latest records a live feed starts with (so each live task is seen).
+DEFAULT_SNAPSHOT: Final = 200
 
 
 @dataclass(frozen=True)
@@ -32,19 +34,41 @@ class WorkflowEntry:
     latest: LiveTrace | None
     status: str
     problem: str | None = None
+    # Set only where the same id is listed under more than one root (the daemon, not
+    # scoped to one trace directory): the entry is then named ``id@root``.
+    root: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.workflow_id if self.root is None else qualified(self.workflow_id, self.root)
+
+
+def qualified(workflow_id: str, root: str) -> str:
+    """``wf-001@/home/me/proj/.doeff-flow``: one workflow among several of that id."""
+    return f"{workflow_id}@{root}"
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``(workflow_id, root)`` from a name ``qualified`` made, else ``(name, None)``."""
+    workflow_id, at, root = name.partition("@")
+    return (workflow_id, root) if at and root.startswith("/") else (name, None)
 
 
 def workflow_entry(
-    workflow_id: str, latest: LiveTrace | None, problem: str | None, status: str | None = None
+    workflow_id: str,
+    latest: LiveTrace | None,
+    problem: str | None,
+    status: str | None = None,
+    root: str | None = None,
 ) -> WorkflowEntry:
     """The entry for a workflow's latest record (its effective status: ``status`` when
     known, else derived now), or for the problem that leaves it without one (the core's
     and flowd's words: ``no trace.jsonl``, ``empty trace``, ``no valid records``, or the
     system's error)."""
     if latest is not None:
-        return WorkflowEntry(workflow_id, latest, status or effective_status(latest))
+        return WorkflowEntry(workflow_id, latest, status or effective_status(latest), None, root)
     nothing_yet = problem in (NO_TRACE, EMPTY_TRACE)
-    return WorkflowEntry(workflow_id, None, EMPTY if nothing_yet else UNREADABLE, problem)
+    return WorkflowEntry(workflow_id, None, EMPTY if nothing_yet else UNREADABLE, problem, root)
 
 
 @dataclass(frozen=True)

@@ -139,8 +139,8 @@ class DashboardWatch:
         for name in update.removed:
             self.entries.pop(name, None)
         for entry in update.changed:
-            self.entries[entry.workflow_id] = entry
-            self._changed[entry.workflow_id] = None
+            self.entries[entry.name] = entry
+            self._changed[entry.name] = None
         if time.monotonic() - self._checked >= LIVENESS_INTERVAL:
             self._checked = time.monotonic()
             changed = self._refresh_liveness() or changed
@@ -180,14 +180,20 @@ class DashboardWatch:
                 lines.append(f"{clock(now)}  {name}  {entry.status}  {safe(entry.problem or '')}")
             else:
                 lines.append(
-                    change_line(entry.latest, entry.status, now, status_only=self._status_only)
+                    change_line(
+                        entry.latest,
+                        entry.status,
+                        now,
+                        status_only=self._status_only,
+                        name=None if entry.root is None else name,
+                    )
                 )
         self._changed.clear()
         return lines
 
     def screen(self, columns: int, now: datetime) -> list[Line]:
         source = f"{self._source.kind} {self._source.location}"
-        entries = sorted(self.entries.values(), key=lambda e: e.workflow_id)
+        entries = sorted(self.entries.values(), key=lambda e: e.name)
         return dashboard(entries, now, columns, source=source, present=self.present)
 
     def close(self) -> None:

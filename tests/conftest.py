@@ -1,8 +1,9 @@
 """Shared test helpers: isolation from the real home, subprocesses, polling, source lines.
 
 Every test runs with ``XDG_STATE_HOME`` pointing at a fresh temporary directory (so the
-trace-directory registry never touches the real home) and without
-``DOEFF_FLOW_TRACE_DIR`` (so the default trace directory is the one a test chooses).
+trace-directory registry never touches the real home), without ``DOEFF_FLOW_TRACE_DIR``
+(so the default trace directory is the one a test chooses), and with
+``DOEFF_FLOW_SOCKET`` naming no daemon (so flowctl reads files unless a test starts one).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ T = TypeVar("T")
 
 @pytest.fixture(autouse=True)
 def state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private ``$XDG_STATE_HOME`` for each test (inherited by its subprocesses)."""
+    """A private ``$XDG_STATE_HOME`` for each test (inherited by its subprocesses), and no
+    flowd unless the test starts one (``$DOEFF_FLOW_SOCKET`` names a socket nobody
+    listens on, so flowctl never finds a daemon someone runs on this machine)."""
     home = tmp_path_factory.mktemp("state-home")
     monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    monkeypatch.setenv("DOEFF_FLOW_SOCKET", str(home / "no-flowd.sock"))
     monkeypatch.delenv("DOEFF_FLOW_TRACE_DIR", raising=False)
     return home
 

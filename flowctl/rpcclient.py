@@ -1,0 +1,209 @@
+"""A JSON-RPC 2.0 client for flowd's Unix socket, standard library only.
+
+Newline-delimited JSON, one message per line each way; lines end at ``\\n`` only (a
+record may hold U+2028, so nothing here splits on other line ends). One ``Connection``
+is one socket: ``call`` sends a request and waits for its answer, keeping the ``trace``
+notifications that arrive meanwhile; ``pushed`` returns those and waits for more.
+Failing to reach or to hear flowd is ``DaemonUnavailable``; an error answer is
+``RpcFailure`` with flowd's code, message and data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import select
+import socket
+import time
+from collections import deque
+from typing import Any, Final
+
+from flowctl.errors import DaemonError, DaemonUnavailable
+
+CONNECT_TIMEOUT: Final = 0.5  # a socket nobody accepts on is given up after this
+CALL_TIMEOUT: Final = 30.0  # an answer (ps over 10,000 workflows takes ~20 ms)
+RECEIVE_BYTES: Final = 1 << 20
+# What one poll of pushed notifications reads at most, so a busy stream never starves
+# the caller.
+PUSHED_BYTES_PER_POLL: Final = 8 << 20
+MAX_LINE: Final = 1 << 30  # a runaway line from a confused peer
+
+# flowd's application error codes (README: flowd, Protocol).
+UNKNOWN_WORKFLOW: Final = -32001
+UNKNOWN_SUBSCRIPTION: Final = -32002
+NOT_A_DIRECTORY: Final = -32003
+TRACE_UNREADABLE: Final = -32004
+
+Message = dict[str, Any]
+
+
+class RpcFailure(DaemonError):
+    """An error answer (``code``, ``message``, ``data`` as flowd sent them)."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class Connection:
+    """One connection to flowd; not thread-safe, one user at a time."""
+
+    def __init__(self, path: str, timeout: float = CALL_TIMEOUT) -> None:
+        self.path = path
+        self._timeout = timeout  # for an answer, and for sending
+        self._ids = itertools.count(1)
+        self._lines: deque[bytes] = deque()  # complete lines received, not parsed yet
+        self._partial: list[bytes] = []  # the start of the next line
+        self._partial_size = 0
+        self._pushed: deque[Message] = deque()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(path)
+            sock.settimeout(timeout)
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnavailable(path, _reason(exc)) from None
+        self._sock: socket.socket | None = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._timeout = seconds
+        self._socket().settimeout(seconds)
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise DaemonUnavailable(self.path, "the connection is closed")
+        return self._sock
+
+    def _lost(self, detail: str) -> DaemonUnavailable:
+        self.close()
+        return DaemonUnavailable(self.path, detail)
+
+    # -- bytes ------------------------------------------------------------------------
+
+    def _send(self, message: Message) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+        try:
+            self._socket().sendall(data)
+        except OSError as exc:
+            raise self._lost(_reason(exc)) from None
+
+    def _receive(self, timeout: float) -> int:
+        """Read what arrives within ``timeout`` seconds (one read); the bytes read."""
+        sock = self._socket()
+        try:
+            ready, _, _ = select.select([sock], [], [], max(0.0, timeout))
+            if not ready:
+                return 0
+            data = sock.recv(RECEIVE_BYTES)
+        except OSError as exc:  # a timeout, a reset
+            raise self._lost(_reason(exc)) from None
+        if not data:
+            raise self._lost("closed the connection")
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._partial.append(data)
+            self._partial_size += len(data)
+            if self._partial_size > MAX_LINE:
+                raise self._lost("sent a line longer than 1 GiB")
+            return len(data)
+        head = b"".join((*self._partial, data[:cut])) if self._partial else data[:cut]
+        self._lines.extend(head.split(b"\n"))
+        rest = data[cut + 1 :]
+        self._partial = [rest] if rest else []
+        self._partial_size = len(rest)
+        return len(data)
+
+    def _parse(self, line: bytes) -> Message | None:
+        if not line.strip():
+            return None
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise self._lost("sent a line that is not JSON") from None
+        if not isinstance(message, dict):
+            raise self._lost("sent a message that is not a JSON object")
+        return message
+
+    def _next(self, timeout: float) -> Message | None:
+        """The next message, waiting up to ``timeout`` seconds for it; None if none came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._lines:
+                message = self._parse(self._lines.popleft())
+                if message is not None:
+                    return message
+            left = deadline - time.monotonic()
+            if left < 0 or not self._receive(left):
+                return None
+
+    # -- messages ---------------------------------------------------------------------
+
+    def call(self, method: str, **params: Any) -> Any:
+        """The result of ``method``; RpcFailure on an error answer."""
+        ident = next(self._ids)
+        request: Message = {"jsonrpc": "2.0", "id": ident, "method": method}
+        if params:
+            request["params"] = params
+        self._send(request)
+        deadline = time.monotonic() + self._timeout
+        while True:
+            message = self._next(deadline - time.monotonic())
+            if message is None:
+                raise self._lost(f"no answer to {method} within {self._timeout:g} s")
+            if "method" in message:
+                self._pushed.append(message)  # a notification, for ``pushed``
+            elif message.get("id") == ident:
+                break
+        error = message.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise RpcFailure(method, 0, repr(error)[:200])
+            code = error.get("code")
+            raise RpcFailure(
+                method,
+                code if isinstance(code, int) else 0,
+                str(error.get("message", "")),
+                error.get("data"),
+            )
+        return message.get("result")
+
+    def kept(self) -> list[Message]:
+        """The notifications that arrived while ``call`` waited (before its answer)."""
+        taken = list(self._pushed)
+        self._pushed.clear()
+        return taken
+
+    def pushed(self, timeout: float) -> list[Message]:
+        """Notifications: those kept so far and those already arrived; when there are
+        none, waits up to ``timeout`` seconds for some."""
+        budget = PUSHED_BYTES_PER_POLL
+        if not self._pushed and not self._lines:
+            budget -= self._receive(timeout)
+        while budget > 0 and (read := self._receive(0)):
+            budget -= read
+        while self._lines:
+            message = self._parse(self._lines.popleft())
+            if message is not None and "method" in message:
+                self._pushed.append(message)
+        return self.kept()
