@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 from doeff import Get, Put, do
 
 from doeff_flow_core import (
@@ -18,7 +19,6 @@ from doeff_flow_core import (
     trace_observer,
 )
 from doeff_flow_core.reader import read_all
-from tests.conftest import wait_until
 
 Start = Callable[..., subprocess.Popen[str]]
 
