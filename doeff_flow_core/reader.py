@@ -17,7 +17,7 @@ from stat import S_ISDIR
 
 from doeff_flow_core.errors import MalformedRecord
 from doeff_flow_core.ids import is_workflow_id
-from doeff_flow_core.layout import TRACE_FILE_NAME
+from doeff_flow_core.layout import TRACE_FILE_NAME, rotated_path
 from doeff_flow_core.records import LiveTrace, parse_record
 
 # Reading backwards, the first block is small (the latest record of most traces lies in
@@ -170,6 +170,26 @@ def read_last(path: str | os.PathLike[str], n: int, end: int | None = None) -> T
     records.reverse()
     last = lines.end or 0
     return Tail(tuple(records), parsed.skipped + lines.oversized, last != limit, last)
+
+
+def read_history(path: str | os.PathLike[str], n: int) -> Tail:
+    """The last ``n`` records of a trace and, when ``trace.jsonl`` holds fewer, of its
+    rotated parts (``trace.jsonl.1``, ``.2`` ...), oldest first. ``end`` and ``torn`` are
+    those of ``path`` itself; ``skipped`` counts every part read."""
+    newest = read_last(path, n)
+    records = list(newest.records)
+    skipped = newest.skipped
+    index = 1
+    while len(records) < n:
+        part = rotated_path(Path(path), index)
+        try:
+            older = read_last(part, n - len(records))
+        except FileNotFoundError:
+            break
+        records[:0] = older.records
+        skipped += older.skipped
+        index += 1
+    return Tail(tuple(records), skipped, newest.torn, newest.end)
 
 
 def read_latest(path: str | os.PathLike[str]) -> LiveTrace | None:

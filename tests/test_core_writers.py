@@ -18,7 +18,7 @@ from doeff_flow_core import (
     trace_file,
     trace_observer,
 )
-from doeff_flow_core.reader import read_all
+from doeff_flow_core.reader import read_all, read_history
 
 Start = Callable[..., subprocess.Popen[str]]
 
@@ -138,3 +138,16 @@ def test_bad_rotation_settings_are_refused_before_anything_exists(
     with pytest.raises(BadTraceSetting, match="DOEFF_FLOW_MAX_TRACE_BYTES must be a whole"):
         run_workflow(counting(1), "wf-bad", tmp_path)
     assert not (tmp_path / "wf-bad").exists()
+
+
+def test_history_reads_across_rotated_parts(tmp_path: Path) -> None:
+    run_workflow(counting(4000), "wf-hist", tmp_path, max_trace_bytes=250_000, keep_rotated=3)
+    path = trace_file(tmp_path, "wf-hist")
+    in_newest = len(read_all(path).records)
+    wanted = in_newest + 500
+    tail = read_history(path, wanted)
+    assert [r.step for r in tail.records] == list(range(4003 - wanted, 4003))
+    assert tail.skipped == 0
+    everything = read_history(path, 10**6)  # no more parts: what there is
+    assert everything.records[-1].status == "completed"
+    assert len(everything.records) < 4002  # the oldest part was dropped
