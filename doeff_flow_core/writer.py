@@ -94,15 +94,38 @@ class TraceFile:
         self.path = path
         self.rotation = rotation or Rotation()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = self._open()
-            self._size = os.fstat(self._fd).st_size
+            self._open()
         except OSError as exc:
             raise TraceDirUnwritable(path.parent, exc) from None
         self.failed: str | None = None
+        self._recovered = False
 
-    def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        status = os.fstat(self._fd)
+        self._size = status.st_size
+        self._identity = (status.st_dev, status.st_ino)
+
+    def _follow_path(self) -> None:
+        """Write where the path leads: if the file was removed or replaced by someone
+        else, go on in a new file at the path (and say so, once)."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            reason = "was removed"
+        else:
+            if (status.st_dev, status.st_ino) == self._identity:
+                return
+            reason = "was replaced"
+        os.close(self._fd)
+        self._open()
+        if not self._recovered:
+            self._recovered = True
+            print(
+                f"doeff-flow: trace file {self.path} {reason}; tracing goes on in a new one",
+                file=sys.stderr,
+            )
 
     def write(self, text: str) -> None:
         """Append ``text``; on failure remember why and drop everything after."""
@@ -110,6 +133,7 @@ class TraceFile:
             return
         data = memoryview(text.encode("utf-8", "backslashreplace"))
         try:
+            self._follow_path()
             limit = self.rotation.max_bytes
             if limit and self._size and self._size + len(data) > limit:
                 self._rotate()
@@ -137,8 +161,7 @@ class TraceFile:
             os.replace(self.path, rotated_path(self.path, 1))
         else:
             os.unlink(self.path)
-        self._fd = self._open()
-        self._size = 0
+        self._open()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -73,6 +73,7 @@ print(json.dumps({"expected": expected, "value": value, "error": error}))
 """
 
 STOPPED = "doeff-flow: tracing to "
+RECOVERED = "tracing goes on in a new one"
 
 
 def run_faulty(base: Path, fault: str, entry: str) -> tuple[dict[str, object], str]:
@@ -93,10 +94,20 @@ ENTRIES = ["run_workflow", "trace_observer"]
 @pytest.mark.parametrize("fault", ["rm", "dir"])
 def test_trace_removed_mid_run(tmp_path: Path, fault: str, entry: str) -> None:
     _, stderr = run_faulty(tmp_path, fault, entry)
-    assert stderr.count(STOPPED) <= 1, stderr
     trace = tmp_path / "traces" / "wf-fault" / "trace.jsonl"
     assert int((tmp_path / "size-before").read_text()) > 0  # it was tracing until then
-    assert not trace.is_file()  # the sabotage really happened, and nothing recreated it
+    if fault == "rm":
+        # Tracing recovers in a new file at the same path, and says so once.
+        assert stderr.count(RECOVERED) == 1, stderr
+        assert STOPPED not in stderr
+        written = read_all(trace)
+        steps = [r.step for r in written.records]
+        assert steps == list(range(steps[0], 1202))  # the rest of the run, whole
+        assert steps[0] > 1 and written.records[-1].status == "completed"
+    else:
+        # A directory where the file was: tracing stops, and says so once.
+        assert stderr.count(STOPPED) == 1, stderr
+        assert trace.is_dir()
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
