@@ -159,14 +159,20 @@ def read_last(path: str | os.PathLike[str], n: int, end: int | None = None) -> T
         stat = os.fstat(fd)
         if S_ISDIR(stat.st_mode):  # open() refuses a directory; os.open does not
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
-        limit = stat.st_size if end is None else max(0, min(end, stat.st_size))
-        lines = _Backward(fd, limit)
-        parsed = _Records(lines)
-        records = list(islice(parsed, n)) if n > 0 else []
-        if n <= 0:
-            next(iter(lines), None)  # only where the complete lines end
+        return read_fd_last(fd, n, end)
     finally:
         os.close(fd)
+
+
+def read_fd_last(fd: int, n: int, end: int | None = None) -> Tail:
+    """``read_last`` on an open file (a follower's snapshot of the very file it tails)."""
+    size = os.fstat(fd).st_size
+    limit = size if end is None else max(0, min(end, size))
+    lines = _Backward(fd, limit)
+    parsed = _Records(lines)
+    records = list(islice(parsed, n)) if n > 0 else []
+    if n <= 0:
+        next(iter(lines), None)  # only where the complete lines end
     records.reverse()
     last = lines.end or 0
     return Tail(tuple(records), parsed.skipped + lines.oversized, last != limit, last)
@@ -174,14 +180,17 @@ def read_last(path: str | os.PathLike[str], n: int, end: int | None = None) -> T
 
 def read_history(path: str | os.PathLike[str], n: int) -> Tail:
     """The last ``n`` records of a trace and, when ``trace.jsonl`` holds fewer, of its
-    rotated parts (``trace.jsonl.1``, ``.2`` ...), oldest first. ``end`` and ``torn`` are
-    those of ``path`` itself; ``skipped`` counts every part read."""
+    rotated parts (``trace.jsonl.1``, ``.2`` ...; never through a symbolic link), oldest
+    first. ``end`` and ``torn`` are those of ``path`` itself; ``skipped`` counts every part
+    read."""
     newest = read_last(path, n)
     records = list(newest.records)
     skipped = newest.skipped
     index = 1
     while len(records) < n:
         part = rotated_path(Path(path), index)
+        if part.is_symlink():
+            break  # a part is never read through a link (it could lead anywhere)
         try:
             older = read_last(part, n - len(records))
         except FileNotFoundError:
@@ -199,12 +208,20 @@ def read_latest(path: str | os.PathLike[str]) -> LiveTrace | None:
 
 def read_from(path: str | os.PathLike[str], offset: int, limit: int = 8 * 1024 * 1024) -> Chunk:
     """Complete records after ``offset`` (at most about ``limit`` bytes of them)."""
-    with open(path, "rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        reset = size < offset
-        start = 0 if reset else offset
-        handle.seek(start)
-        data = handle.read(min(limit, size - start))
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return read_fd_from(fd, offset, limit)
+    finally:
+        os.close(fd)
+
+
+def read_fd_from(fd: int, offset: int, limit: int = 8 * 1024 * 1024) -> Chunk:
+    """``read_from`` on an open file: a follower that keeps the descriptor reads on in a
+    file renamed away (a rotated part) with no race against the rename."""
+    size = os.fstat(fd).st_size
+    reset = size < offset
+    start = 0 if reset else offset
+    data = os.pread(fd, max(0, min(limit, size - start)), start)
     cut = data.rfind(b"\n")
     if cut < 0:
         if len(data) >= limit:  # one line longer than the limit: skip past it

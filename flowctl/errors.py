@@ -47,6 +47,19 @@ class WorkflowNotFound(FlowctlError):
         super().__init__(f"no workflow {workflow_id!r} in {location}")
 
 
+class WorkflowLinked(FlowctlError):
+    """A workflow directory (or its trace) that is a symbolic link: never followed, so a
+    link cannot lead flowctl outside the trace directory."""
+
+    exit_code = exitcodes.NOT_FOUND
+
+    def __init__(self, workflow_id: str, location: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"{workflow_id!r} in {location} is a symbolic link; flowctl does not follow it"
+        )
+
+
 class TraceUnreadable(FlowctlError):
     """A trace that exists but holds nothing readable, or cannot be opened."""
 

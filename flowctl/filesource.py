@@ -1,24 +1,29 @@
 """``FileSource``: the data-source interface over ``<trace_dir>/<workflow_id>/trace.jsonl``.
 
 Files are never read whole: the latest records come from the end (the core's
-``read_last``), new ones from a stored offset (``read_from``), and a live feed costs one
+``read_last``, and its rotated parts when asked for more: ``read_history``), new ones
+from a stored offset of an open file (``read_fd_from``), and a live feed costs one
 ``stat`` per poll while nothing changes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 from pathlib import Path
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from doeff_flow_core import InvalidWorkflowId, LiveTrace, effective_status
 from doeff_flow_core.ids import is_workflow_id, validate_workflow_id
-from doeff_flow_core.layout import TRACE_FILE_NAME
+from doeff_flow_core.layout import TRACE_FILE_NAME, rotated_path
 from doeff_flow_core.reader import (
     NO_VALID_RECORDS,
     WorkflowSummary,
-    read_from,
-    read_last,
+    read_fd_from,
+    read_fd_last,
+    read_history,
     scan_workflows,
     summarize,
 )
@@ -27,6 +32,7 @@ from flowctl.errors import (
     SourceUnavailable,
     TraceDirMissing,
     TraceUnreadable,
+    WorkflowLinked,
     WorkflowNotFound,
 )
 from flowctl.source import (
@@ -121,7 +127,9 @@ class FileSource:
     def history(self, workflow_id: str, last: int) -> History:
         path = self._path(workflow_id)
         try:
-            tail = read_last(path, last)
+            if is_link(path.parent) or is_link(path):
+                raise WorkflowLinked(workflow_id, self.location)
+            tail = read_history(path, last)
         except FileNotFoundError:
             self._check_root()  # a missing trace directory is its own error
             raise WorkflowNotFound(workflow_id, self.location) from None
@@ -143,16 +151,61 @@ class FileSource:
         return TraceDirFeed(self._root)
 
 
+class _Open:
+    """An open trace file and its inode: a rotated part keeps being read through it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.inode = os.fstat(fd).st_ino
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def open_trace(path: Path) -> _Open:
+    """``path`` opened for reading, never through a symbolic link (the workflow directory
+    or the file itself: WorkflowLinked / ELOOP), never a FIFO or device (ENXIO-like)."""
+    if is_link(path.parent):
+        raise WorkflowLinked(path.parent.name, str(path.parent.parent))
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return _Open(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def is_link(path: Path) -> bool:
+    try:
+        return S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class TraceFeed:
-    """A tail of one trace file: a snapshot of its last records, then each new one."""
+    """A tail of one trace: a snapshot of its last records, then each new one.
+
+    The file being read stays open, so a rotation (``trace.jsonl`` renamed to
+    ``trace.jsonl.1`` and a fresh one opened) loses and repeats nothing: the old file is
+    read to its end through its descriptor, then any part rotated after it (a rotation
+    between two polls can happen more than once), then the new ``trace.jsonl`` from 0.
+    A trace replaced by something else, or truncated, starts again (``reset``).
+    """
 
     def __init__(self, path: Path, workflow_id: str, snapshot: int, every_record: bool) -> None:
         self._path = path
         self._workflow_id = workflow_id
         self._snapshot = snapshot
         self._every_record = every_record
-        self._offset: int | None = None  # None: take a snapshot next
-        self._key: FileKey | None = None
+        self._files: list[_Open] = []  # the file read at _offset first, the newest last
+        self._offset = 0
+        self._key: FileKey | None = None  # of the path when last looked at
         self._present = False
 
     def poll(self, timeout: float) -> Update:
@@ -166,47 +219,117 @@ class TraceFeed:
         return interval
 
     def close(self) -> None:
-        self._offset = self._key = None
+        self._forget()
+
+    def _forget(self) -> None:
+        for trace in self._files:
+            with contextlib.suppress(OSError):
+                trace.close()
+        self._files, self._offset, self._key = [], 0, None
 
     def _check(self) -> Update | None:
         try:
-            stat = os.stat(self._path)
+            if len(self._files) > 1:
+                return self._drain()
+            return self._look()
+        except WorkflowLinked:
+            return self._gone()
         except FileNotFoundError:
-            if not self._present and self._key is None:
-                return None
-            self._present, self._offset, self._key = False, None, None
-            return Update(present=False, reset=True)
-        except OSError as exc:
-            raise TraceUnreadable(self._workflow_id, _strerror(exc), io_error=True) from None
-        key = _key(stat)
-        if key == self._key:
-            return None
-        reset = False
-        if self._key is not None and (key[0] != self._key[0] or key[1] < (self._offset or 0)):
-            self._offset, reset = None, True  # replaced or truncated: start again
-        self._key, self._present = key, True
-        try:
-            return self._read(stat.st_size, reset)
-        except FileNotFoundError:
-            return None  # removed between stat and open: the next poll says so
+            return None  # removed while looked at: the next poll says so
         except OSError as exc:
             raise TraceUnreadable(self._workflow_id, _strerror(exc), io_error=True) from None
 
-    def _read(self, size: int, reset: bool) -> Update:
-        offset = self._offset
-        jump = not self._every_record and offset is not None and size - offset > JUMP_BYTES
-        if offset is None or jump:
-            tail = read_last(self._path, self._snapshot, end=size)
-            self._offset = tail.end
-            return Update(tail.records, reset=reset, skipped=tail.skipped)
-        chunk = read_from(self._path, offset, READ_LIMIT)
-        if chunk.reset:
-            self._offset = None
-            return self._read(size, True)
+    def _gone(self) -> Update | None:
+        if not self._present and not self._files:
+            return None
+        self._forget()
+        self._present = False
+        return Update(present=False, reset=True)
+
+    def _look(self) -> Update | None:
+        try:
+            stat = os.stat(self._path)
+        except FileNotFoundError:
+            return self._gone()
+        key = _key(stat)
+        if key == self._key:
+            return None
+        if not self._files:
+            return self._start(reset=False)
+        current = self._files[0]
+        if key[0] == current.inode:
+            self._key = key
+            size = stat.st_size
+            if size < self._offset:
+                return self._start(reset=True)  # truncated: start again
+            if not self._every_record and size - self._offset > JUMP_BYTES:
+                return self._take_snapshot(current, reset=False)
+            return self._read_current(size)
+        followers = self._rotated_after(current.inode)
+        if followers is None:
+            return self._start(reset=True)  # replaced, not rotated: start again
+        self._files += followers
+        return self._drain()
+
+    def _start(self, reset: bool) -> Update:
+        self._forget()
+        trace = open_trace(self._path)
+        self._files, self._present = [trace], True
+        return self._take_snapshot(trace, reset)
+
+    def _take_snapshot(self, trace: _Open, reset: bool) -> Update:
+        self._key = _key(os.fstat(trace.fd))
+        tail = read_fd_last(trace.fd, self._snapshot)
+        self._offset = tail.end
+        return Update(tail.records, reset=reset, skipped=tail.skipped)
+
+    def _read_current(self, size: int) -> Update:
+        chunk = read_fd_from(self._files[0].fd, self._offset, READ_LIMIT)
         self._offset = chunk.offset
         if chunk.offset < size and chunk.records:
             self._key = None  # more to read (limited chunk): do not wait for a change
-        return Update(chunk.records, reset=reset, skipped=chunk.skipped)
+        return Update(chunk.records, skipped=chunk.skipped)
+
+    def _rotated_after(self, inode: int) -> list[_Open] | None:
+        """The files written after the one of ``inode``, oldest first, opened: the parts
+        rotated after it and the new trace.jsonl; None if it is not a rotated part."""
+        index = 1
+        while True:
+            part = rotated_path(self._path, index)
+            try:
+                found = os.stat(part, follow_symlinks=False).st_ino == inode
+            except FileNotFoundError:
+                return None
+            if found:
+                break
+            index += 1
+        followers: list[_Open] = []
+        try:
+            for newer in range(index - 1, 0, -1):
+                followers.append(open_trace(rotated_path(self._path, newer)))
+            followers.append(open_trace(self._path))
+        except BaseException:
+            for trace in followers:
+                trace.close()
+            raise
+        return followers
+
+    def _drain(self) -> Update:
+        """Records from the rotated file being finished, moving on to the next when it
+        has no more (at most READ_LIMIT bytes per poll)."""
+        records: list[LiveTrace] = []
+        skipped = 0
+        while len(self._files) > 1 and not records:
+            chunk = read_fd_from(self._files[0].fd, self._offset, READ_LIMIT)
+            records += chunk.records
+            skipped += chunk.skipped
+            if chunk.offset == self._offset or chunk.offset >= os.fstat(self._files[0].fd).st_size:
+                self._files.pop(0).close()  # finished (a torn last line stays torn)
+                self._offset = 0
+                self._key = None
+            else:
+                self._offset = chunk.offset
+        return Update(tuple(records), skipped=skipped)
 
 
 class TraceDirFeed:
