@@ -4,9 +4,12 @@ Each entry keeps the latest record (as stored) and the offset just after the las
 complete line read, so new records are read from there and nothing else. ``refresh``
 is the one place a trace is tailed; it notices a truncated or replaced file (smaller
 than the offset, another inode, or no newline just before the offset: read again from
-the start, a new *generation*), a deleted file, a torn last line (left until it ends)
-and over-long lines (skipped). Every method is synchronous and does a bounded amount of
-work; the daemon decides when to call it, and fans out the ``Update``\\ s it returns.
+the start, a new *generation*), a rotated file (found among ``trace.jsonl.1 ...`` by its
+identity, finished from the stored offset, then the newer parts and the new
+``trace.jsonl`` from 0: the same generation, no record lost or repeated), a deleted
+file, a torn last line (left until it ends) and over-long lines (skipped). Every method
+is synchronous and does a bounded amount of work; the daemon decides when to call it,
+and fans out the ``Update``\\ s it returns.
 """
 
 from __future__ import annotations
@@ -20,7 +23,18 @@ from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME
 from doeff_flow_core.liveness import derive_status, process_alive
 from doeff_flow_core.reader import MAX_LINE_BYTES
-from flowd.traces import CHUNK, FileIdent, Line, ident_of, split_lines, tail_of
+from flowd.traces import (
+    CHUNK,
+    FileIdent,
+    Line,
+    Position,
+    find_part,
+    ident_of,
+    open_trace,
+    part_path,
+    split_lines,
+    tail_of,
+)
 
 # A trace that appears (or is replaced) while flowd runs is sent from its first record
 # when it is at most this big; a bigger one from its latest, to bound the burst.
@@ -39,6 +53,7 @@ class Entry:
     __slots__ = (
         "behind",
         "due",
+        "first",
         "gen",
         "ident",
         "interval",
@@ -65,7 +80,8 @@ class Entry:
         self.path = os.path.join(root, workflow_id, TRACE_FILE_NAME)
         self.latest: Line | None = None
         self.offset = 0
-        self.ident: FileIdent | None = None
+        self.ident: FileIdent | None = None  # the file being read (maybe a rotated part now)
+        self.first: FileIdent | None = None  # the file this generation began with
         self.size = -1  # the file's size when last read (-1: no file)
         self.gen = 0  # bumped whenever the file is read again from its start
         self.problem: str | None = NO_TRACE
@@ -83,6 +99,16 @@ class Entry:
     @property
     def updated(self) -> float:
         return self.latest.updated if self.latest is not None else float("-inf")
+
+    @property
+    def position(self) -> Position | None:
+        """Where the records read so far end, in the chain of files."""
+        return None if self.ident is None else (self.ident, self.offset)
+
+    @property
+    def start(self) -> Position | None:
+        """Where this generation's records begin."""
+        return None if self.first is None else (self.first, 0)
 
     @property
     def directory(self) -> str:
@@ -210,13 +236,13 @@ class Index:
 
     def _load_latest(self, entry: Entry, found: bool) -> Update | None:
         try:
-            with open(entry.path, "rb") as handle:
+            with open_trace(entry.path) as handle:
                 tail = tail_of(handle, 1)
         except OSError as exc:
             self._no_file(entry, exc)
             return None
         entry.gen += 1
-        entry.ident = tail.ident
+        entry.ident = entry.first = tail.ident
         entry.size = tail.size
         entry.offset = tail.end
         entry.latest = tail.lines[-1] if tail.lines else None
@@ -228,7 +254,7 @@ class Index:
 
     def _no_file(self, entry: Entry, error: OSError) -> None:
         entry.latest = None
-        entry.ident = None
+        entry.ident = entry.first = None
         entry.size = -1
         entry.offset = 0
         entry.torn = False
@@ -237,8 +263,68 @@ class Index:
     def refresh(self, entry: Entry) -> Update | None:
         """Read what was appended since the last refresh; None when nothing was."""
         replaced, entry.replaced, entry.behind = entry.replaced, False, False
+        rotated: list[Line] = []
+        budget = CHUNK
+        while entry.ident is not None:  # finish the files rotated away from under us
+            current = _ident_of_path(entry.path)
+            if current == entry.ident and not replaced:
+                break
+            reading = entry.ident
+            taken = self._follow_rotation(entry, budget)
+            if taken is None:
+                break  # not rotated (replaced, truncated or gone): the path decides
+            replaced = False  # the new trace.jsonl is the next file, not a replacement
+            rotated.extend(taken[0])
+            budget -= taken[1]
+            if entry.ident == reading or budget <= 0:
+                # out of budget, or the next file is not there yet (a change wakes us)
+                entry.behind = budget <= 0
+                entry.problem = _problem(entry)
+                return Update(entry, rotated) if rotated else None
+        if rotated:  # trace.jsonl at once after (one Update is one file's story)
+            entry.behind = True
+            entry.problem = _problem(entry)
+            return Update(entry, rotated)
+        return self._refresh_path(entry, replaced, budget)
+
+    def _follow_rotation(self, entry: Entry, budget: int) -> tuple[list[Line], int] | None:
+        """Read on in the rotated part that is the file ``entry`` was reading, up to its
+        end (then on to the next newer file); None when it is in no part."""
+        assert entry.ident is not None
+        index = find_part(entry.path, entry.ident)
+        if not index:
+            return None
         try:
-            handle = open(entry.path, "rb")  # noqa: SIM115 - closed below
+            handle = open_trace(part_path(entry.path, index))
+        except OSError:
+            return None
+        with handle:
+            stat = os.fstat(handle.fileno())
+            if ident_of(stat) != entry.ident or stat.st_size < entry.offset:
+                return None
+            if entry.offset > 0:
+                handle.seek(entry.offset - 1)
+                if handle.read(1) != b"\n":
+                    return None  # not the file we read after all
+            size = stat.st_size
+            data = handle.read(min(budget, size - entry.offset))
+        complete = len(data) == size - entry.offset
+        lines = self._take(entry, data) or []
+        if complete:
+            # a rotated part is complete: a rest without a newline is a torn line, skipped
+            if entry.offset < size and not entry.skipping:
+                entry.skipped += 1
+            newer = find_part(entry.path, entry.ident)
+            ident = _ident_of_path(part_path(entry.path, newer - 1)) if newer else None
+            if ident is None:
+                return lines, len(data)  # the next file is not there yet: try again
+            entry.ident, entry.offset, entry.skipping = ident, 0, False
+        return lines, max(len(data), 1)
+
+    def _refresh_path(self, entry: Entry, replaced: bool, budget: int = CHUNK) -> Update | None:
+        """``refresh`` of the file at the trace's path."""
+        try:
+            handle = open_trace(entry.path)
         except OSError as exc:
             self._no_file(entry, exc)
             return None
@@ -253,7 +339,7 @@ class Index:
                 if size > FRESH_LIMIT:
                     return self._load_latest(entry, found=False)
                 entry.gen += 1
-                entry.ident = ident_of(stat)
+                entry.ident = entry.first = ident_of(stat)
                 entry.offset = entry.skipped = 0
                 entry.latest = None
                 entry.skipping = False
@@ -262,9 +348,9 @@ class Index:
                 entry.problem = _problem(entry)
                 return Update(entry, [], reset=True) if reset else None
             handle.seek(entry.offset)
-            data = handle.read(min(CHUNK, size - entry.offset))
+            data = handle.read(min(max(budget, 1), size - entry.offset))
         lines = self._take(entry, data)
-        entry.behind = len(data) == CHUNK and size > entry.offset
+        entry.behind = len(data) == budget and size > entry.offset
         entry.torn = size > entry.offset
         entry.problem = _problem(entry)
         if not lines and not reset:
@@ -281,7 +367,7 @@ class Index:
             entry.offset += cut + 1
             data = data[cut + 1 :]
             entry.skipping = False
-        found = split_lines(data, entry.offset)
+        found = split_lines(data, entry.offset, entry.ident)
         if found.end == entry.offset and len(data) > MAX_LINE_BYTES:
             entry.offset += len(data)  # a line too long to be a record: skip to its end
             entry.skipping = True
@@ -292,6 +378,13 @@ class Index:
         if found.lines:
             entry.latest = found.lines[-1]
         return found.lines
+
+
+def _ident_of_path(path: str) -> FileIdent | None:
+    try:
+        return ident_of(os.stat(path, follow_symlinks=False))
+    except OSError:
+        return None
 
 
 def _reason(error: OSError) -> str:

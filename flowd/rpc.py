@@ -42,7 +42,7 @@ from flowd.errors import (
 from flowd.index import Entry, Liveness
 from flowd.protocol import RawJson, error_message, parse_request, result_message
 from flowd.subscriptions import After, Session, Subscription
-from flowd.traces import read_tail
+from flowd.traces import read_history
 
 log = logging.getLogger("flowd")
 
@@ -234,14 +234,21 @@ class RpcInterface:
         params = Params(call, "workflow_id", "last", "root")
         last = params.integer("last", HISTORY_DEFAULT, 1, HISTORY_MAX)
         entry = self._entry(params)
+        skipped = 0
         try:
-            tail = await anyio.to_thread.run_sync(read_tail, entry.path, last, entry.offset)
+            tail = await anyio.to_thread.run_sync(read_history, entry.path, last, entry.position)
             records = [RawJson(line.raw) for line in tail.lines]
+            skipped = tail.skipped
         except FileNotFoundError:
             records = []
         except OSError as exc:
             raise TraceUnreadable(entry.workflow_id, entry.path, exc) from None
-        return {"workflow_id": entry.workflow_id, "root": entry.root, "records": records}
+        return {
+            "workflow_id": entry.workflow_id,
+            "root": entry.root,
+            "records": records,
+            "skipped": skipped,
+        }
 
     async def watch(self, call: Call) -> Any:
         params = Params(call, "workflow_id", "root", "after")

@@ -12,6 +12,10 @@ until then) or on every workflow. Records reach it two ways:
   backlog are left to the pump, which reads up to the index's offset and then hands the
   key back to the live path in one synchronous step: nothing is sent twice, nothing is
   skipped, every workflow's records arrive in order.
+
+A pump's place is a ``Position`` in the chain of files (the file's identity and an
+offset), so a rotation while a client is behind is followed through the rotated parts
+(``read_on``), and a resumed watch finds its step in them too (``resume_position``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import anyio.to_thread
 from flowd.index import Entry, Index, Key, Update
 from flowd.outbox import Outbox
 from flowd.protocol import trace_body, trace_prefix
-from flowd.traces import Line, read_range, resume_from, resume_offset
+from flowd.traces import Line, Position, oldest_part, read_on, resume_from, resume_position
 
 log = logging.getLogger("flowd")
 
@@ -50,12 +54,14 @@ class Session(Protocol):
 class Cursor:
     """Where the pump is in one workflow's records for one subscription."""
 
-    __slots__ = ("after", "entry", "failures", "gen", "offset")
+    __slots__ = ("after", "entry", "failures", "gen", "position")
 
-    def __init__(self, entry: Entry, offset: int | None = None, after: After | None = None) -> None:
+    def __init__(
+        self, entry: Entry, position: Position | None = None, after: After | None = None
+    ) -> None:
         self.entry = entry
         self.gen = entry.gen
-        self.offset = offset  # None: send the latest record
+        self.position = position  # None: send the latest record
         self.after = after  # first find the offset after this (run, step)
         self.failures = 0
 
@@ -145,7 +151,7 @@ class Hub:
                 if entry.key in sub.backlog or not sub.matches_root(entry):
                     continue
                 if not update.complete and not update.found:  # too big at once
-                    self._defer(sub, entry, 0)
+                    self._defer(sub, entry, entry.start)
                     continue
                 if bodies is None:
                     bodies = bodies_of(entry, update.lines)
@@ -169,11 +175,12 @@ class Hub:
         if sub.session.outbox.fits(len(bodies), size):
             sub.send(bodies)
         else:
-            self._defer(sub, entry, lines[0].start)
+            first = lines[0]
+            self._defer(sub, entry, None if first.ident is None else (first.ident, first.start))
 
-    def _defer(self, sub: Subscription, entry: Entry, offset: int | None) -> None:
-        """Leave a workflow's records from ``offset`` (None: its latest) to the pump."""
-        sub.backlog[entry.key] = Cursor(entry, offset)
+    def _defer(self, sub: Subscription, entry: Entry, position: Position | None) -> None:
+        """Leave a workflow's records from ``position`` (None: its latest) to the pump."""
+        sub.backlog[entry.key] = Cursor(entry, position)
         self._pump(sub)
 
     def _bind(self, sub: Subscription, entry: Entry, update: Update | None) -> None:
@@ -186,7 +193,9 @@ class Hub:
             sub.backlog[entry.key] = Cursor(entry, after=sub.after)
             self._pump(sub)
         else:  # its latest record (from its start, if it is new but big)
-            self._defer(sub, entry, 0 if update is not None and not update.found else None)
+            self._defer(
+                sub, entry, entry.start if update is not None and not update.found else None
+            )
 
     def _pump(self, sub: Subscription) -> None:
         if not sub.pumping and sub.backlog:
@@ -216,14 +225,18 @@ class Hub:
     async def _find_resume(self, cursor: Cursor) -> None:
         entry, after = cursor.entry, cursor.after
         assert after is not None
+        cursor.after = None
+        until = entry.position
+        if until is None:  # no trace (yet): its records from the first, when it comes
+            cursor.position = entry.start
+            return
         try:
-            cursor.offset = await anyio.to_thread.run_sync(
-                resume_offset, entry.path, *after, entry.offset
+            cursor.position = await anyio.to_thread.run_sync(
+                resume_position, entry.path, *after, until
             )
         except OSError as exc:
             log.warning("resuming %s: %s; sending new records only", entry.path, exc)
-            cursor.offset = entry.offset
-        cursor.after = None
+            cursor.position = entry.position
 
     def _step(self, sub: Subscription, key: Key, cursor: Cursor) -> bool:
         """One batch for one key; True when the key is caught up (and live again)."""
@@ -232,29 +245,39 @@ class Hub:
             del sub.backlog[key]
             return True
         if entry is not cursor.entry or entry.gen != cursor.gen:  # replaced: from its start
-            cursor.entry, cursor.gen, cursor.offset = entry, entry.gen, 0
-        if cursor.offset is None:
+            cursor.entry, cursor.gen, cursor.position = entry, entry.gen, entry.start
+            cursor.failures = 0
+            if cursor.position is None:  # no file now: live again
+                del sub.backlog[key]
+                return True
+        until = entry.position
+        if cursor.position is None or until is None:
             del sub.backlog[key]
-            if entry.latest is not None:
+            if cursor.position is None and entry.latest is not None:
                 sub.send(bodies_of(entry, [entry.latest]))
             return True
-        if cursor.offset >= entry.offset:
+        if cursor.position == until or (
+            cursor.position[0] == until[0] and cursor.position[1] >= until[1]
+        ):
             del sub.backlog[key]
             return True
         try:
-            found = read_range(
-                entry.path, cursor.offset, entry.offset, entry.ident, limit=BATCH_BYTES
-            )
+            found = read_on(entry.path, cursor.position, until, limit=BATCH_BYTES)
         except OSError:
             found = None
         if found is None:  # changed under us: the index will see it shortly
             cursor.failures += 1
-            if cursor.failures > RETRIES:
-                del sub.backlog[key]
-                return True
+            if cursor.failures > RETRIES:  # its file is gone: on from the oldest left
+                log.warning("%s: a rotated part went before it was read", entry.path)
+                oldest = oldest_part(entry.path)
+                cursor.failures = 0
+                if oldest is None or (oldest, 0) == cursor.position:
+                    del sub.backlog[key]
+                    return True
+                cursor.position = (oldest, 0)
             return False
         cursor.failures = 0
-        cursor.offset = found.end
+        cursor.position = found.position
         sub.send(bodies_of(entry, found.lines))
         return False
 

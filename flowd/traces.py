@@ -8,13 +8,25 @@ line (no newline yet) is not read until it is complete.
 
 ``split_lines`` is pure; the readers below open files and never read a whole file to
 find its end: ``read_tail`` reads backwards in growing blocks.
+
+A trace is a chain of files: ``trace.jsonl.N`` (oldest) ... ``trace.jsonl.1``,
+``trace.jsonl`` (newest), rotated by the writer (rename .k to .k+1, trace.jsonl to .1).
+A position in it is a file's identity (device, inode) and an offset: renaming keeps
+both, so a reader finds the file it was reading among the parts (``find_part``) and goes
+on from there to the next newer one (``read_on``). Files are opened by ``open_trace``:
+never through a symbolic link (the workflow directory or the file), never anything but a
+regular file (a FIFO would block), and only for reading. Memory stays bounded whatever a
+file holds: forward reads take at most CHUNK bytes, backward reads give up a line once it
+is longer than MAX_LINE_BYTES.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO, Final
 
 from doeff_flow_core.errors import MalformedRecord
@@ -25,8 +37,10 @@ from flowd.protocol import loads
 FIRST_BLOCK: Final = 8 * 1024
 MAX_BLOCK: Final = 1024 * 1024
 CHUNK: Final = 4 * 1024 * 1024  # most bytes read forward in one call
+MAX_PARTS: Final = 1000  # rotated parts looked at, at most
 
 FileIdent = tuple[int, int]  # (st_dev, st_ino)
+Position = tuple[FileIdent, int]  # a file of the chain and an offset in it
 
 
 class Line:
@@ -35,6 +49,7 @@ class Line:
     __slots__ = (
         "end",
         "host",
+        "ident",
         "pid",
         "pid_start",
         "raw",
@@ -45,8 +60,11 @@ class Line:
         "updated",
     )
 
-    def __init__(self, raw: bytes, record: LiveTrace, start: int, end: int) -> None:
+    def __init__(
+        self, raw: bytes, record: LiveTrace, start: int, end: int, ident: FileIdent | None = None
+    ) -> None:
         self.raw = raw
+        self.ident = ident  # the file it was read from (None: not said)
         self.start = start  # file offset of this line's first byte
         self.end = end  # file offset just after this line's newline
         self.step = record.step
@@ -58,14 +76,14 @@ class Line:
         self.updated = record.updated_at.timestamp()
 
 
-def parse_line(line: bytes, end: int) -> Line | None:
+def parse_line(line: bytes, end: int, ident: FileIdent | None = None) -> Line | None:
     """The record on the line ending (newline included) at ``end``, stripped of surrounding
     whitespace; None if it is not a record."""
     raw = line.strip()
     if len(raw) > MAX_LINE_BYTES:
         return None
     try:
-        return Line(raw, LiveTrace.from_dict(loads(raw)), end - len(line) - 1, end)
+        return Line(raw, LiveTrace.from_dict(loads(raw)), end - len(line) - 1, end, ident)
     except (ValueError, RecursionError, MalformedRecord):
         return None
 
@@ -79,8 +97,9 @@ class Lines:
     skipped: int = 0
 
 
-def split_lines(data: bytes, base: int) -> Lines:
-    """The complete lines of ``data``, which starts at file offset ``base``."""
+def split_lines(data: bytes, base: int, ident: FileIdent | None = None) -> Lines:
+    """The complete lines of ``data``, which starts at file offset ``base`` (of the file
+    ``ident``)."""
     cut = data.rfind(b"\n")
     if cut < 0:
         return Lines([], base)
@@ -91,7 +110,7 @@ def split_lines(data: bytes, base: int) -> Lines:
         position += len(piece) + 1
         if not piece.strip():
             continue
-        line = parse_line(piece, position)
+        line = parse_line(piece, position, ident)
         if line is None:
             skipped += 1
         else:
@@ -163,15 +182,55 @@ def ident_of(stat: os.stat_result) -> FileIdent:
     return (stat.st_dev, stat.st_ino)
 
 
+_NOT_REGULAR: Final = "not a regular file"
+_SYMLINK: Final = "a symbolic link (not followed)"
+
+
+def open_trace(path: str) -> BinaryIO:
+    """``path`` opened for reading: neither its directory nor the file itself may be a
+    symbolic link, and it must be a regular file (OSError otherwise, with a reason)."""
+    directory, name = os.path.split(path)
+    nofollow = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(directory, nofollow | os.O_DIRECTORY)
+    except OSError as exc:
+        raise _refused(exc, directory) from None
+    try:
+        fd = os.open(name, nofollow | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _refused(exc, path) from None
+    finally:
+        os.close(dir_fd)
+    try:
+        mode = os.fstat(fd).st_mode
+        if S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not S_ISREG(mode):
+            raise OSError(errno.EINVAL, _NOT_REGULAR, path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refused(error: OSError, path: str) -> OSError:
+    """ELOOP (O_NOFOLLOW met a link) and ENOTDIR (a link to a file) said plainly."""
+    if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+        return OSError(errno.ELOOP, _SYMLINK, path)
+    return error
+
+
 def read_tail(path: str, n: int, end: int | None = None) -> Tail:
     """The last ``n`` records before ``end`` (default: the end of the file)."""
-    with open(path, "rb") as handle:
+    with open_trace(path) as handle:
         return tail_of(handle, n, end)
 
 
 def tail_of(handle: BinaryIO, n: int, end: int | None = None) -> Tail:
     """``read_tail`` on a file already open."""
     stat = os.fstat(handle.fileno())
+    ident = ident_of(stat)
     limit = stat.st_size if end is None else min(end, stat.st_size)
     backward = _Backward(handle, limit)
     found: list[Line] = []
@@ -179,7 +238,7 @@ def tail_of(handle: BinaryIO, n: int, end: int | None = None) -> Tail:
     for raw, line_end in backward if n > 0 else ():
         if not raw.strip():
             continue
-        line = parse_line(raw, line_end)
+        line = parse_line(raw, line_end, ident)
         if line is None:
             skipped += 1
             continue
@@ -188,7 +247,7 @@ def tail_of(handle: BinaryIO, n: int, end: int | None = None) -> Tail:
             break
     found.reverse()
     last = backward.end_offset or 0
-    return Tail(found, last, stat.st_size, ident_of(stat), skipped + backward.oversized)
+    return Tail(found, last, stat.st_size, ident, skipped + backward.oversized)
 
 
 def resume_offset(path: str, run: str | None, step: int, end: int) -> int:
@@ -197,14 +256,19 @@ def resume_offset(path: str, run: str | None, step: int, end: int) -> int:
     The offset just after the last record of that run whose step is at most ``step``;
     0 (everything) when the file holds no such record, so nothing is ever skipped.
     """
-    with open(path, "rb") as handle:
-        for raw, line_end in _Backward(handle, end):
-            if not raw.strip():
-                continue
-            line = parse_line(raw, line_end)
-            if line is not None and line.run == run and line.step <= step:
-                return line_end
-    return 0
+    with open_trace(path) as handle:
+        found = _find_after(handle, run, step, end)
+    return 0 if found is None else found
+
+
+def _find_after(handle: BinaryIO, run: str | None, step: int, end: int) -> int | None:
+    for raw, line_end in _Backward(handle, end):
+        if not raw.strip():
+            continue
+        line = parse_line(raw, line_end)
+        if line is not None and line.run == run and line.step <= step:
+            return line_end
+    return None
 
 
 def resume_from(lines: list[Line], run: str | None, step: int) -> list[Line]:
@@ -221,18 +285,161 @@ def read_range(
     """Records between ``start`` and ``end``, reading about ``limit`` bytes (more when one
     line is longer, up to CHUNK); None when the file at ``path`` is no longer the one
     identified by ``ident``, or has shrunk."""
-    with open(path, "rb") as handle:
-        if ident is not None and ident_of(os.fstat(handle.fileno())) != ident:
+    with open_trace(path) as handle:
+        actual = ident_of(os.fstat(handle.fileno()))
+        if ident is not None and actual != ident:
             return None
-        while True:
-            want = min(limit, end - start)
-            handle.seek(start)
-            data = handle.read(want)
-            if len(data) < want:
-                return None
-            found = split_lines(data, start)
-            if found.end > start or want == 0:
-                return found
-            if want >= min(CHUNK, end - start):
-                return Lines([], start + want, 1)  # no newline in a whole chunk: skip it
-            limit = min(CHUNK, limit * 4)
+        return range_of(handle, start, end, actual, limit)
+
+
+def range_of(
+    handle: BinaryIO, start: int, end: int, ident: FileIdent, limit: int = CHUNK
+) -> Lines | None:
+    """``read_range`` on a file already open (and known to be ``ident``)."""
+    while True:
+        want = min(limit, end - start)
+        handle.seek(start)
+        data = handle.read(want)
+        if len(data) < want:
+            return None
+        found = split_lines(data, start, ident)
+        if found.end > start or want == 0:
+            return found
+        if want >= min(CHUNK, end - start):
+            return Lines([], start + want, 1)  # no newline in a whole chunk: skip it
+        limit = min(CHUNK, limit * 4)
+
+
+# -- the chain of rotated parts ---------------------------------------------------------
+
+
+def part_path(path: str, index: int) -> str:
+    """``trace.jsonl`` (index 0) or its ``index``-th newest rotated part."""
+    return path if index == 0 else f"{path}.{index}"
+
+
+def _ident_at(path: str) -> FileIdent | None:
+    try:
+        return ident_of(os.stat(path, follow_symlinks=False))
+    except OSError:
+        return None
+
+
+def find_part(path: str, ident: FileIdent) -> int | None:
+    """Which file of the chain is ``ident`` now (0: ``path`` itself), or None."""
+    for index in range(MAX_PARTS):
+        found = _ident_at(part_path(path, index))
+        if found == ident:
+            return index
+        if found is None and index > 0:
+            return None
+    return None
+
+
+def oldest_part(path: str) -> FileIdent | None:
+    """The oldest file of the chain (``path`` itself when nothing was rotated)."""
+    oldest = None
+    for index in range(MAX_PARTS):
+        found = _ident_at(part_path(path, index))
+        if found is None and index > 0:
+            break
+        oldest = found or oldest
+    return oldest
+
+
+@dataclass(frozen=True)
+class Step:
+    """Records read along the chain and the position just after them."""
+
+    lines: list[Line]
+    position: Position
+    skipped: int = 0
+
+
+def read_on(path: str, position: Position, until: Position, limit: int = CHUNK) -> Step | None:
+    """Records from ``position`` toward ``until`` (both in the chain of ``path``), about
+    ``limit`` bytes of them; a finished rotated part is left for the next newer file.
+    None when the file of ``position`` is not in the chain (any more), or changed."""
+    ident, offset = position
+    index = find_part(path, ident)
+    if index is None:
+        return None
+    with open_trace(part_path(path, index)) as handle:
+        stat = os.fstat(handle.fileno())
+        if ident_of(stat) != ident:
+            return None  # rotated again meanwhile
+        end = until[1] if ident == until[0] else stat.st_size
+        found = range_of(handle, offset, end, ident, limit)
+    if found is None:
+        return None
+    if ident == until[0] or found.end < end:
+        return Step(found.lines, (ident, found.end), found.skipped)
+    index = find_part(path, ident)  # finished: which is the next newer file now?
+    newer = None if not index else _ident_at(part_path(path, index - 1))
+    if newer is None:
+        return Step(found.lines, (ident, found.end), found.skipped)
+    return Step(found.lines, (newer, 0), found.skipped)
+
+
+def resume_position(path: str, run: str | None, step: int, until: Position) -> Position:
+    """``resume_offset`` along the chain: just after the last record of ``run`` whose
+    step is at most ``step``, in the file of ``until`` (before its offset) or in an older
+    part; without one, the start of the oldest part, so nothing is ever skipped."""
+    start = find_part(path, until[0])
+    index = 0 if start is None else start
+    seen: set[FileIdent] = set()
+    oldest = until
+    while index < MAX_PARTS:
+        try:
+            handle = open_trace(part_path(path, index))
+        except FileNotFoundError:
+            if index == 0:
+                index += 1
+                continue
+            break
+        with handle:
+            stat = os.fstat(handle.fileno())
+            ident = ident_of(stat)
+            if ident not in seen:  # a rotation meanwhile shifts the parts: skip repeats
+                seen.add(ident)
+                end = until[1] if ident == until[0] else stat.st_size
+                found = _find_after(handle, run, step, end)
+                if found is not None:
+                    return (ident, found)
+                oldest = (ident, 0)
+        index += 1
+    return (oldest[0], 0)
+
+
+def read_history(path: str, n: int, until: Position | None) -> Tail:
+    """The last ``n`` records of the chain before ``until`` (default: the end of ``path``),
+    oldest first, reading older parts only while fewer were found; ``skipped`` counts
+    the malformed lines met in every file read. ``end``/``size``/``ident`` are those of
+    the first file read."""
+    start = 0 if until is None else find_part(path, until[0])
+    index = 0 if start is None else start
+    lines: list[Line] = []
+    skipped = 0
+    seen: set[FileIdent] = set()
+    first: Tail | None = None
+    while len(lines) < n and index < MAX_PARTS:
+        try:
+            handle = open_trace(part_path(path, index))
+        except FileNotFoundError:
+            if index == 0:
+                index += 1
+                continue
+            break
+        with handle:
+            ident = ident_of(os.fstat(handle.fileno()))
+            if ident not in seen:
+                seen.add(ident)
+                end = until[1] if until is not None and ident == until[0] else None
+                tail = tail_of(handle, n - len(lines), end)
+                first = first or tail
+                lines[:0] = tail.lines
+                skipped += tail.skipped
+        index += 1
+    if first is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    return Tail(lines, first.end, first.size, first.ident, skipped)
