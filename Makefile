@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit fault fault-quick bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check doeff_flow_core flowd flowctl tests bench examples
-	$(VENV)/bin/ruff format --check doeff_flow_core flowd flowctl tests bench examples
+	$(VENV)/bin/ruff check doeff_flow_core flowd flowctl tests bench examples faults
+	$(VENV)/bin/ruff format --check doeff_flow_core flowd flowctl tests bench examples faults
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -27,7 +27,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest
 
-test: lint typecheck unit
+fault: $(STAMP)
+	$(PY) faults/run.py
+
+fault-quick: $(STAMP)
+	$(PY) faults/run.py --quick
+
+test: lint typecheck unit fault-quick
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

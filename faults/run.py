@@ -1,0 +1,73 @@
+"""The fault suite: ``python faults/run.py [--quick]``.
+
+Prints one line of figures per class of fault and exits 1 when anything was lost, crashed
+or went unanswered (the problems found are listed on stderr)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+import corrupt
+import hostile
+import kills
+import restarts
+
+# Sizes of each class: full, then quick (--quick, part of make test).
+KILLS = (200, 20)
+CORRUPT_FILES = (1000, 100)
+HOSTILE_MESSAGES = (10000, 1000)
+FLOWD_KILLS = (5, 2)
+WATCHERS = (20, 8)
+CLASSES = ("kills", "corrupt", "hostile", "restarts")
+
+
+class Figures(Protocol):
+    problems: list[str]
+
+    def line(self) -> str: ...
+
+    def ok(self) -> bool: ...
+
+
+def run_class(name: str, size: int, seed: int) -> Figures:
+    if name == "kills":
+        return kills.run(KILLS[size], seed)
+    if name == "corrupt":
+        return corrupt.run(CORRUPT_FILES[size], seed)
+    if name == "hostile":
+        return hostile.run(HOSTILE_MESSAGES[size], seed)
+    return restarts.run(FLOWD_KILLS[size], WATCHERS[size], seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the shortened form (make test)")
+    parser.add_argument("--only", choices=CLASSES, action="append", help="run only these")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    size = 1 if args.quick else 0
+    failed = False
+    started = time.monotonic()
+    for name in args.only or CLASSES:
+        begun = time.monotonic()
+        figures = run_class(name, size, args.seed)
+        print(f"{figures.line()}  [{time.monotonic() - begun:.1f} s]", flush=True)
+        if not figures.ok():
+            failed = True
+        for problem in figures.problems[:20]:
+            print(f"  {name}: {problem}", file=sys.stderr)
+    shutil.rmtree(common.PRIVATE, ignore_errors=True)
+    print(f"faults: {'FAILED' if failed else 'ok'} in {time.monotonic() - started:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
