@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 from typing import Final, TextIO
 
 from doeff_flow_core import LiveTrace
+from doeff_flow_core.layout import resolve_trace_dir
 from doeff_flow_core.reader import NO_VALID_RECORDS
 from doeff_flow_core.records import RUNNING, UNKNOWN
 from flowctl import exitcodes
 from flowctl.connect import open_source
 from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
+from flowctl.filesource import FileSource
 from flowctl.options import Request
 from flowctl.render_text import history_json_line, history_line, ps_json, ps_lines
 from flowctl.source import UNREADABLE, Source
@@ -40,6 +42,7 @@ class Command:
     name: str
     summary: str
     run: Callable[[Session, Request, Source], int]
+    uses_source: bool = True  # False: acts on files, never asks flowd (prune)
 
 
 def warn(session: Session, message: str) -> None:
@@ -133,6 +136,37 @@ def run_watch(session: Session, request: Request, source: Source) -> int:
     return run_plain(model, request.poll_interval, request.exit_on_complete, session.out)
 
 
+def run_prune(session: Session, request: Request, source: Source) -> int:
+    from flowctl.prune import (
+        PRUNABLE,
+        parse_duration,
+        parse_statuses,
+        prune,
+        report_json,
+        report_lines,
+    )
+
+    older_than = None if request.older_than is None else parse_duration(request.older_than)
+    statuses = frozenset(PRUNABLE) if request.statuses is None else parse_statuses(request.statuses)
+    now = datetime.now(UTC)
+    report = prune(
+        request.options.trace_dir,
+        older_than=older_than,
+        statuses=statuses,
+        dry_run=request.dry_run,
+        now=now,
+    )
+    if request.options.json:
+        session.out.write(report_json(report) + "\n")
+    else:
+        session.out.write("".join(line + "\n" for line in report_lines(report, now)))
+        if request.options.verbose:
+            for item in report.skipped:
+                warn(session, f"skipped {item.workflow_id}: {item.reason}")
+    session.out.flush()
+    return exitcodes.OK
+
+
 def run_shell(session: Session, request: Request, source: Source) -> int:
     if session.in_shell:
         warn(session, "already in the shell")
@@ -148,6 +182,12 @@ COMMANDS: Final = {
         Command("ps", "list workflows: status, step, age of the last update, last slog", run_ps),
         Command("history", "the last records of a workflow (--last N, --follow)", run_history),
         Command("watch", "watch a workflow live; with no WF, all of them", run_watch),
+        Command(
+            "prune",
+            "remove finished workflows' traces (--older-than 7d, --status, --dry-run)",
+            run_prune,
+            uses_source=False,
+        ),
         Command("shell", "the interactive shell", run_shell),
     )
 }
@@ -160,6 +200,8 @@ def dispatch(session: Session, request: Request, source: Source | None = None) -
         warn(session, f"unknown command {request.command!r}")
         return exitcodes.USAGE
     try:
+        if not command.uses_source:  # the files themselves, whatever source is open
+            source = FileSource(resolve_trace_dir(request.options.trace_dir))
         if source is None:
             source = open_source(request.options, session.err)
         return command.run(session, request, source)

@@ -16,7 +16,7 @@ from doeff_flow_core.records import ALL_STATUSES
 from flowctl.errors import UsageError
 from flowctl.source import EMPTY, UNREADABLE
 
-COMMANDS: Final = ("ps", "history", "watch", "shell")
+COMMANDS: Final = ("ps", "history", "watch", "prune", "shell")
 STATUS_CHOICES: Final = (*ALL_STATUSES, EMPTY, UNREADABLE)
 DEFAULT_LAST: Final = 10
 DEFAULT_POLL_INTERVAL: Final = 0.1
@@ -47,6 +47,9 @@ class Request:
     exit_on_complete: bool = False
     poll_interval: float = DEFAULT_POLL_INTERVAL
     status_only: bool = False
+    older_than: str | None = None  # prune: a duration as given (7d)
+    statuses: str | None = None  # prune --status S,...
+    dry_run: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +111,7 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
-        description="See where running doeff workflows are: ps, history, watch, shell.",
+        description="See where running doeff workflows are: ps, history, watch, prune, shell.",
         epilog="Run without a command on a terminal to open the interactive shell.",
     )
     _add_global_options(parser)
@@ -147,6 +150,33 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     _add_global_options(watch)
 
+    prune = commands.add_parser(
+        "prune",
+        help="remove finished workflows' traces (completed, failed, lost)",
+        description=(
+            "Remove the trace directories of finished workflows (completed, failed, lost; "
+            "never running or unknown, never one whose writer holds its lock, never "
+            "through a symbolic link) and report what was freed. Prune always acts on the "
+            "files, also when a flowd is running: it prunes --trace-dir, else the default "
+            "trace directory ($DOEFF_FLOW_TRACE_DIR, else .doeff-flow)."
+        ),
+    )
+    prune.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="only workflows last updated longer ago than AGE (90s, 30m, 12h, 7d)",
+    )
+    prune.add_argument(
+        "--status",
+        dest="statuses",
+        metavar="S,...",
+        help="only these statuses, among completed, failed, lost (default: all three)",
+    )
+    prune.add_argument(
+        "--dry-run", "-n", action="store_true", help="say what would be removed; remove nothing"
+    )
+    _add_global_options(prune)
+
     shell = commands.add_parser("shell", help="interactive shell with the same commands")
     _add_global_options(shell)
     return parser
@@ -175,4 +205,7 @@ def parse(
         exit_on_complete=values.get("exit_on_complete", False),
         poll_interval=values.get("poll_interval", DEFAULT_POLL_INTERVAL),
         status_only=values.get("status_only", False),
+        older_than=values.get("older_than"),
+        statuses=values.get("statuses"),
+        dry_run=values.get("dry_run", False),
     )
