@@ -22,7 +22,16 @@ import anyio.lowlevel
 
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME
-from flowd.discovery import ARGUMENT, REGISTRY, REGISTRY_POLL, RegistryWatch, root_path
+from flowd.discovery import (
+    ARGUMENT,
+    REGISTRY,
+    REGISTRY_POLL,
+    RPC,
+    RegistryWatch,
+    remember_root,
+    remembered_roots,
+    root_path,
+)
 from flowd.errors import WatcherUnavailable
 from flowd.index import Entry, Index, Root, Update, workflow_names
 from flowd.subscriptions import Hub
@@ -87,10 +96,20 @@ class Daemon:
     # -- roots ------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Index every root given and registered (before flowd reports ready)."""
+        """Index every root given, registered and added before (before flowd reports
+        ready)."""
         for path in self._arguments:
             await self.add_root(path, ARGUMENT)
         await self._check_registry()
+        for path in remembered_roots():
+            await self.add_root(root_path(path), RPC)
+
+    async def add_rpc_root(self, path: str) -> bool:
+        """``roots.add``: index a root and remember it for the next start."""
+        added = await self.add_root(path, RPC)
+        if not remember_root(path):
+            log.warning("root %s: could not be remembered for the next start", path)
+        return added
 
     async def add_root(self, path: str, origin: str) -> bool:
         """Index a new root; False when it is one already."""

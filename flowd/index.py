@@ -28,6 +28,7 @@ from flowd.traces import (
     FileIdent,
     Line,
     Position,
+    chain_extent,
     find_part,
     ident_of,
     open_trace,
@@ -217,8 +218,21 @@ class Index:
 
     def load(self, entry: Entry, fresh: bool) -> Update:
         """Read a new entry: with ``fresh`` (it appeared while flowd runs) its records from
-        the first, else its latest record."""
-        update = self.refresh(entry) if fresh else self._load_latest(entry, found=True)
+        the first (in the oldest rotated part, if it was rotated already), else its latest
+        record."""
+        if not fresh:
+            return self._load_latest(entry, found=True) or Update(entry, [], reset=True)
+        oldest, total = chain_extent(entry.path)
+        if oldest is not None and oldest != _ident_of_path(entry.path):
+            if total > FRESH_LIMIT:  # watchers read it from the oldest part at their pace
+                update = self._load_latest(entry, found=False)
+                entry.first = oldest
+                return update or Update(entry, [], reset=True)
+            entry.gen += 1
+            entry.ident = entry.first = oldest
+        update = self.refresh(entry)
+        if update is not None and not update.reset:
+            update = Update(entry, update.lines, reset=True)
         return update or Update(entry, [], reset=True)
 
     def remove_workflow(self, root: Root, name: str) -> Entry | None:

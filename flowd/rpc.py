@@ -22,7 +22,7 @@ import anyio.to_thread
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.records import ALL_STATUSES
 from flowd.daemon import Daemon
-from flowd.discovery import RPC, root_path
+from flowd.discovery import root_path
 from flowd.errors import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -287,7 +287,7 @@ class RpcInterface:
         if not os.path.isdir(path):
             detail = "not a directory" if os.path.exists(path) else "no such directory"
             raise NotADirectory(path, detail)
-        added = await self._daemon.add_root(path, RPC)
+        added = await self._daemon.add_rpc_root(path)
         return {"path": path, "added": added}
 
     def _entry(self, params: Params) -> Entry:

@@ -336,6 +336,20 @@ def find_part(path: str, ident: FileIdent) -> int | None:
     return None
 
 
+def chain_extent(path: str) -> tuple[FileIdent | None, int]:
+    """The oldest file of the chain and the size of every file in it."""
+    oldest, total = None, 0
+    for index in range(MAX_PARTS):
+        try:
+            stat = os.stat(part_path(path, index), follow_symlinks=False)
+        except OSError:
+            if index > 0:
+                break
+            continue
+        oldest, total = ident_of(stat), total + stat.st_size
+    return oldest, total
+
+
 def oldest_part(path: str) -> FileIdent | None:
     """The oldest file of the chain (``path`` itself when nothing was rotated)."""
     oldest = None

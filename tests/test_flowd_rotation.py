@@ -1,0 +1,164 @@
+"""flowd and rotated traces, through a real daemon and real workflows writing with a small
+``DOEFF_FLOW_MAX_TRACE_BYTES``: watchers get every record once and in order across many
+rotations (live, and a client that falls behind), a watch resumed with ``after`` finds
+its step in the rotated parts (the rotation happened while flowd was down), ``history``
+reads across parts and counts what it skipped; workflow directories and traces that are
+symbolic links (or FIFOs) are not followed, and ``roots.add`` roots survive a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_flowd_support import (
+    Client,
+    finish,
+    flowd,
+    run_workflow_to_end,
+    steps_of,
+    wait_for,
+    workflow,
+)
+
+SMALL = {"DOEFF_FLOW_MAX_TRACE_BYTES": "6000", "DOEFF_FLOW_KEEP_ROTATED": "500"}
+
+
+def chain(directory: Path) -> list[Path]:
+    """The trace files of a workflow, oldest first."""
+    parts = sorted(
+        (p for p in directory.glob("trace.jsonl.*") if p.suffix[1:].isdigit()),
+        key=lambda p: -int(p.suffix[1:]),
+    )
+    return [*parts, directory / "trace.jsonl"]
+
+
+def all_records(directory: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in chain(directory):
+        for line in path.read_bytes().split(b"\n")[:-1]:
+            if line.strip():
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    continue
+    return found
+
+
+def receive_until_completed(client: Client, workflow_id: str) -> list[dict[str, Any]]:
+    got = client.traces_until(workflow_id)
+    return [p["record"] for p in got if p["workflow_id"] == workflow_id]
+
+
+def env_of(state: Path, **extra: str) -> dict[str, str]:
+    return {"XDG_STATE_HOME": str(state), **SMALL, **extra}
+
+
+@pytest.mark.parametrize("watcher", ["inotify", "poll"])
+def test_watchers_get_every_record_once_across_rotations(tmp_path: Path, watcher: str) -> None:
+    root = tmp_path / "traces"
+    root.mkdir()
+    state = tmp_path / "state"
+    with flowd("--root", root, "--watcher", watcher, state=state) as daemon:
+        with daemon.client() as early, daemon.client() as slow:
+            early.call("watch", workflow_id="wf-rot")
+            slow.call("watch", workflow_id="wf-rot")
+            proc = workflow(root, "wf-rot", 400, 0.004, env=env_of(state))
+            slow.sock.settimeout(30)
+            time.sleep(1.5)  # the slow client reads nothing while the parts go by
+            received = receive_until_completed(early, "wf-rot")
+            received_slow = receive_until_completed(slow, "wf-rot")
+            finish(proc)
+        stored = all_records(root / "wf-rot")
+        assert len(chain(root / "wf-rot")) > 10  # many rotations
+        assert received == stored
+        assert received_slow == stored
+        with daemon.client() as late:  # the latest record, then nothing more
+            late.call("watch", workflow_id="wf-rot")
+            assert late.trace()["record"] == stored[-1]
+
+
+def test_a_watch_resumed_after_a_rotation_while_flowd_was_down(tmp_path: Path) -> None:
+    root = tmp_path / "traces"
+    state = tmp_path / "state"
+    run_workflow_to_end(root, "wf-down", 60, delay=0.025, env=env_of(state))
+    stored = all_records(root / "wf-down")
+    parts = chain(root / "wf-down")
+    assert len(parts) > 4
+    oldest = [json.loads(line) for line in parts[1].read_bytes().split(b"\n")[:-1]]
+    seen = oldest[2]  # a step left in an old rotated part
+    with flowd("--root", root, state=state) as daemon, daemon.client() as client:
+        after = {"run": seen["run"], "step": seen["step"]}
+        client.call("watch", workflow_id="wf-down", after=after)
+        received = receive_until_completed(client, "wf-down")
+        assert received == stored[stored.index(seen) + 1 :]
+        # a run no part holds: every record from the first one kept
+        with daemon.client() as other:
+            other.call("watch", workflow_id="wf-down", after={"run": "nope", "step": 3})
+            assert receive_until_completed(other, "wf-down") == stored
+
+
+def test_history_reads_across_parts_and_counts_what_it_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "traces"
+    state = tmp_path / "state"
+    run_workflow_to_end(root, "wf-hist", 40, delay=0.025, env=env_of(state))
+    parts = chain(root / "wf-hist")
+    with parts[-2].open("ab") as handle:  # damage the newest rotated part
+        handle.write(b"{not json\n\0\0\0\n")
+    stored = all_records(root / "wf-hist")
+    newest = len(all_records_of(parts[-1]))
+    with flowd("--root", root, state=state) as daemon, daemon.client() as client:
+        few = client.call("history", workflow_id="wf-hist", last=newest)
+        assert [json.loads(json.dumps(r)) for r in few["records"]] == stored[-newest:]
+        assert few["skipped"] == 0
+        more = client.call("history", workflow_id="wf-hist", last=newest + 5)
+        assert more["records"] == stored[-newest - 5 :]
+        assert more["skipped"] == 2
+        every = client.call("history", workflow_id="wf-hist", last=10000)
+        assert every["records"] == stored
+        assert steps_of(every["records"]) == sorted(steps_of(every["records"]))
+
+
+def all_records_of(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().split(b"\n")[:-1] if line.strip()]
+
+
+def test_symlinks_and_fifos_are_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "traces"
+    outside = tmp_path / "outside"
+    state = tmp_path / "state"
+    run_workflow_to_end(outside, "wf-out", 1, env={"XDG_STATE_HOME": str(tmp_path / "o")})
+    run_workflow_to_end(root, "wf-real", 1, env={"XDG_STATE_HOME": str(state)})
+    (root / "wf-link").symlink_to(outside / "wf-out", target_is_directory=True)
+    (root / "wf-file").mkdir()
+    (root / "wf-file" / "trace.jsonl").symlink_to(outside / "wf-out" / "trace.jsonl")
+    (root / "wf-fifo").mkdir()
+    os.mkfifo(root / "wf-fifo" / "trace.jsonl")
+    with flowd("--root", root, state=state) as daemon, daemon.client() as client:
+        (root / "wf-late").symlink_to(outside / "wf-out", target_is_directory=True)
+        time.sleep(0.5)
+        found = {w["workflow_id"]: w for w in client.call("ps")["workflows"]}
+        assert set(found) == {"wf-real", "wf-file", "wf-fifo"}
+        assert found["wf-file"]["record"] is None
+        assert "symbolic link" in found["wf-file"]["problem"]
+        assert found["wf-fifo"]["record"] is None
+        assert found["wf-fifo"]["problem"] == "not a regular file"
+        error = client.error("history", {"workflow_id": "wf-file"})
+        assert error["code"] == -32004
+        assert client.call("ping")["workflows"] == 3  # still answering
+
+
+def test_roots_added_are_remembered_across_restarts(tmp_path: Path) -> None:
+    added = tmp_path / "added"
+    state = tmp_path / "state"
+    run_workflow_to_end(added, "wf-added", 1, env={"XDG_STATE_HOME": str(tmp_path / "x")})
+    with flowd(state=state) as daemon, daemon.client() as client:
+        assert client.call("roots.add", path=str(added))["added"] is True
+    assert (state / "doeff-flow" / "flowd-roots").read_text() == f"{added}\n"
+    with flowd(state=state) as daemon, daemon.client() as client:
+        roots = client.call("roots.list")["roots"]
+        assert {"path": str(added), "origin": "rpc", "workflows": 1} in roots
+        wait_for(lambda: client.request("get", {"workflow_id": "wf-added"}).get("result"))
