@@ -188,7 +188,7 @@ def test_completer() -> None:
         return sorted(c.text for c in found)
 
     assert complete("hi") == ["history"]
-    assert complete("") == ["exit", "help", "history", "ps", "quit", "shell", "watch"]
+    assert complete("") == ["exit", "help", "history", "prune", "ps", "quit", "shell", "watch"]
     assert complete("watch wf") == ["wf-001", "wf-002"]
     assert complete("history --last 5 e") == ["etl-1"]
     assert complete("history wf-001 ") == []  # the id is given already
