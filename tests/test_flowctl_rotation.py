@@ -201,3 +201,42 @@ def test_a_gigantic_line_and_nul_bytes_are_read_in_bounded_memory(tmp_path: Path
         assert "Traceback" not in done.stderr
     rss, done = _max_rss_kib("--trace-dir", tmp_path, "history", "wf-1", "--last", 5)
     assert done.stdout.count("\n") == 1 and "malformed" in done.stderr
+
+
+# -- untrusted text ---------------------------------------------------------------------------
+
+OSC52 = "\x1b]52;c;cm0gLXJmIH4=\x07"
+EVIL = f"a{OSC52}\x1b[2J\x1b[31mred\rover\u202egnp.exe\u2066x"
+
+
+def test_hostile_text_is_escaped_everywhere_and_exact_in_json(tmp_path: Path) -> None:
+    fields = {
+        "current_effect": f"Ask({EVIL!r})",
+        "last_slog": {"msg": EVIL, "fields": {"k": EVIL}},
+        "trace": [{"function": f"f{EVIL}", "file": "/w/x.py", "line": 3, "code": None}],
+    }
+    running = record_line("wf-evil", 1, **fields)
+    failed = record_line("wf-evil", 2, status="failed", error=f"ValueError: {EVIL}", **fields)
+    put_trace(tmp_path, "wf-evil", running + failed)
+    texts = [
+        flowctl("--trace-dir", tmp_path, "ps"),
+        flowctl("--trace-dir", tmp_path, "history", "wf-evil"),
+        flowctl("--trace-dir", tmp_path, "history", "wf-evil", "-f"),
+        flowctl("--trace-dir", tmp_path, "watch", "wf-evil", "--exit-on-complete"),
+        flowctl("--trace-dir", tmp_path, "watch", "--exit-on-complete"),
+    ]
+    for done in texts:
+        out = done.stdout + done.stderr
+        assert out.strip(), done
+        for raw in ("\x1b", "\x07", "\r", "\u202e", "\u2066"):
+            assert raw not in out, (done.args, raw, out)
+    assert "\\x1b]52;c;" in texts[1].stdout and "\\u202e" in texts[1].stdout
+    assert "ValueError: a\\x1b]52" in texts[1].stdout
+    exact = flowctl("--trace-dir", tmp_path, "history", "wf-evil", "--json")
+    records = json_lines(exact.stdout)
+    assert records[1]["error"] == f"ValueError: {EVIL}"
+    assert (
+        records[0]["last_slog"]["msg"] == EVIL and records[0]["current_effect"] == f"Ask({EVIL!r})"
+    )
+    ps = json.loads(flowctl("--trace-dir", tmp_path, "ps", "--json").stdout)
+    assert ps[0]["error"] == f"ValueError: {EVIL}"
