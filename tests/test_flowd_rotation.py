@@ -110,6 +110,7 @@ def test_history_reads_across_parts_and_counts_what_it_skipped(tmp_path: Path) -
         handle.write(b"{not json\n\0\0\0\n")
     stored = all_records(root / "wf-hist")
     newest = len(all_records_of(parts[-1]))
+    before = listing(root)
     with flowd("--root", root, state=state) as daemon, daemon.client() as client:
         few = client.call("history", workflow_id="wf-hist", last=newest)
         assert [json.loads(json.dumps(r)) for r in few["records"]] == stored[-newest:]
@@ -120,6 +121,12 @@ def test_history_reads_across_parts_and_counts_what_it_skipped(tmp_path: Path) -
         every = client.call("history", workflow_id="wf-hist", last=10000)
         assert every["records"] == stored
         assert steps_of(every["records"]) == sorted(steps_of(every["records"]))
+    assert listing(root) == before  # flowd wrote nothing into the trace directory
+
+
+def listing(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and modification time."""
+    return {str(path): (path.lstat().st_size, path.lstat().st_mtime_ns) for path in root.rglob("*")}
 
 
 def all_records_of(path: Path) -> list[bytes]:
