@@ -235,7 +235,9 @@ class DaemonSource:
         records = parse_records("history", result.get("records"))
         if not records:
             self._no_records(ident, scope)
-        return History(workflow_id, tuple(records))
+        skipped = result.get("skipped", 0)
+        skipped = skipped if type(skipped) is int and skipped > 0 else 0
+        return History(workflow_id, tuple(records), skipped=skipped)
 
     def _seen(self, workflow_id: str, root: object) -> None:
         if isinstance(root, str):
