@@ -24,6 +24,7 @@ MAX_BYTES_ENV = "DOEFF_FLOW_MAX_TRACE_BYTES"
 KEEP_ENV = "DOEFF_FLOW_KEEP_ROTATED"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_KEEP = 3
+TORN_BLOCK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -95,17 +96,37 @@ class TraceFile:
         self.rotation = rotation or Rotation()
         try:
             self._open()
+            self._cut_torn_tail()
         except OSError as exc:
             raise TraceDirUnwritable(path.parent, exc) from None
         self.failed: str | None = None
         self._recovered = False
 
     def _open(self) -> None:
+        # Read-write: a torn tail is found by reading it.
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         status = os.fstat(self._fd)
         self._size = status.st_size
         self._identity = (status.st_dev, status.st_ino)
+
+    def _cut_torn_tail(self) -> None:
+        """Drop a partial last line left by a writer killed mid-write, so that this run's
+        records do not follow it on the same line. Safe: we hold the writer lock, and
+        readers never read past the last newline."""
+        end = self._size
+        if not end or os.pread(self._fd, 1, end - 1) == b"\n":
+            return
+        position = end
+        while position > 0:
+            start = max(0, position - TORN_BLOCK)
+            cut = os.pread(self._fd, position - start, start).rfind(b"\n")
+            if cut >= 0:
+                position = start + cut + 1
+                break
+            position = start
+        os.ftruncate(self._fd, position)
+        self._size = position
 
     def _follow_path(self) -> None:
         """Write where the path leads: if the file was removed or replaced by someone

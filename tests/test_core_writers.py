@@ -151,3 +151,17 @@ def test_history_reads_across_rotated_parts(tmp_path: Path) -> None:
     everything = read_history(path, 10**6)  # no more parts: what there is
     assert everything.records[-1].status == "completed"
     assert len(everything.records) < 4002  # the oldest part was dropped
+
+
+def test_a_new_run_cuts_the_torn_line_a_killed_run_left(tmp_path: Path) -> None:
+    run_workflow(counting(2), "wf-torn", tmp_path)
+    path = trace_file(tmp_path, "wf-torn")
+    whole = path.read_bytes()
+    with path.open("ab") as handle:  # what kill -9 in the middle of a write leaves
+        handle.write(b'{"workflow_id":"wf-torn","step":4,"sta' + b"x" * 100_000)
+    run_workflow(counting(2), "wf-torn", tmp_path)
+    data = path.read_bytes()
+    assert data.startswith(whole) and b"xxx" not in data
+    tail = read_all(path)
+    assert (tail.skipped, tail.torn) == (0, False)
+    assert [r.status for r in tail.records].count("completed") == 2
