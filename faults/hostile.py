@@ -135,7 +135,7 @@ class Figures:
             f"{self.unanswered}/{self.pings} pings unanswered, worst ping "
             f"{self.worst_ping * 1000:.0f} ms, peak RSS {self.peak_rss_kib / 1024:.0f} MB "
             f"(bound {RSS_BOUND_MIB} MB), {self.touched} trace files touched, "
-            f"{self.internal_errors} internal errors, "
+            f"{self.internal_errors} internal errors/dropped connections, "
             f"flowd {'DIED' if self.flowd_died else 'alive'}"
         )
 
@@ -225,7 +225,10 @@ def _drain(sock: socket.socket, fig: Figures) -> None:
             if not chunk:
                 break
             data += chunk
-    fig.internal_errors += data.count(b'"code":-32603') + data.count(b'"code": -32603')
+    internal = data.count(b'"code":-32603') + data.count(b'"code": -32603')
+    if internal:
+        fig.internal_errors += internal
+        fig.problems.append(f"-32603 answered: {data[:200]!r}")
 
 
 def _attack(daemon: Flowd, fig: Figures, count: int, rng: random.Random) -> None:
@@ -295,7 +298,10 @@ def run(count: int, seed: int = 0) -> Figures:
             fig.flowd_died = True
         else:
             daemon.answers()
-        fig.internal_errors += daemon.log().count("Traceback (most recent call last)")
+        log = daemon.log()
+        errors = [line for line in log.splitlines() if " flowd ERROR " in line]
+        fig.internal_errors += log.count("Traceback (most recent call last)") + len(errors)
+        fig.problems += [f"flowd logged: {line}" for line in errors[:5]]
     finally:
         daemon.cleanup()
         after = snapshot(traces)
