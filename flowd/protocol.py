@@ -9,6 +9,7 @@ so a record sent by flowd is the record as stored.
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -75,7 +76,9 @@ def request_id(message: object) -> RequestId:
     """The id of a message, when it has a valid one (for error responses), else None."""
     if isinstance(message, dict):
         value = message.get("id")
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value):  # 1e999 parses as infinity
             return value
     return None
 

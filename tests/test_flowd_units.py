@@ -22,6 +22,7 @@ from flowd.protocol import (
     LineSplitter,
     RawJson,
     encode,
+    error_message,
     parse_request,
     trace_body,
     trace_prefix,
@@ -89,6 +90,12 @@ def test_parse_request() -> None:
     with pytest.raises(errors.InvalidRequest) as caught:
         parse_request(b'{"jsonrpc": "2.0", "id": "x", "method": 1}')
     assert caught.value.request_id == "x"
+    # A number too big for a float is infinity, which no answer could echo back.
+    for huge in (b"1e999999", b"-1e999999"):
+        with pytest.raises(errors.InvalidRequest) as caught:
+            parse_request(b'{"jsonrpc": "2.0", "id": ' + huge + b', "method": "ping"}')
+        assert caught.value.request_id is None
+        error_message(caught.value.request_id, caught.value)  # encodable
 
 
 json_values = st.recursive(
