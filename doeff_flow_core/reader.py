@@ -17,7 +17,7 @@ from stat import S_ISDIR
 
 from doeff_flow_core.errors import MalformedRecord
 from doeff_flow_core.ids import is_workflow_id
-from doeff_flow_core.layout import TRACE_FILE_NAME, rotated_path
+from doeff_flow_core.layout import TRACE_FILE_NAME
 from doeff_flow_core.records import LiveTrace, parse_record
 
 # Reading backwards, the first block is small (the latest record of most traces lies in
@@ -178,26 +178,49 @@ def read_fd_last(fd: int, n: int, end: int | None = None) -> Tail:
     return Tail(tuple(records), parsed.skipped + lines.oversized, last != limit, last)
 
 
+def rotated_parts(path: str | os.PathLike[str]) -> list[Path]:
+    """The rotated parts of a trace, newest first (``trace.jsonl.1``, ``.2`` ...).
+
+    Found by listing the directory, so a gap in the numbering (a writer killed while it
+    renamed the parts) hides nothing. A part that is a symbolic link is left out: it
+    could lead anywhere.
+    """
+    trace = Path(path)
+    prefix = trace.name + "."
+    parts: list[tuple[int, Path]] = []
+    try:
+        with os.scandir(trace.parent) as entries:
+            for entry in entries:
+                number = entry.name[len(prefix) :]
+                if (
+                    entry.name.startswith(prefix)
+                    and number.isdigit()
+                    and not entry.is_symlink()
+                    and number == str(int(number))
+                ):
+                    parts.append((int(number), Path(entry.path)))
+    except OSError:
+        return []
+    return [part for _, part in sorted(parts)]
+
+
 def read_history(path: str | os.PathLike[str], n: int) -> Tail:
     """The last ``n`` records of a trace and, when ``trace.jsonl`` holds fewer, of its
-    rotated parts (``trace.jsonl.1``, ``.2`` ...; never through a symbolic link), oldest
-    first. ``end`` and ``torn`` are those of ``path`` itself; ``skipped`` counts every part
-    read."""
+    rotated parts (``rotated_parts``), oldest first. ``end`` and ``torn`` are those of
+    ``path`` itself; ``skipped`` counts every part read."""
     newest = read_last(path, n)
     records = list(newest.records)
     skipped = newest.skipped
-    index = 1
-    while len(records) < n:
-        part = rotated_path(Path(path), index)
-        if part.is_symlink():
-            break  # a part is never read through a link (it could lead anywhere)
+    parts = rotated_parts(path) if len(records) < n else []
+    for part in parts:
+        if len(records) >= n:
+            break
         try:
             older = read_last(part, n - len(records))
         except FileNotFoundError:
-            break
+            continue  # rotated away meanwhile
         records[:0] = older.records
         skipped += older.skipped
-        index += 1
     return Tail(tuple(records), skipped, newest.torn, newest.end)
 
 
@@ -287,7 +310,9 @@ def summarize(workflow_id: str, path: str | os.PathLike[str]) -> WorkflowSummary
     NO_VALID_RECORDS, or the system's error) that leaves it without one."""
     trace = path if isinstance(path, Path) else Path(path)
     try:
-        tail = read_last(trace, 1)
+        # Through the rotated parts: a writer killed just after a rotation leaves an
+        # empty trace.jsonl, and its latest record in trace.jsonl.1.
+        tail = read_history(trace, 1)
     except FileNotFoundError:
         return WorkflowSummary(workflow_id, trace, None, NO_TRACE)
     except OSError as exc:

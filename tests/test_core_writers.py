@@ -18,7 +18,7 @@ from doeff_flow_core import (
     trace_file,
     trace_observer,
 )
-from doeff_flow_core.reader import read_all, read_history
+from doeff_flow_core.reader import read_all, read_history, scan_workflows
 
 Start = Callable[..., subprocess.Popen[str]]
 
@@ -165,3 +165,24 @@ def test_a_new_run_cuts_the_torn_line_a_killed_run_left(tmp_path: Path) -> None:
     tail = read_all(path)
     assert (tail.skipped, tail.torn) == (0, False)
     assert [r.status for r in tail.records].count("completed") == 2
+
+
+def test_history_reads_past_a_gap_in_the_part_numbers(tmp_path: Path) -> None:
+    run_workflow(counting(3000), "wf-gap", tmp_path, max_trace_bytes=250_000, keep_rotated=5)
+    path = trace_file(tmp_path, "wf-gap")
+    before = read_history(path, 10**6)
+    # A writer killed between two renames leaves .1 and .3 with no .2.
+    path.with_name("trace.jsonl.2").rename(path.with_name("trace.jsonl.9"))
+    after = read_history(path, 10**6)
+    assert len(after.records) == len(before.records)
+    assert sorted(r.step for r in after.records) == [r.step for r in before.records]
+
+
+def test_a_trace_that_just_rotated_still_shows_its_latest_record(tmp_path: Path) -> None:
+    run_workflow(counting(50), "wf-just", tmp_path)
+    path = trace_file(tmp_path, "wf-just")
+    path.rename(path.with_name("trace.jsonl.1"))  # killed right after a rotation
+    path.touch()
+    [summary] = scan_workflows(tmp_path)
+    assert summary.problem is None
+    assert summary.latest is not None and summary.latest.status == "completed"
