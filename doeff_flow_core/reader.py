@@ -208,7 +208,13 @@ def read_history(path: str | os.PathLike[str], n: int) -> Tail:
     """The last ``n`` records of a trace and, when ``trace.jsonl`` holds fewer, of its
     rotated parts (``rotated_parts``), oldest first. ``end`` and ``torn`` are those of
     ``path`` itself; ``skipped`` counts every part read."""
-    newest = read_last(path, n)
+    try:
+        newest = read_last(path, n)
+    except FileNotFoundError:
+        # A writer killed between renaming trace.jsonl to .1 and opening a new one.
+        if not rotated_parts(path):
+            raise
+        newest = Tail(())
     records = list(newest.records)
     skipped = newest.skipped
     parts = rotated_parts(path) if len(records) < n else []

@@ -186,3 +186,14 @@ def test_a_trace_that_just_rotated_still_shows_its_latest_record(tmp_path: Path)
     [summary] = scan_workflows(tmp_path)
     assert summary.problem is None
     assert summary.latest is not None and summary.latest.status == "completed"
+
+
+def test_a_writer_killed_in_the_middle_of_a_rotation_leaves_a_readable_trace(
+    tmp_path: Path,
+) -> None:
+    run_workflow(counting(50), "wf-mid", tmp_path)
+    path = trace_file(tmp_path, "wf-mid")
+    path.rename(path.with_name("trace.jsonl.1"))  # renamed, the new file not yet opened
+    [summary] = scan_workflows(tmp_path)
+    assert summary.latest is not None and summary.latest.status == "completed"
+    assert read_history(path, 5).records[-1].status == "completed"
