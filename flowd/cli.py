@@ -11,6 +11,7 @@ line on stderr and exit 1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import os
@@ -116,7 +117,30 @@ def main(argv: list[str] | None = None) -> int:
         return START_FAILED
 
 
+def _quiet_cancelled_reads() -> None:
+    """Log the event loop's callback errors as ours, less one known harmless race.
+
+    anyio's asyncio backend waits for a Unix socket to be readable with
+    ``loop.add_reader(fd, future.set_result, None)``; when a connection closes while its
+    read is cancelled, the callback can still fire on the cancelled future, and asyncio
+    reports ``InvalidStateError`` from ``Future.set_result``. Nothing is lost then.
+    """
+    loop = asyncio.get_running_loop()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        error = context.get("exception")
+        if isinstance(error, asyncio.InvalidStateError) and "Future.set_result" in str(
+            context.get("handle")
+        ):
+            log.debug("a cancelled read woke up late (harmless)")
+            return
+        log.error("event loop: %s: %r", context.get("message"), error)
+
+    loop.set_exception_handler(handle)
+
+
 async def serve(args: argparse.Namespace) -> int:
+    _quiet_cancelled_reads()
     notifier = Notifier()
     path: Path | None = None
     sock = inherited_socket()

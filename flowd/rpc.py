@@ -108,7 +108,7 @@ class Params:
         value = self._values.get(name)
         if value is None and not required:
             return None
-        if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        if not isinstance(value, str) or not value.startswith("/") or not _encodable(value):
             raise InvalidParams(f"{name} must be an absolute path")
         return root_path(value)
 
@@ -323,3 +323,14 @@ def summary(entry: Entry, status: str | None) -> bytes:
 
 def _json_string(text: str) -> bytes:
     return encode_basestring_ascii(text).encode("ascii")
+
+
+def _encodable(path: str) -> bool:
+    """A path the system can be asked about: no NUL, no lone surrogate (``"\\ud800"``)."""
+    if "\0" in path:
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
