@@ -44,6 +44,8 @@ from flowd.watching import (
     IN_IGNORED,
     IN_ISDIR,
     IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
     IN_Q_OVERFLOW,
     POLL_IDLE_MAX,
     ROOT_MASK,
@@ -315,7 +317,22 @@ class Daemon:
 
     def _on_entry_event(self, entry: Entry, event: Event) -> None:
         if event.name != TRACE_FILE_NAME:
+            if (
+                event.mask & IN_MOVED_TO
+                and entry.moving is not None
+                and entry.moving[0] == event.cookie
+                and _is_part_name(event.name)
+            ):
+                # trace.jsonl renamed to a rotated part: a rotation, which refresh follows
+                # by the file's identity. Not a replacement: the file still exists, so no
+                # new one can reuse its inode, and the flag may be stale (a refresh that
+                # followed the rotation before this event came would read the new
+                # trace.jsonl again from its start: records repeated, pumps sent ahead)
+                entry.replaced = entry.replaced and entry.moving[1]
+                entry.moving = None
             return
+        if event.mask & IN_MOVED_FROM and event.cookie:
+            entry.moving = (event.cookie, entry.replaced)
         if event.mask & GONE:
             entry.replaced = True  # the file we read left: whatever comes is another
         self._dirty[entry] = None
@@ -417,3 +434,9 @@ def _guard(what: str) -> Iterator[None]:
     except Exception as exc:
         log.error("%s: %s: %s", what, type(exc).__name__, exc)
         log.debug("%s", what, exc_info=True)
+
+
+def _is_part_name(name: str) -> bool:
+    """``trace.jsonl.N``: a rotated part."""
+    number = name[len(TRACE_FILE_NAME) + 1 :]
+    return name.startswith(TRACE_FILE_NAME + ".") and number.isdigit() and number[0] != "0"

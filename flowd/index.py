@@ -29,10 +29,10 @@ from flowd.traces import (
     Line,
     Position,
     chain_extent,
-    find_part,
     ident_of,
+    newer_part,
+    open_part,
     open_trace,
-    part_path,
     split_lines,
     tail_of,
 )
@@ -60,6 +60,7 @@ class Entry:
         "interval",
         "key",
         "latest",
+        "moving",
         "offset",
         "path",
         "problem",
@@ -90,6 +91,7 @@ class Entry:
         self.skipping = False  # inside an over-long line: drop bytes up to its newline
         self.torn = False
         self.replaced = False  # told the file was created, moved or deleted
+        self.moving: tuple[int, bool] | None = None  # a move's cookie, ``replaced`` before it
         self.behind = False  # more to read than one refresh reads
         self.removed = False
         # change detection (see watching.py): inotify watch, poll interval and due time
@@ -305,13 +307,15 @@ class Index:
         """Read on in the rotated part that is the file ``entry`` was reading, up to its
         end (then on to the next newer file); None when it is in no part."""
         assert entry.ident is not None
-        index = find_part(entry.path, entry.ident)
-        if not index:
-            return None
         try:
-            handle = open_trace(part_path(entry.path, index))
+            opened = open_part(entry.path, entry.ident)
         except OSError:
             return None
+        if opened is None or not opened[1]:
+            if opened is not None:
+                opened[0].close()
+            return None
+        handle = opened[0]
         with handle:
             stat = os.fstat(handle.fileno())
             if ident_of(stat) != entry.ident or stat.st_size < entry.offset:
@@ -328,8 +332,7 @@ class Index:
             # a rotated part is complete: a rest without a newline is a torn line, skipped
             if entry.offset < size and not entry.skipping:
                 entry.skipped += 1
-            newer = find_part(entry.path, entry.ident)
-            ident = _ident_of_path(part_path(entry.path, newer - 1)) if newer else None
+            ident = newer_part(entry.path, entry.ident)  # one consistent look
             if ident is None:
                 return lines, len(data)  # the next file is not there yet: try again
             entry.ident, entry.offset, entry.skipping = ident, 0, False

@@ -325,40 +325,116 @@ def _ident_at(path: str) -> FileIdent | None:
         return None
 
 
+Chain = dict[int, FileIdent]  # part number (0: ``trace.jsonl``) -> the file there
+SNAPSHOT_TRIES: Final = 50
+
+
+def _look(path: str) -> Chain:
+    r"""One look at the chain: the directory listed, each part ``lstat``\ ed. Not atomic:
+    a rotation meanwhile can show a file twice, or a gap it closes a moment later."""
+    directory, name = os.path.split(path)
+    prefix = name + "."
+    numbers: list[int] = []
+    try:
+        with os.scandir(directory or ".") as entries:
+            for item in entries:
+                if item.name == name:
+                    numbers.append(0)
+                    continue
+                number = item.name[len(prefix) :]
+                if (
+                    item.name.startswith(prefix)
+                    and number.isdigit()
+                    and number == str(int(number))
+                    and 0 < int(number) <= MAX_PARTS
+                ):
+                    numbers.append(int(number))
+    except OSError:
+        return {}
+    found: Chain = {}
+    for index in sorted(numbers):
+        ident = _ident_at(part_path(path, index))
+        if ident is not None:
+            found[index] = ident
+    return found
+
+
+def chain_of(path: str) -> Chain:
+    """The files of the chain as they stood at one moment: looked at until two looks in
+    a row agree and show no file twice (the writer renames the parts one by one, so one
+    look during a rotation can see a file at two numbers, or a gap that is closing; a
+    gap two looks agree on is one a killed writer left, and hides nothing: the parts are
+    found by listing)."""
+    last = _look(path)
+    for _ in range(SNAPSHOT_TRIES):
+        now = _look(path)
+        if now == last and len(set(now.values())) == len(now):
+            return now
+        last = now
+    return last
+
+
+def _newest_first(chain: Chain) -> list[tuple[int, FileIdent]]:
+    return sorted(chain.items())
+
+
 def find_part(path: str, ident: FileIdent) -> int | None:
     """Which file of the chain is ``ident`` now (0: ``path`` itself), or None."""
-    for index in range(MAX_PARTS):
-        found = _ident_at(part_path(path, index))
+    return _number_in(chain_of(path), ident)
+
+
+def _number_in(chain: Chain, ident: FileIdent) -> int | None:
+    for number, found in chain.items():
         if found == ident:
-            return index
-        if found is None and index > 0:
+            return number
+    return None
+
+
+def newer_part(path: str, ident: FileIdent) -> FileIdent | None:
+    """The file written after ``ident`` in the chain (None: ``ident`` is the newest, or
+    is no longer in the chain). Found in one consistent look, so a rotation meanwhile
+    never makes a part be skipped."""
+    chain = chain_of(path)
+    number = _number_in(chain, ident)
+    if not number:
+        return None
+    newer = [found for index, found in _newest_first(chain) if index < number]
+    return newer[-1] if newer else None
+
+
+def open_part(path: str, ident: FileIdent) -> tuple[BinaryIO, int] | None:
+    """The file ``ident`` of the chain opened, and its number; None when it is no longer
+    in the chain. A rotation between finding and opening it is looked at again."""
+    for _ in range(SNAPSHOT_TRIES):
+        number = find_part(path, ident)
+        if number is None:
             return None
+        try:
+            handle = open_trace(part_path(path, number))
+        except FileNotFoundError:
+            continue
+        if ident_of(os.fstat(handle.fileno())) == ident:
+            return handle, number
+        handle.close()
     return None
 
 
 def chain_extent(path: str) -> tuple[FileIdent | None, int]:
     """The oldest file of the chain and the size of every file in it."""
     oldest, total = None, 0
-    for index in range(MAX_PARTS):
+    for number, ident in _newest_first(chain_of(path)):
         try:
-            stat = os.stat(part_path(path, index), follow_symlinks=False)
+            stat = os.stat(part_path(path, number), follow_symlinks=False)
         except OSError:
-            if index > 0:
-                break
             continue
-        oldest, total = ident_of(stat), total + stat.st_size
+        oldest, total = ident, total + stat.st_size
     return oldest, total
 
 
 def oldest_part(path: str) -> FileIdent | None:
     """The oldest file of the chain (``path`` itself when nothing was rotated)."""
-    oldest = None
-    for index in range(MAX_PARTS):
-        found = _ident_at(part_path(path, index))
-        if found is None and index > 0:
-            break
-        oldest = found or oldest
-    return oldest
+    parts = _newest_first(chain_of(path))
+    return parts[-1][1] if parts else None
 
 
 @dataclass(frozen=True)
@@ -375,53 +451,49 @@ def read_on(path: str, position: Position, until: Position, limit: int = CHUNK) 
     ``limit`` bytes of them; a finished rotated part is left for the next newer file.
     None when the file of ``position`` is not in the chain (any more), or changed."""
     ident, offset = position
-    index = find_part(path, ident)
-    if index is None:
+    opened = open_part(path, ident)
+    if opened is None:
         return None
-    with open_trace(part_path(path, index)) as handle:
+    handle, _ = opened
+    with handle:
         stat = os.fstat(handle.fileno())
-        if ident_of(stat) != ident:
-            return None  # rotated again meanwhile
         end = until[1] if ident == until[0] else stat.st_size
         found = range_of(handle, offset, end, ident, limit)
     if found is None:
         return None
     if ident == until[0] or found.end < end:
         return Step(found.lines, (ident, found.end), found.skipped)
-    index = find_part(path, ident)  # finished: which is the next newer file now?
-    newer = None if not index else _ident_at(part_path(path, index - 1))
+    newer = newer_part(path, ident)  # finished: which is the next newer file?
     if newer is None:
         return Step(found.lines, (ident, found.end), found.skipped)
     return Step(found.lines, (newer, 0), found.skipped)
+
+
+def _parts_from(path: str, until: Position | None) -> tuple[list[FileIdent], bool]:
+    """The files of the chain from that of ``until`` (default: ``path``) to the oldest,
+    newest first, in one consistent look; and whether ``until``'s file is among them."""
+    parts = _newest_first(chain_of(path))
+    start = None if until is None else _number_in(dict(parts), until[0])
+    return [ident for number, ident in parts if number >= (start or 0)], start is not None
 
 
 def resume_position(path: str, run: str | None, step: int, until: Position) -> Position:
     """``resume_offset`` along the chain: just after the last record of ``run`` whose
     step is at most ``step``, in the file of ``until`` (before its offset) or in an older
     part; without one, the start of the oldest part, so nothing is ever skipped."""
-    start = find_part(path, until[0])
-    index = 0 if start is None else start
-    seen: set[FileIdent] = set()
+    parts, _ = _parts_from(path, until)
     oldest = until
-    while index < MAX_PARTS:
-        try:
-            handle = open_trace(part_path(path, index))
-        except FileNotFoundError:
-            if index == 0:
-                index += 1
-                continue
-            break
+    for ident in parts:
+        opened = open_part(path, ident)
+        if opened is None:
+            continue  # dropped meanwhile
+        handle, _ = opened
         with handle:
-            stat = os.fstat(handle.fileno())
-            ident = ident_of(stat)
-            if ident not in seen:  # a rotation meanwhile shifts the parts: skip repeats
-                seen.add(ident)
-                end = until[1] if ident == until[0] else stat.st_size
-                found = _find_after(handle, run, step, end)
-                if found is not None:
-                    return (ident, found)
-                oldest = (ident, 0)
-        index += 1
+            end = until[1] if ident == until[0] else os.fstat(handle.fileno()).st_size
+            found = _find_after(handle, run, step, end)
+        if found is not None:
+            return (ident, found)
+        oldest = (ident, 0)
     return (oldest[0], 0)
 
 
@@ -430,30 +502,23 @@ def read_history(path: str, n: int, until: Position | None) -> Tail:
     oldest first, reading older parts only while fewer were found; ``skipped`` counts
     the malformed lines met in every file read. ``end``/``size``/``ident`` are those of
     the first file read."""
-    start = 0 if until is None else find_part(path, until[0])
-    index = 0 if start is None else start
+    parts, _ = _parts_from(path, until)
     lines: list[Line] = []
     skipped = 0
-    seen: set[FileIdent] = set()
     first: Tail | None = None
-    while len(lines) < n and index < MAX_PARTS:
-        try:
-            handle = open_trace(part_path(path, index))
-        except FileNotFoundError:
-            if index == 0:
-                index += 1
-                continue
+    for ident in parts:
+        if len(lines) >= n and first is not None:
             break
+        opened = open_part(path, ident)
+        if opened is None:
+            continue
+        handle, _ = opened
         with handle:
-            ident = ident_of(os.fstat(handle.fileno()))
-            if ident not in seen:
-                seen.add(ident)
-                end = until[1] if until is not None and ident == until[0] else None
-                tail = tail_of(handle, n - len(lines), end)
-                first = first or tail
-                lines[:0] = tail.lines
-                skipped += tail.skipped
-        index += 1
+            end = until[1] if until is not None and ident == until[0] else None
+            tail = tail_of(handle, n - len(lines), end)
+        first = first or tail
+        lines[:0] = tail.lines
+        skipped += tail.skipped
     if first is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     return Tail(lines, first.end, first.size, first.ident, skipped)
