@@ -13,16 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from test_flowd_support import (
     Client,
     finish,
     flowd,
+    raw_lines,
     run_workflow_to_end,
     steps_of,
     wait_for,
     workflow,
 )
+
+from flowd.daemon import Daemon
+from flowd.watching import IN_MOVED_FROM, IN_MOVED_TO, Event
 
 SMALL = {"DOEFF_FLOW_MAX_TRACE_BYTES": "6000", "DOEFF_FLOW_KEEP_ROTATED": "500"}
 
@@ -169,3 +174,42 @@ def test_roots_added_are_remembered_across_restarts(tmp_path: Path) -> None:
         roots = client.call("roots.list")["roots"]
         assert {"path": str(added), "origin": "rpc", "workflows": 1} in roots
         wait_for(lambda: client.request("get", {"workflow_id": "wf-added"}).get("result"))
+
+
+def test_a_rotation_event_seen_after_the_rotation_was_followed_reads_nothing_again(
+    tmp_path: Path,
+) -> None:
+    """The move of trace.jsonl to .1 reported by inotify after a refresh had already
+    followed the rotation (a stat saw it first) is not a replacement: the new trace.jsonl
+    is not read again from its start (live watchers got its records twice, and pumps
+    still in older parts jumped ahead to it: records lost)."""
+    base = tmp_path / "src"
+    run_workflow_to_end(base, "wf-src", 6, env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    lines = raw_lines(base / "wf-src" / "trace.jsonl")
+    assert len(lines) >= 4
+    root = Path(os.path.realpath(tmp_path / "root"))
+    (root / "wf-1").mkdir(parents=True)
+    trace = root / "wf-1" / "trace.jsonl"
+    trace.write_bytes(b"\n".join(lines[:2]) + b"\n")
+    daemon = Daemon([str(root)], watcher="poll")
+    anyio.run(daemon.load)
+    entry = daemon.index.resolve("wf-1")
+    assert entry is not None
+    os.replace(trace, root / "wf-1" / "trace.jsonl.1")  # the writer rotates
+    trace.write_bytes(lines[2] + b"\n")
+    update = daemon.index.refresh(entry)  # follows the rotation: the rest of .1 (nothing)
+    while entry.behind or update is None or not update.lines:
+        update = daemon.index.refresh(entry)
+    assert [line.raw for line in update.lines] == [lines[2]]
+    gen = entry.gen
+    # now the events of that rotation arrive
+    daemon._on_entry_event(entry, Event(entry.watch, IN_MOVED_FROM, 7, "trace.jsonl"))
+    daemon._on_entry_event(entry, Event(entry.watch, IN_MOVED_TO, 7, "trace.jsonl.1"))
+    with trace.open("ab") as handle:
+        handle.write(lines[3] + b"\n")
+    update = daemon.index.refresh(entry)
+    assert update is not None and not update.reset and entry.gen == gen
+    assert [line.raw for line in update.lines] == [lines[3]]
+    # a move elsewhere (no rotated part takes the file) still counts as a replacement
+    daemon._on_entry_event(entry, Event(entry.watch, IN_MOVED_FROM, 8, "trace.jsonl"))
+    assert entry.replaced
