@@ -29,6 +29,7 @@ from flowd.traces import (
     Line,
     Position,
     chain_extent,
+    find_part,
     ident_of,
     newer_part,
     open_part,
@@ -347,6 +348,17 @@ class Index:
             return None
         with handle:
             stat = os.fstat(handle.fileno())
+            if (
+                not replaced
+                and entry.ident is not None
+                and ident_of(stat) != entry.ident
+                and (find_part(entry.path, entry.ident) or 0) > 0
+            ):
+                # The trace rotated between refresh's look and this open: the file we
+                # were reading is a rotated part now. Follow it; starting again from this
+                # new file would drop the rest of the old one.
+                handle.close()
+                return self.refresh(entry)
             size = entry.size = stat.st_size
             reset = replaced or ident_of(stat) != entry.ident or size < entry.offset
             if not reset and entry.offset > 0 and size > entry.offset:
