@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common import PY, env, read_parts, tempdir, wait_until
 
-from doeff_flow_core.reader import read_history
+from doeff_flow_core.reader import read_history, read_latest
 
 # An effect-dense workflow of nested calls, traced with a small rotation limit. A reader
 # thread writes the highest step of this process's run that read_latest has seen into a
@@ -178,7 +178,6 @@ def run(count: int, seed: int = 0) -> Figures:
             workflow_id = f"kill-{i % ids}"
             side = base / f"side-{i}"
             trace = trace_dir / workflow_id / "trace.jsonl"
-            before = trace.stat().st_size if trace.exists() else -1
             proc = subprocess.Popen(
                 [PY, "-c", WORKER, str(trace_dir), workflow_id, str(side)],
                 env=env(),
@@ -187,11 +186,14 @@ def run(count: int, seed: int = 0) -> Figures:
             )
             fig.kills += 1
 
-            def started(trace: Path = trace, before: int = before) -> bool:
+            def started(trace: Path = trace, pid: int = proc.pid) -> bool:
+                # A record of this run is readable (the file alone may exist and be
+                # empty: killed before its first flush, a trace has nothing to show).
                 try:
-                    return trace.stat().st_size != before
+                    latest = read_latest(trace)
                 except OSError:
                     return False
+                return latest is not None and latest.pid == pid
 
             if not wait_until(started, 30, 0.002) or proc.poll() is not None:
                 fig.problems.append(f"kill {i}: the worker never wrote")
