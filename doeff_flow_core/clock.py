@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 
@@ -24,10 +23,6 @@ class IsoClock:
             self._second = second
             self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         return f"{self._prefix}{int((ts - second) * 1000):03d}+00:00"
-
-
-def iso_now() -> str:
-    return IsoClock().format(time.time())
 
 
 def parse_timestamp(text: str) -> datetime:

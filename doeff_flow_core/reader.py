@@ -289,10 +289,6 @@ def follow(
             time.sleep(poll_interval)
 
 
-def file_size(path: str | os.PathLike[str]) -> int:
-    return os.stat(path).st_size
-
-
 def scan_workflows(trace_dir: str | os.PathLike[str]) -> list[WorkflowSummary]:
     """Every workflow directory under ``trace_dir`` with its latest record, sorted by id.
 

@@ -7,7 +7,6 @@ addresses) is rendered from its class name and public fields. Output is bounded.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 MAX_EFFECT_CHARS = 200
@@ -75,6 +74,3 @@ def render_effect(effect: object) -> str:
         except Exception as exc:
             text = f"{type(effect).__name__}(<unrenderable: {type(exc).__name__}>)"
     return clip(text, MAX_EFFECT_CHARS)
-
-
-Renderer = Callable[[object], str]

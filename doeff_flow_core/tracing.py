@@ -225,10 +225,6 @@ class TraceObserver:
         self._file.close()
         self._writer_lock.release()
 
-    @property
-    def tracing_failed(self) -> str | None:
-        return self._file.failed
-
 
 def _stack_handler(tracer: TraceObserver) -> Any:
     """The pass-through handler that claims each effect reaching it, with its stack.
