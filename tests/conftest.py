@@ -59,14 +59,26 @@ def run_python(
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     """Run a Python snippet (dedented) in a fresh interpreter; ``args`` become ``sys.argv[1:]``."""
+    return run_command(python_command(code, args), cwd=cwd, env=env, timeout=timeout)
+
+
+def run_command(
+    command: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` with the project importable, no input, output captured as text."""
     return subprocess.run(
-        python_command(code, args),
+        list(command),
         cwd=cwd,
         env=python_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import python_env, run_python
+from conftest import python_env, run_command, run_python
 
 # One program, several behaviours: argv = trace_dir, then (workflow_id, mode, arg) triples.
 #   complete  nested calls, state, slog; returns 30
@@ -129,16 +129,7 @@ def flowctl(
     timeout: float = 30,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``flowctl ARGS`` (or ``doeff-flow ARGS``) as a process, output captured."""
-    return subprocess.run(
-        flowctl_command(*args, seed=seed),
-        cwd=cwd,
-        env=python_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_command(flowctl_command(*args, seed=seed), cwd=cwd, env=env, timeout=timeout)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
