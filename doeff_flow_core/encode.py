@@ -28,6 +28,18 @@ Entry = object
 Frame = tuple[str, str, int]
 
 
+class TaskEvent:
+    """A scheduler task event, buffered in order among the effects: written on the next
+    record as ``spawned`` (``parent`` set, None for the root) or ``finished_tasks``."""
+
+    __slots__ = ("finished", "parent", "task")
+
+    def __init__(self, task: int, parent: int | None = None, *, finished: bool = False) -> None:
+        self.task = task
+        self.parent = parent
+        self.finished = finished
+
+
 def json_str(text: str) -> str:
     return str(_json_str(text))
 
@@ -109,6 +121,25 @@ class RecordEncoder:
         self.last_step = 0
         self._last_ts: float | None = None
         self._last_task: int | None = None
+        self._spawned: list[str] = []
+        self._finished: list[str] = []
+
+    def _note_task(self, event: TaskEvent) -> None:
+        if event.finished:
+            self._finished.append(str(event.task))
+        else:
+            self._spawned.append(f"[{event.task},{_opt_int(event.parent)}]")
+
+    def _task_fields(self) -> str:
+        """The pending task events as record fields (emptied), or "" when none."""
+        text = ""
+        if self._spawned:
+            text += f',"spawned":[{",".join(self._spawned)}]'
+            self._spawned = []
+        if self._finished:
+            text += f',"finished_tasks":[{",".join(self._finished)}]'
+            self._finished = []
+        return text
 
     def _note_slog(self, effect: Any) -> None:
         msg = clip(str(getattr(effect, "msg", "")), MAX_SLOG_CHARS)
@@ -141,6 +172,9 @@ class RecordEncoder:
                 text, ts, task, stack, slog = entry
                 last_stack[task] = stack
                 tail = exact
+            elif type(entry) is TaskEvent:
+                self._note_task(entry)
+                continue
             else:
                 text = render_effect(entry)
                 slog = entry if type(entry) is slog_type else None
@@ -152,6 +186,8 @@ class RecordEncoder:
                 millisecond = int(ts * 1000)
                 stamp = self._clock.format(ts)
             step += 1
+            if self._spawned or self._finished:
+                tail = tail[:-2] + self._task_fields() + "}\n"
             out.append(
                 f'{head}{step},"status":"running","current_effect":{_json_str(text)},'
                 f'"trace":{stack},"started_at":{started},"updated_at":"{stamp}",'
@@ -178,7 +214,7 @@ class RecordEncoder:
             f'"trace":{frames_json(frames)},"started_at":{self._started},'
             f'"updated_at":"{self._clock.format(ts)}",'
             f'"error":{_opt_str(error)},"result":{_opt_str(result)},'
-            f'"last_slog":{self._slog},"task":null{self._exact_tail}'
+            f'"last_slog":{self._slog},"task":null{self._exact_tail[:-2]}{self._task_fields()}}}\n'
         )
 
 

@@ -270,6 +270,41 @@ def read_all(path: str | os.PathLike[str]) -> Tail:
     return Tail(tuple(records), skipped, torn, len(body))
 
 
+class RecordStream:
+    """Every record of a trace, oldest first: its rotated parts (``rotated_parts``), then
+    ``trace.jsonl``, read a block at a time so that memory stays bounded however long the
+    trace. ``skipped`` and ``torn`` are known once iteration ends. Raises
+    FileNotFoundError when the trace has neither a file nor a rotated part."""
+
+    def __init__(self, path: str | os.PathLike[str], block: int = 1024 * 1024) -> None:
+        self.path = Path(path)
+        self.block = block
+        self.skipped = 0
+        self.torn = False
+
+    def __iter__(self) -> Iterator[LiveTrace]:
+        parts = rotated_parts(self.path)
+        if not parts and not self.path.exists():
+            raise FileNotFoundError(errno.ENOENT, "no trace", str(self.path))
+        for part in [*reversed(parts), self.path]:
+            try:
+                fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # rotated away meanwhile, or between a rename and a new file
+            try:
+                offset = 0
+                while True:
+                    chunk = read_fd_from(fd, offset, self.block)
+                    self.skipped += chunk.skipped
+                    yield from chunk.records
+                    if chunk.offset == offset:
+                        break
+                    offset = chunk.offset
+                self.torn = os.fstat(fd).st_size > offset
+            finally:
+                os.close(fd)
+
+
 def follow(
     path: str | os.PathLike[str],
     offset: int = 0,

@@ -74,13 +74,17 @@ class LiveTrace:
     run: str | None = None
     trace_exact: bool = True
     pid_start: int | None = None
+    # Scheduler task events since the previous record: tasks spawned, as (task, the
+    # spawning task; None for the root), and tasks that finished. Written only when any.
+    spawned: tuple[tuple[int, int | None], ...] = ()
+    finished_tasks: tuple[int, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "workflow_id": self.workflow_id,
             "step": self.step,
             "status": self.status,
@@ -98,6 +102,11 @@ class LiveTrace:
             "trace_exact": self.trace_exact,
             "pid_start": self.pid_start,
         }
+        if self.spawned:
+            data["spawned"] = [list(pair) for pair in self.spawned]
+        if self.finished_tasks:
+            data["finished_tasks"] = list(self.finished_tasks)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
@@ -129,6 +138,8 @@ class LiveTrace:
             run=_opt(data, "run", str),
             trace_exact=bool(_opt(data, "trace_exact", bool, default=True)),
             pid_start=_opt(data, "pid_start", int),
+            spawned=_spawned(data.get("spawned")),
+            finished_tasks=_tasks(data.get("finished_tasks")),
         )
 
 
@@ -212,3 +223,30 @@ def _slog(value: object) -> SlogLine | None:
     return SlogLine(
         msg=str(_req(value, "msg", str)), fields={str(k): str(v) for k, v in fields.items()}
     )
+
+
+def _spawned(value: object) -> tuple[tuple[int, int | None], ...]:
+    if not value:
+        return ()
+    if not isinstance(value, list):
+        raise MalformedRecord("'spawned' must be a list")
+    pairs: list[tuple[int, int | None]] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2):
+            raise MalformedRecord("'spawned' items must be [task, parent] pairs")
+        task, parent = item
+        pairs.append(
+            (
+                _check("spawned task", task, int),
+                None if parent is None else _check("spawned parent", parent, int),
+            )
+        )
+    return tuple(pairs)
+
+
+def _tasks(value: object) -> tuple[int, ...]:
+    if not value:
+        return ()
+    if not isinstance(value, list):
+        raise MalformedRecord("'finished_tasks' must be a list")
+    return tuple(_check("finished task", item, int) for item in value)

@@ -35,6 +35,7 @@ from doeff_flow_core.encode import (
     Frame,
     RecordEncoder,
     StackCache,
+    TaskEvent,
     describe_error,
     describe_result,
 )
@@ -315,11 +316,24 @@ class _TaskRouting:
                 self._installed = False
 
     def _sink(self, event: dict[str, object]) -> None:
-        if event.get("event") == "task-enter":
+        kind = event.get("event")
+        if kind == "task-enter":
             stack = self._by_thread.get(threading.get_ident())
             if stack:
                 tid = event.get("tid")
                 stack[-1].task = tid if isinstance(tid, int) else None
+        elif kind == "spawned" or (kind == "task-leave" and event.get("effect") == "TaskCompleted"):
+            # In the buffer, in order among the effects: timelines link a task to the call
+            # that spawned it and end its calls when it finishes.
+            stack = self._by_thread.get(threading.get_ident())
+            tid = event.get("tid")
+            if stack and type(tid) is int:
+                parent = event.get("parent")
+                stack[-1]._buffer.append(
+                    TaskEvent(
+                        tid, parent if type(parent) is int else None, finished=kind != "spawned"
+                    )
+                )
         previous = self._previous
         if previous is not None:
             previous(event)

@@ -1,0 +1,324 @@
+"""Timelines: a trace's records turned into nested spans, one per ``@do`` call.
+
+Pure and incremental: ``SpanBuilder.add(record)`` returns the spans that record ended,
+so a trace of any length becomes spans in memory bounded by what is open at once (the
+calls on each task's stack, and at most ``max_events`` events per span).
+
+A record's stack says which calls were open when its effect ran. A call is the same one
+from record to record while its function and file stay at the same depth and its
+caller's line does not move (a caller that moved on has returned from it, even into a
+new call of the same function). A call's span starts at the first record that has it
+on the stack and ends at the first record of its task without it, when its task
+finishes (``finished_tasks``), or at the run's terminal record; a run with no terminal
+record ends at its last record with its open spans marked ``incomplete``.
+
+Each run gets a workflow span holding the root task's outermost calls; a spawned
+task's outermost calls hang off the call that spawned it (``spawned``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from doeff_flow_core.records import COMPLETED, FAILED, LiveTrace, SlogLine, TraceFrame
+
+OK: Final = "ok"
+ERROR: Final = "error"
+INCOMPLETE: Final = "incomplete"
+
+EFFECT: Final = "effect"
+SLOG: Final = "slog"
+EXCEPTION: Final = "exception"  # the OpenTelemetry event name for an error
+
+WORKFLOW: Final = "workflow"
+CALL: Final = "call"
+
+# OpenTelemetry SDKs keep 128 events per span by default; the rest are counted.
+MAX_EVENTS: Final = 128
+_SLOG_PREFIX: Final = "slog("
+
+
+@dataclass(frozen=True)
+class SpanEvent:
+    """A point in time inside a span: an effect, a slog line, or the error."""
+
+    name: str
+    time: float  # seconds since the epoch
+    kind: str  # EFFECT, SLOG or EXCEPTION
+    attributes: Mapping[str, str | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Span:
+    """One ``@do`` call (kind CALL) or one run of a workflow (kind WORKFLOW).
+
+    ``span_id`` counts from 1 within its run in the order spans opened; ``parent_id`` is
+    the enclosing call, the spawning call for a task's outermost calls, or the workflow
+    span; ``spawned_by`` is set on a task's outermost calls only.
+    """
+
+    workflow_id: str
+    run: str
+    span_id: int
+    parent_id: int | None
+    kind: str
+    name: str
+    task: int | None
+    file: str | None
+    line: int | None
+    start: float
+    end: float
+    status: str  # OK, ERROR or INCOMPLETE
+    first_step: int
+    last_step: int
+    error: str | None = None
+    result: str | None = None
+    events: tuple[SpanEvent, ...] = ()
+    dropped_events: int = 0
+    spawned_by: int | None = None
+    depth: int = 0  # 0 for the workflow span, 1 for a task's outermost call
+    pid: int | None = None
+    host: str | None = None
+
+
+class _Open:
+    """A span still open: mutable while records arrive."""
+
+    __slots__ = (
+        "depth",
+        "dropped",
+        "events",
+        "file",
+        "first_step",
+        "function",
+        "last_line",
+        "last_step",
+        "line",
+        "parent_id",
+        "span_id",
+        "spawned_by",
+        "start",
+        "task",
+    )
+
+    def __init__(
+        self,
+        span_id: int,
+        parent_id: int | None,
+        frame: TraceFrame | None,
+        task: int | None,
+        start: float,
+        step: int,
+        depth: int,
+        spawned_by: int | None = None,
+    ) -> None:
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.function = frame.function if frame else ""
+        self.file = frame.file if frame else None
+        self.line = frame.line if frame else None
+        self.last_line = self.line
+        self.task = task
+        self.start = start
+        self.first_step = step
+        self.last_step = step
+        self.depth = depth
+        self.spawned_by = spawned_by
+        self.events: list[SpanEvent] = []
+        self.dropped = 0
+
+
+class _Run:
+    """What is open in one run of a workflow."""
+
+    def __init__(self, first: LiveTrace, max_events: int) -> None:
+        self.workflow_id = first.workflow_id
+        self.run = first.run or ""
+        self.pid = first.pid
+        self.host = first.host
+        self.max_events = max_events
+        self.next_id = 2
+        start = min(first.started_at.timestamp(), first.updated_at.timestamp())
+        self.root = _Open(1, None, None, None, start, first.step, 0)
+        self.stacks: dict[int | None, list[_Open]] = {}
+        self.links: dict[int, int] = {}  # spawned task -> the spawning call's span id
+        self.last_time = start
+        self.last_step = first.step
+
+    def innermost(self, task: int | None) -> _Open:
+        stack = self.stacks.get(task)
+        return stack[-1] if stack else self.root
+
+    def event(self, span: _Open, event: SpanEvent) -> None:
+        if len(span.events) < self.max_events:
+            span.events.append(event)
+        else:
+            span.dropped += 1
+
+    def close(self, span: _Open, end: float, status: str, error: str | None = None) -> Span:
+        kind = WORKFLOW if span is self.root else CALL
+        return Span(
+            workflow_id=self.workflow_id,
+            run=self.run,
+            span_id=span.span_id,
+            parent_id=span.parent_id,
+            kind=kind,
+            name=self.workflow_id if kind == WORKFLOW else span.function,
+            task=span.task,
+            file=span.file,
+            line=span.line,
+            start=span.start,
+            end=max(end, span.start),
+            status=status,
+            first_step=span.first_step,
+            last_step=span.last_step,
+            error=error,
+            events=tuple(span.events),
+            dropped_events=span.dropped,
+            spawned_by=span.spawned_by,
+            depth=span.depth,
+            pid=self.pid,
+            host=self.host,
+        )
+
+    def close_task(self, task: int | None, keep: int, end: float, out: list[Span]) -> None:
+        stack = self.stacks.get(task)
+        while stack and len(stack) > keep:
+            out.append(self.close(stack.pop(), end, OK))
+
+    def running(self, record: LiveTrace, now: float, out: list[Span]) -> None:
+        for child, parent in record.spawned:
+            self.links[child] = self.innermost(parent).span_id
+        for finished in record.finished_tasks:
+            self.close_task(finished, 0, now, out)
+            self.stacks.pop(finished, None)
+            self.links.pop(finished, None)
+        task = record.task
+        frames = record.trace
+        if frames:  # a record without a stack (an effect of no call) changes no call
+            stack = self.stacks.setdefault(task, [])
+            kept = _common_calls(stack, frames)
+            self.close_task(task, kept, now, out)
+            for depth in range(kept, len(frames)):
+                if depth:
+                    parent, spawned_by = stack[depth - 1].span_id, None
+                else:
+                    spawned_by = self.links.get(task) if task is not None else None
+                    parent = spawned_by or self.root.span_id
+                stack.append(
+                    _Open(
+                        self.next_id,
+                        parent,
+                        frames[depth],
+                        task,
+                        now,
+                        record.step,
+                        depth + 1,
+                        spawned_by,
+                    )
+                )
+                self.next_id += 1
+            for span, frame in zip(stack, frames, strict=True):
+                span.last_line = frame.line
+                span.last_step = record.step
+        inner = self.innermost(task)
+        effect = record.current_effect
+        if effect is not None and effect.startswith(_SLOG_PREFIX) and record.last_slog:
+            self.event(inner, _slog_event(record.last_slog, now, record.step))
+        elif effect is not None:
+            self.event(inner, SpanEvent(effect, now, EFFECT, {"doeff.step": record.step}))
+
+    def finish(self, end: float, status: str, error: str | None, result: str | None) -> list[Span]:
+        """Close everything open; a failure ends each open call with the error."""
+        out: list[Span] = []
+        if status == ERROR and error is not None:
+            # The error passed through every open call: it shows on the innermost.
+            for stack in self.stacks.values():
+                if stack:
+                    self.event(stack[-1], _exception_event(error, end))
+            self.event(self.root, _exception_event(error, end))
+        for task in list(self.stacks):
+            stack = self.stacks[task]
+            while stack:
+                out.append(self.close(stack.pop(), end, status, error))
+        self.stacks.clear()
+        self.root.last_step = self.last_step
+        workflow = self.close(self.root, end, status, error)
+        out.append(_with_result(workflow, result))
+        return out
+
+
+class SpanBuilder:
+    """Records in, finished spans out; one builder follows one workflow's trace."""
+
+    def __init__(self, max_events: int = MAX_EVENTS) -> None:
+        self.max_events = max_events
+        self._run: _Run | None = None
+
+    def add(self, record: LiveTrace) -> list[Span]:
+        """The spans ``record`` ended (possibly a whole earlier run that never finished)."""
+        out: list[Span] = []
+        run = self._run
+        if run is not None and (run.run != (record.run or "") or record.step <= run.last_step):
+            out.extend(self.close())  # a new run appended to the same file
+            run = None
+        if run is None:
+            run = self._run = _Run(record, self.max_events)
+        now = max(record.updated_at.timestamp(), run.last_time)
+        run.last_time = now
+        run.last_step = record.step
+        if record.status == COMPLETED:
+            out.extend(run.finish(now, OK, None, record.result))
+            self._run = None
+        elif record.status == FAILED:
+            out.extend(run.finish(now, ERROR, record.error or "failed", None))
+            self._run = None
+        else:
+            run.running(record, now, out)
+        return out
+
+    def close(self) -> list[Span]:
+        """End of the trace: whatever is still open ends at the last record, incomplete."""
+        run, self._run = self._run, None
+        if run is None:
+            return []
+        return run.finish(run.last_time, INCOMPLETE, None, None)
+
+
+def spans_of(records: Iterable[LiveTrace], max_events: int = MAX_EVENTS) -> Iterator[Span]:
+    """Every span of ``records`` (one workflow's, oldest first), each as soon as it ends."""
+    builder = SpanBuilder(max_events)
+    for record in records:
+        yield from builder.add(record)
+    yield from builder.close()
+
+
+def _common_calls(stack: list[_Open], frames: tuple[TraceFrame, ...]) -> int:
+    """How many of the open calls (outermost first) ``frames`` still has on its stack."""
+    kept = 0
+    for span, frame in zip(stack, frames, strict=False):
+        if span.function != frame.function or span.file != frame.file:
+            break
+        if kept and stack[kept - 1].last_line != frames[kept - 1].line:
+            break  # the caller moved on: this is a new call
+        kept += 1
+    return kept
+
+
+def _slog_event(slog: SlogLine, now: float, step: int) -> SpanEvent:
+    attributes: dict[str, str | int] = dict(slog.fields)
+    attributes["doeff.step"] = step
+    return SpanEvent(slog.msg, now, SLOG, attributes)
+
+
+def _exception_event(error: str, now: float) -> SpanEvent:
+    kind, _, message = error.partition(": ")
+    return SpanEvent(
+        EXCEPTION, now, EXCEPTION, {"exception.type": kind, "exception.message": message or kind}
+    )
+
+
+def _with_result(span: Span, result: str | None) -> Span:
+    return span if result is None else replace(span, result=result)
