@@ -30,14 +30,17 @@ Frame = tuple[str, str, int]
 
 class TaskEvent:
     """A scheduler task event, buffered in order among the effects: written on the next
-    record as ``spawned`` (``parent`` set, None for the root) or ``finished_tasks``."""
+    record as ``spawned`` (with its parent, None for the root) or, when ``finished_at`` is
+    set, as ``finished_tasks`` with that time (the next record may come much later)."""
 
-    __slots__ = ("finished", "parent", "task")
+    __slots__ = ("finished_at", "parent", "task")
 
-    def __init__(self, task: int, parent: int | None = None, *, finished: bool = False) -> None:
+    def __init__(
+        self, task: int, parent: int | None = None, finished_at: float | None = None
+    ) -> None:
         self.task = task
         self.parent = parent
-        self.finished = finished
+        self.finished_at = finished_at
 
 
 def json_str(text: str) -> str:
@@ -125,8 +128,8 @@ class RecordEncoder:
         self._finished: list[str] = []
 
     def _note_task(self, event: TaskEvent) -> None:
-        if event.finished:
-            self._finished.append(str(event.task))
+        if event.finished_at is not None:
+            self._finished.append(f'[{event.task},"{self._clock.format(event.finished_at)}"]')
         else:
             self._spawned.append(f"[{event.task},{_opt_int(event.parent)}]")
 

@@ -276,9 +276,9 @@ class RecordStream:
     trace. ``skipped`` and ``torn`` are known once iteration ends. Raises
     FileNotFoundError when the trace has neither a file nor a rotated part."""
 
-    def __init__(self, path: str | os.PathLike[str], block: int = 1024 * 1024) -> None:
+    def __init__(self, path: str | os.PathLike[str], block: int = 4 * MAX_LINE_BYTES) -> None:
         self.path = Path(path)
-        self.block = block
+        self.block = max(block, MAX_LINE_BYTES)  # a smaller block would skip long lines
         self.skipped = 0
         self.torn = False
 

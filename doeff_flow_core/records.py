@@ -75,9 +75,10 @@ class LiveTrace:
     trace_exact: bool = True
     pid_start: int | None = None
     # Scheduler task events since the previous record: tasks spawned, as (task, the
-    # spawning task; None for the root), and tasks that finished. Written only when any.
+    # spawning task; None for the root), and tasks that finished, as (task, when).
+    # Written only when there are any.
     spawned: tuple[tuple[int, int | None], ...] = ()
-    finished_tasks: tuple[int, ...] = ()
+    finished_tasks: tuple[tuple[int, datetime], ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -105,7 +106,9 @@ class LiveTrace:
         if self.spawned:
             data["spawned"] = [list(pair) for pair in self.spawned]
         if self.finished_tasks:
-            data["finished_tasks"] = list(self.finished_tasks)
+            data["finished_tasks"] = [
+                [task, at.isoformat(timespec="milliseconds")] for task, at in self.finished_tasks
+            ]
         return data
 
     def to_json(self) -> str:
@@ -244,9 +247,14 @@ def _spawned(value: object) -> tuple[tuple[int, int | None], ...]:
     return tuple(pairs)
 
 
-def _tasks(value: object) -> tuple[int, ...]:
+def _tasks(value: object) -> tuple[tuple[int, datetime], ...]:
     if not value:
         return ()
     if not isinstance(value, list):
         raise MalformedRecord("'finished_tasks' must be a list")
-    return tuple(_check("finished task", item, int) for item in value)
+    finished: list[tuple[int, datetime]] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2):
+            raise MalformedRecord("'finished_tasks' items must be [task, time] pairs")
+        finished.append((_check("finished task", item[0], int), _time({"at": item[1]}, "at")))
+    return tuple(finished)

@@ -188,13 +188,15 @@ class _Run:
         while stack and len(stack) > keep:
             out.append(self.close(stack.pop(), end, OK))
 
-    def running(self, record: LiveTrace, now: float, out: list[Span]) -> None:
+    def task_events(self, record: LiveTrace, now: float, out: list[Span]) -> None:
         for child, parent in record.spawned:
             self.links[child] = self.innermost(parent).span_id
-        for finished in record.finished_tasks:
-            self.close_task(finished, 0, now, out)
+        for finished, at in record.finished_tasks:
+            self.close_task(finished, 0, min(at.timestamp(), now), out)
             self.stacks.pop(finished, None)
             self.links.pop(finished, None)
+
+    def running(self, record: LiveTrace, now: float, out: list[Span]) -> None:
         task = record.task
         frames = record.trace
         if frames:  # a record without a stack (an effect of no call) changes no call
@@ -269,6 +271,7 @@ class SpanBuilder:
         now = max(record.updated_at.timestamp(), run.last_time)
         run.last_time = now
         run.last_step = record.step
+        run.task_events(record, now, out)
         if record.status == COMPLETED:
             out.extend(run.finish(now, OK, None, record.result))
             self._run = None

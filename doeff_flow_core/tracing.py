@@ -328,12 +328,12 @@ class _TaskRouting:
             stack = self._by_thread.get(threading.get_ident())
             tid = event.get("tid")
             if stack and type(tid) is int:
-                parent = event.get("parent")
-                stack[-1]._buffer.append(
-                    TaskEvent(
-                        tid, parent if type(parent) is int else None, finished=kind != "spawned"
-                    )
-                )
+                if kind == "spawned":
+                    parent = event.get("parent")
+                    task_event = TaskEvent(tid, parent if type(parent) is int else None)
+                else:
+                    task_event = TaskEvent(tid, finished_at=time.time())
+                stack[-1]._buffer.append(task_event)
         previous = self._previous
         if previous is not None:
             previous(event)

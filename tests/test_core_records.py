@@ -120,6 +120,8 @@ records = st.builds(
     run=st.none() | texts,
     trace_exact=st.booleans(),
     pid_start=opt_int,
+    spawned=st.lists(st.tuples(st.integers(0, 2**31), opt_int), max_size=3).map(tuple),
+    finished_tasks=st.lists(st.tuples(st.integers(0, 2**31), times), max_size=3).map(tuple),
 )
 
 
