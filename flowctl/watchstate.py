@@ -2,10 +2,11 @@
 current run, folded from a feed's updates. Pure: records in, a new state out.
 
 Tasks: ``task`` None is the root, ints are spawned tasks. A record from a new ``run``
-starts over; a terminal record ends the run's tasks. The trace says when a task performs
-an effect, not when it ends, so a spawned task with no record for TASK_FORGET_AFTER
-seconds before the newest record is taken as finished and dropped, and at most
-MAX_TASKS tasks (the most recently active) are kept.
+starts over; a terminal record ends the run's tasks, and a record's ``finished_tasks``
+end those tasks. Traces written before that field existed do not say when a task ends,
+so a spawned task with no record for TASK_FORGET_AFTER seconds before the newest record
+is also taken as finished and dropped, and at most MAX_TASKS tasks (the most recently
+active) are kept.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def fold(view: WorkflowView, update: Update) -> WorkflowView:
             run, root = record.run, None
             tasks.clear()
         latest = record
+        for finished, _ in record.finished_tasks:
+            tasks.pop(finished, None)
         if record.task is None:
             root = record
         else:

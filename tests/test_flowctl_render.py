@@ -280,6 +280,14 @@ def test_fold_keeps_the_latest_record_per_task_of_the_current_run() -> None:
     assert done.tasks == () and done.finished
 
 
+def test_fold_drops_tasks_the_trace_says_finished() -> None:
+    view = view_of(rec(1), rec(2, task=0), rec(3, task=1))
+    assert [r.task for r in view.tasks] == [0, 1]
+    later = fold(view, Update((rec(4, task=1, finished_tasks=((0, T0),)),)))
+    assert [(r.task, r.step) for r in later.tasks] == [(1, 4)]
+    assert later.root is not None and later.root.step == 1
+
+
 def test_fold_forgets_quiet_and_surplus_tasks() -> None:
     old = rec(2, task=99, updated_at=T0)
     fresh = [
