@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, TextIO
 
@@ -22,6 +23,7 @@ SPAN_KIND_INTERNAL: Final = 1
 STATUS_UNSET: Final = 0
 STATUS_OK: Final = 1
 STATUS_ERROR: Final = 2
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def trace_id(workflow_id: str, run: str) -> str:
@@ -34,17 +36,25 @@ def span_id(workflow_id: str, run: str, number: int) -> str:
     return hashlib.blake2b(f"{workflow_id}\0{run}\0{number}".encode(), digest_size=8).hexdigest()
 
 
+def _text(value: str) -> str:
+    """``value`` as text protobuf accepts (valid UTF-8): a lone surrogate, as in a file
+    name decoded with surrogateescape, becomes U+FFFD instead of failing the request."""
+    return _LONE_SURROGATE.sub("\ufffd", value)
+
+
 def _value(value: str | int | bool) -> dict[str, Any]:
     if isinstance(value, bool):
         return {"boolValue": value}
     if isinstance(value, int):
         return {"intValue": str(value)}
-    return {"stringValue": value}
+    return {"stringValue": _text(value)}
 
 
 def attributes(pairs: Iterable[tuple[str, str | int | bool | None]]) -> list[dict[str, Any]]:
     """OTLP key-value list; None values are left out."""
-    return [{"key": key, "value": _value(value)} for key, value in pairs if value is not None]
+    return [
+        {"key": _text(key), "value": _value(value)} for key, value in pairs if value is not None
+    ]
 
 
 def _nanos(seconds: float) -> str:
@@ -62,7 +72,7 @@ def resource(host: str | None, pid: int | None) -> dict[str, Any]:
 def _event(event: SpanEvent) -> dict[str, Any]:
     return {
         "timeUnixNano": _nanos(event.time),
-        "name": event.name,
+        "name": _text(event.name),
         "attributes": attributes(event.attributes.items()),
     }
 
@@ -73,11 +83,11 @@ def span(item: Span) -> dict[str, Any]:
     if item.status == OK:
         status = {"code": STATUS_OK}
     elif item.status == ERROR:
-        status = {"code": STATUS_ERROR, "message": item.error or ""}
+        status = {"code": STATUS_ERROR, "message": _text(item.error or "")}
     data: dict[str, Any] = {
         "traceId": trace_id(item.workflow_id, item.run),
         "spanId": span_id(item.workflow_id, item.run, item.span_id),
-        "name": item.name,
+        "name": _text(item.name),
         "kind": SPAN_KIND_INTERNAL,
         "startTimeUnixNano": _nanos(item.start),
         "endTimeUnixNano": _nanos(item.end),
