@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit fault fault-quick bench clean
+.PHONY: demo test lint typecheck unit fault fault-quick bench timeline clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test: lint typecheck unit fault-quick
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# docs/timeline.svg, drawn by `flowctl export` from a fresh run of examples/timeline.py.
+timeline: $(STAMP)
+	rm -rf .doeff-flow/wf-timeline
+	$(PY) examples/timeline.py --trace-dir .doeff-flow
+	$(PY) -m flowctl --trace-dir .doeff-flow export wf-timeline -o docs/timeline.svg
 
 clean:
 	rm -rf $(VENV) .doeff-flow .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,9 @@
 """flowctl: see where running doeff workflows are, from another terminal.
 
-``flowctl ps``, ``history``, ``watch`` and an interactive ``shell`` (also reachable as
-``doeff-flow watch|ps|history``) over one data-source interface (``flowctl.source``):
-``DaemonSource`` asks flowd over its socket when it answers, ``FileSource`` reads the
-trace files otherwise (``flowctl.connect`` chooses).
+``flowctl ps``, ``history``, ``watch``, ``prune``, ``export`` and an interactive ``shell``
+(also reachable as ``doeff-flow watch|ps|history``) over one data-source interface
+(``flowctl.source``): ``DaemonSource`` asks flowd over its socket when it answers,
+``FileSource`` reads the trace files otherwise (``flowctl.connect`` chooses).
 
 Dependency rule: flowctl imports the standard library, ``doeff_flow_core`` and
 ``prompt_toolkit`` (the latter only for the shell and the full-screen watch). It never

@@ -167,6 +167,18 @@ def run_prune(session: Session, request: Request, source: Source) -> int:
     return exitcodes.OK
 
 
+def run_export(session: Session, request: Request, source: Source) -> int:
+    from flowctl.export import Trace, export, export_format, report
+
+    workflow_id = _workflow_id(request)
+    fmt = export_format(request.format, request.output)
+    trace = Trace(workflow_id, source.trace_path(workflow_id))
+    written = export(trace, fmt, request.output, session.out)
+    if request.options.verbose:
+        warn(session, report(trace, fmt, request.output, written))
+    return exitcodes.OK
+
+
 def run_shell(session: Session, request: Request, source: Source) -> int:
     if session.in_shell:
         warn(session, "already in the shell")
@@ -187,6 +199,11 @@ COMMANDS: Final = {
             "remove finished workflows' traces (--older-than 7d, --status, --dry-run)",
             run_prune,
             uses_source=False,
+        ),
+        Command(
+            "export",
+            "a workflow's timeline: --format chrome (Perfetto), otlp or svg; -o FILE",
+            run_export,
         ),
         Command("shell", "the interactive shell", run_shell),
     )

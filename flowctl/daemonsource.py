@@ -7,6 +7,8 @@ How each call maps onto the protocol:
   ``problem`` words otherwise, which are the core's).
 - ``history``: ``history`` (``last`` at most HISTORY_MAX); when it holds no record,
   ``get`` says why (no trace file: unknown workflow; no valid record: unreadable).
+- ``trace_path``: ``get`` says under which root the workflow lives; its files are then
+  read directly (``export`` reads a whole trace, more than ``history`` sends).
 - ``follow``: ``history`` for the snapshot, then ``watch`` with ``after`` = its last
   ``{run, step}``: nothing between the two is missed or repeated. After flowd goes away
   the feed reconnects with backoff and watches again with ``after`` = the last record it
@@ -25,6 +27,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Final
 
 from doeff_flow_core import LiveTrace, MalformedRecord, effective_status
@@ -39,7 +42,7 @@ from flowctl.errors import (
     TraceUnreadable,
     WorkflowNotFound,
 )
-from flowctl.filesource import checked_id
+from flowctl.filesource import checked_id, existing_trace
 from flowctl.rpcclient import (
     CALL_TIMEOUT,
     NOT_A_DIRECTORY,
@@ -263,6 +266,21 @@ class DaemonSource:
         if exc.code == TRACE_UNREADABLE:
             return unreadable(workflow_id, exc)
         return exc
+
+    def trace_path(self, workflow_id: str) -> Path:
+        ident, scope = self._target(workflow_id)
+        try:
+            result = _shape("get", self._call("get", workflow_id=ident, **scope), dict, "result")
+        except RpcFailure as exc:
+            raise self._failure(ident, exc) from None
+        root = result.get("root")
+        if not (isinstance(root, str) and os.path.isabs(root)):
+            raise DaemonError("get", 0, f"no absolute root for {ident!r}")
+        self._seen(ident, root)
+        path = existing_trace(Path(root, ident, TRACE_FILE_NAME), root)
+        if path is None:
+            raise WorkflowNotFound(ident, self._location)
+        return path
 
     def status(self, record: LiveTrace) -> str:
         """The effective status; ``lost`` only once the trace itself ends with ``record``:

@@ -72,6 +72,16 @@ class TraceUnreadable(FlowctlError):
         super().__init__(f"{workflow_id}: {detail}")
 
 
+class OutputUnwritable(FlowctlError):
+    """An export's destination that cannot be written; no partial file is left behind."""
+
+    exit_code = exitcodes.CANNOT_WRITE
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        super().__init__(f"cannot write {path}: {detail}")
+
+
 class SourceUnavailable(FlowctlError):
     """The data source as a whole cannot be read (permissions, I/O)."""
 

@@ -15,6 +15,8 @@ code  name             meaning
 5     UNAVAILABLE      the trace directory or a trace cannot be read (permissions,
                        I/O error)
 70    INTERNAL         a bug in flowctl; one line on stderr (``--verbose``: traceback)
+73    CANNOT_WRITE     ``export -o FILE``: FILE cannot be written (no such directory,
+                       permissions, a directory in the way, disk full); nothing is left
 130   INTERRUPTED      Ctrl-C in a one-shot command; or the user left
                        ``watch --exit-on-complete`` before the workflow ended
 ====  ===============  ==========================================================
@@ -33,4 +35,5 @@ NOT_FOUND: Final = 3
 BAD_TRACE: Final = 4
 UNAVAILABLE: Final = 5
 INTERNAL: Final = 70
+CANNOT_WRITE: Final = 73  # sysexits' EX_CANTCREAT, as INTERNAL is its EX_SOFTWARE
 INTERRUPTED: Final = 130

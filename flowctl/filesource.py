@@ -24,6 +24,7 @@ from doeff_flow_core.reader import (
     read_fd_from,
     read_fd_last,
     read_history,
+    rotated_parts,
     scan_workflows,
     summarize,
 )
@@ -139,6 +140,13 @@ class FileSource:
             raise TraceUnreadable(workflow_id, NO_VALID_RECORDS)
         return History(workflow_id, tail.records, tail.skipped, tail.torn)
 
+    def trace_path(self, workflow_id: str) -> Path:
+        path = existing_trace(self._path(workflow_id), self.location)
+        if path is None:
+            self._check_root()  # a missing trace directory is its own error
+            raise WorkflowNotFound(workflow_id, self.location)
+        return path
+
     def status(self, record: LiveTrace) -> str:
         return effective_status(record)
 
@@ -179,6 +187,14 @@ def open_trace(path: Path) -> _Open:
     except BaseException:
         os.close(fd)
         raise
+
+
+def existing_trace(path: Path, location: str) -> Path | None:
+    """``path`` when it or a rotated part of it exists, else None; never through a
+    symbolic link (WorkflowLinked)."""
+    if is_link(path.parent) or is_link(path):
+        raise WorkflowLinked(path.parent.name, location)
+    return path if path.exists() or rotated_parts(path) else None
 
 
 def is_link(path: Path) -> bool:

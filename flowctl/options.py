@@ -16,7 +16,8 @@ from doeff_flow_core.records import ALL_STATUSES
 from flowctl.errors import UsageError
 from flowctl.source import EMPTY, UNREADABLE
 
-COMMANDS: Final = ("ps", "history", "watch", "prune", "shell")
+COMMANDS: Final = ("ps", "history", "watch", "prune", "export", "shell")
+EXPORT_FORMATS: Final = ("chrome", "otlp", "svg")
 STATUS_CHOICES: Final = (*ALL_STATUSES, EMPTY, UNREADABLE)
 DEFAULT_LAST: Final = 10
 DEFAULT_POLL_INTERVAL: Final = 0.1
@@ -50,6 +51,8 @@ class Request:
     older_than: str | None = None  # prune: a duration as given (7d)
     statuses: str | None = None  # prune --status S,...
     dry_run: bool = False
+    format: str | None = None  # export --format; None: from -o's suffix, else chrome
+    output: str | None = None  # export -o FILE; None: stdout
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,7 +114,9 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
-        description="See where running doeff workflows are: ps, history, watch, prune, shell.",
+        description=(
+            "See where running doeff workflows are: ps, history, watch, prune, export, shell."
+        ),
         epilog="Run without a command on a terminal to open the interactive shell.",
     )
     _add_global_options(parser)
@@ -177,6 +182,29 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     _add_global_options(prune)
 
+    export = commands.add_parser(
+        "export",
+        help="a workflow's timeline as a file: chrome (Perfetto), otlp, svg",
+        description=(
+            "Write the timeline of a workflow (every run in its trace, rotated parts "
+            "included) as Chrome Trace Event JSON for Perfetto or chrome://tracing, "
+            "OTLP/JSON for OpenTelemetry, or a standalone SVG picture of its last run."
+        ),
+    )
+    export.add_argument("workflow_id", metavar="WF")
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="default: from -o's suffix (.svg: svg, .json: chrome), else chrome",
+    )
+    export.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="write FILE (replaced whole at the end, never left half written); '-' or none: stdout",
+    )
+    _add_global_options(export)
+
     shell = commands.add_parser("shell", help="interactive shell with the same commands")
     _add_global_options(shell)
     return parser
@@ -208,4 +236,6 @@ def parse(
         older_than=values.get("older_than"),
         statuses=values.get("statuses"),
         dry_run=values.get("dry_run", False),
+        format=values.get("format"),
+        output=values.get("output"),
     )

@@ -25,7 +25,14 @@ from doeff_flow_core.layout import state_dir
 from flowctl import exitcodes
 from flowctl.commands import COMMANDS, Session, dispatch
 from flowctl.errors import FlowctlError, UsageError
-from flowctl.options import STATUS_CHOICES, GlobalOptions, HelpShown, build_parser, parse
+from flowctl.options import (
+    EXPORT_FORMATS,
+    STATUS_CHOICES,
+    GlobalOptions,
+    HelpShown,
+    build_parser,
+    parse,
+)
 from flowctl.render_box import status_counts
 from flowctl.source import Source
 
@@ -37,8 +44,15 @@ OPTIONS: Final = {
     "ps": ("--status", "--json", "--trace-dir"),
     "history": ("--last", "--follow", "--json", "--trace-dir"),
     "watch": ("--exit-on-complete", "--poll-interval", "--status-only", "--trace-dir"),
+    "export": ("--format", "--output", "--trace-dir"),
 }
-TAKES_WORKFLOW: Final = ("history", "watch")
+TAKES_WORKFLOW: Final = ("history", "watch", "export")
+OUTPUT_OPTIONS: Final = ("-o", "--output")
+# Options followed by a value (not a workflow id).
+VALUED: Final = (
+    *("--last", "--poll-interval", "--status", "--trace-dir", "--socket", "--format"),
+    *OUTPUT_OPTIONS,
+)
 
 
 class Cached:
@@ -66,6 +80,7 @@ class FlowCompleter(Completer):
     def __init__(self, workflow_ids: Callable[[], Iterable[str]]) -> None:
         self._workflow_ids = workflow_ids
         self._paths = PathCompleter(only_directories=True, expanduser=True)
+        self._files = PathCompleter(expanduser=True)
 
     def get_completions(
         self, document: Document, complete_event: CompleteEvent
@@ -82,8 +97,12 @@ class FlowCompleter(Completer):
             yield from _matching(COMMANDS, current)
         elif previous == "--status":
             yield from _matching(STATUS_CHOICES, current)
+        elif previous == "--format":
+            yield from _matching(EXPORT_FORMATS, current)
         elif previous == "--trace-dir":
             yield from self._paths.get_completions(Document(current), complete_event)
+        elif previous in OUTPUT_OPTIONS:
+            yield from self._files.get_completions(Document(current), complete_event)
         elif current.startswith("-"):
             yield from _matching(OPTIONS.get(command, ()), current)
         elif command in TAKES_WORKFLOW and not _has_positional(before[1:]):
@@ -91,12 +110,11 @@ class FlowCompleter(Completer):
 
 
 def _has_positional(words: list[str]) -> bool:
-    valued = ("--last", "--poll-interval", "--status", "--trace-dir", "--socket")
     skip = False
     for word in words:
         if skip:
             skip = False
-        elif word in valued:
+        elif word in VALUED:
             skip = True
         elif not word.startswith("-"):
             return True

@@ -10,6 +10,7 @@ and live views are ``Feed`` objects that are polled, which a socket subscription
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final, Protocol
 
 from doeff_flow_core import LiveTrace, effective_status
@@ -153,6 +154,11 @@ class Source(Protocol):
 
     def history(self, workflow_id: str, last: int) -> History:
         """The last ``last`` records (WorkflowNotFound, TraceUnreadable)."""
+        ...
+
+    def trace_path(self, workflow_id: str) -> Path:
+        """The workflow's ``trace.jsonl``, to be read whole by this process (``export``);
+        WorkflowNotFound when neither it nor a rotated part exists."""
         ...
 
     def status(self, record: LiveTrace) -> str:

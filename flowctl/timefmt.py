@@ -28,3 +28,25 @@ def age(seconds: float) -> str:
 
 def seconds_between(earlier: datetime, later: datetime) -> float:
     return (later - earlier).total_seconds()
+
+
+def _figures(value: float) -> str:
+    """About three significant figures, never an exponent: ``413``, ``2.41``, ``12.5``."""
+    digits = 0 if value >= 99.5 else 1 if value >= 9.95 else 2
+    text = f"{value:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def duration(seconds: float) -> str:
+    """A span of time at a precision that suits it: ``850 µs``, ``413 ms``, ``2.41 s``,
+    ``3 min 05 s``, ``2 h 04 min``."""
+    if seconds < 0.001:
+        return f"{max(seconds, 0) * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{_figures(seconds * 1000)} ms"
+    if seconds < 60:
+        return f"{_figures(seconds)} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"

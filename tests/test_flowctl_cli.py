@@ -15,6 +15,7 @@ import pytest
 from conftest import PROJECT_ROOT, python_command, python_env, run_python, wait_until
 from test_flowctl_support import (
     PROGRAM,
+    assert_one_error_line,
     flowctl,
     json_lines,
     put_trace,
@@ -85,13 +86,6 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def ps(traces: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return flowctl("--trace-dir", traces, "ps", *args)
-
-
-def assert_one_error_line(done: subprocess.CompletedProcess[str], code: int, text: str) -> None:
-    assert done.returncode == code, (done.returncode, done.stderr)
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("flowctl: ") and text in lines[0], done.stderr
-    assert "Traceback" not in done.stderr
 
 
 # -- ps ------------------------------------------------------------------------------------------

@@ -188,13 +188,26 @@ def test_completer() -> None:
         return sorted(c.text for c in found)
 
     assert complete("hi") == ["history"]
-    assert complete("") == ["exit", "help", "history", "prune", "ps", "quit", "shell", "watch"]
+    assert complete("") == [
+        "exit",
+        "export",
+        "help",
+        "history",
+        "prune",
+        "ps",
+        "quit",
+        "shell",
+        "watch",
+    ]
     assert complete("watch wf") == ["wf-001", "wf-002"]
     assert complete("history --last 5 e") == ["etl-1"]
     assert complete("history wf-001 ") == []  # the id is given already
     assert complete("ps --status f") == ["failed"]
     assert complete("watch --e") == ["--exit-on-complete"]
     assert complete("help w") == ["watch"]
+    assert complete("export e") == ["etl-1"]
+    assert complete("export --format s") == ["svg"]
+    assert complete("export -o out.svg w") == ["wf-001", "wf-002"]
 
 
 # -- for real, in a terminal ---------------------------------------------------------------------

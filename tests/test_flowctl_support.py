@@ -132,6 +132,14 @@ def flowctl(
     return run_command(flowctl_command(*args, seed=seed), cwd=cwd, env=env, timeout=timeout)
 
 
+def assert_one_error_line(done: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    """A failure as flowctl reports one: exit ``code``, one ``flowctl:`` line holding ``text``."""
+    assert done.returncode == code, (done.returncode, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flowctl: ") and text in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 

@@ -1,0 +1,147 @@
+"""``flowctl export WF``: a workflow's timeline as Chrome Trace Event JSON, OTLP/JSON or SVG.
+
+The trace is found as ``history`` finds it (the trace directory, or flowd's index when a
+daemon answers) and read whole, rotated parts first, as a stream: records become spans
+(``doeff_flow_core.spans``) and spans become text as they end, so memory stays bounded
+however long the trace. The SVG needs the run's extent before it draws, so its trace is
+read twice, the second time up to the record the first stopped at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Final, TextIO
+
+from doeff_flow_core import LiveTrace
+from doeff_flow_core.otlp import write_export_request
+from doeff_flow_core.reader import NO_VALID_RECORDS, RecordStream
+from doeff_flow_core.spans import WORKFLOW, Span, spans_of
+from flowctl.errors import TraceUnreadable, WorkflowNotFound
+from flowctl.export_chrome import write_chrome
+from flowctl.export_svg import survey, write_svg
+from flowctl.outfile import STDOUT_NAME, replaced_whole
+
+CHROME: Final = "chrome"
+OTLP: Final = "otlp"
+SVG: Final = "svg"
+SUFFIX_FORMATS: Final = {".svg": SVG, ".json": CHROME}
+
+
+def export_format(given: str | None, output: str | None) -> str:
+    """``--format``, else what ``-o``'s suffix says (.svg, .json), else chrome."""
+    if given is not None:
+        return given
+    suffix = os.path.splitext(output or "")[1].lower()
+    return SUFFIX_FORMATS.get(suffix, CHROME)
+
+
+class Trace:
+    """One workflow's records, read afresh by each ``records()``; what the last reading
+    skipped (malformed lines) and whether it ended in a torn line."""
+
+    def __init__(self, workflow_id: str, path: Path) -> None:
+        self.workflow_id = workflow_id
+        self.path = path
+        self.skipped = 0
+        self.torn = False
+        self.count = 0  # records the last reading gave
+
+    def records(self, limit: int | None = None) -> Generator[LiveTrace]:
+        """The records, oldest first; with ``limit``, the first ``limit`` only (a second
+        pass that stops where the first did: what that one skipped is what is kept)."""
+        stream = RecordStream(self.path)
+        self.count = 0
+        try:
+            for record in islice(stream, limit):
+                self.count += 1
+                yield record
+        except FileNotFoundError:
+            raise WorkflowNotFound(self.workflow_id, str(self.path.parent.parent)) from None
+        except OSError as exc:
+            detail = exc.strerror or type(exc).__name__
+            raise TraceUnreadable(self.workflow_id, detail, io_error=True) from None
+        finally:
+            if limit is None:
+                self.skipped, self.torn = stream.skipped, stream.torn
+
+    def check(self) -> None:
+        """TraceUnreadable when the trace holds lines but not one valid record (checked
+        before any output, which reads only as far as the first record)."""
+        reading = self.records()
+        with contextlib.closing(reading):
+            if next(reading, None) is None and (self.skipped or self.torn):
+                raise TraceUnreadable(self.workflow_id, NO_VALID_RECORDS)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What an export wrote, for ``--verbose``."""
+
+    spans: int
+    runs: int
+    note: str = ""
+
+
+def _chrome(trace: Trace, out: TextIO) -> Written:
+    writer = write_chrome(spans_of(trace.records()), out)
+    return Written(writer.spans, writer.runs)
+
+
+def _otlp(trace: Trace, out: TextIO) -> Written:
+    runs = 0
+
+    def counted(spans: Iterable[Span]) -> Iterator[Span]:
+        nonlocal runs
+        for span in spans:
+            runs += span.kind == WORKFLOW  # a run's workflow span is its last
+            yield span
+
+    return Written(write_export_request(counted(spans_of(trace.records())), out), runs)
+
+
+def _svg(trace: Trace, out: TextIO) -> Written:
+    plan = survey(spans_of(trace.records()))
+    stats = write_svg(plan, trace.workflow_id, spans_of(trace.records(trace.count)), out)
+    runs = plan.runs if plan else 0
+    note = "the last run drawn" if runs > 1 else ""
+    if stats.narrow:
+        note += f"{'; ' if note else ''}{stats.narrow} calls too narrow to draw"
+    return Written(stats.drawn, runs, note)
+
+
+WRITERS: Final[dict[str, Callable[[Trace, TextIO], Written]]] = {
+    CHROME: _chrome,
+    OTLP: _otlp,
+    SVG: _svg,
+}
+
+
+def export(trace: Trace, fmt: str, output: str | None, stdout: TextIO) -> Written:
+    """Write ``trace`` as ``fmt`` to ``output`` (replaced whole) or to ``stdout``."""
+    trace.check()
+    write = WRITERS[fmt]
+    if output is None or output == STDOUT_NAME:
+        written = write(trace, stdout)
+        stdout.flush()
+        return written
+    with replaced_whole(output) as handle:
+        return write(trace, handle)
+
+
+def report(trace: Trace, fmt: str, output: str | None, written: Written) -> str:
+    """One line for ``--verbose``: what was written where, and what was passed over."""
+    where = "stdout" if output in (None, STDOUT_NAME) else output
+    runs = f"{written.runs} run{'' if written.runs == 1 else 's'}"
+    line = f"{trace.workflow_id}: {written.spans} spans of {runs} as {fmt} to {where}"
+    if written.note:
+        line += f" ({written.note})"
+    if trace.skipped:
+        line += f"; {trace.skipped} malformed line{'' if trace.skipped == 1 else 's'} skipped"
+    if trace.torn:
+        line += "; a torn last line left out"
+    return line

@@ -1,0 +1,390 @@
+"""A standalone SVG timeline of a workflow's last run: spans in, text out.
+
+Two passes over the same spans keep memory bounded however long the trace (the caller
+reads it twice): ``survey`` learns the last run's time range, its lanes (one per task,
+the root first) and how deep each goes; ``write_svg`` then draws each span as it comes.
+Only the last run is drawn (a re-run appended to the trace is what one looks at; the
+subtitle counts the others, and ``--format chrome`` shows every run).
+
+Calls are bars nested by depth under the workflow's own bar, labelled with the function
+(cut to the bar's width), with a tooltip; slog lines are blue diamonds, the error a red
+cross; failed calls are red, calls no record ended (a run still going, or lost) hatched.
+Bars narrower than half a pixel are left out, and markers closer than two pixels in a
+row merged, so the file stays small whatever the trace: an XML comment counts them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, TextIO
+from xml.sax.saxutils import escape
+
+from doeff_flow_core.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
+from flowctl.escape import safe, safe_clip
+from flowctl.export_chrome import slog_fields, thread_name
+from flowctl.timeaxis import tick_label, ticks
+from flowctl.timefmt import duration
+
+WIDTH: Final = 1200
+LEFT: Final = 96  # lane names
+RIGHT: Final = 40  # room for the last tick's label
+PLOT: Final = WIDTH - LEFT - RIGHT
+ROW: Final = 18
+BAR: Final = 14
+LANE_PAD: Final = 5
+CHAR_WIDTH: Final = 7.0  # 11px monospace is about 6.6px a character; a little spare
+MIN_BAR: Final = 0.5  # pixels
+MARKER_CELL: Final = 2  # pixels: one marker per cell of a row
+MAX_LANES: Final = 100
+MAX_TICKS: Final = 10
+MAX_TITLE_CHARS: Final = 150
+PALETTE: Final = 5  # depth colours, repeating below depth 5
+
+STYLE: Final = """
+text{font:11px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;fill:#1f2328}
+.title{font-size:15px;font-weight:bold}.sub,.tick,.key{fill:#57606a}.tick{font-size:10px}
+.errtext{fill:#cf222e}.grid{stroke:#d0d7de;stroke-width:.5}
+.band0{fill:#f6f8fa}.band1{fill:#fff}.lname{font-weight:bold}
+.c rect{stroke:#57606a;stroke-width:.5}
+.d0 rect{fill:#d0d7de}.d1 rect{fill:#9ecae1}.d2 rect{fill:#a1d99b}.d3 rect{fill:#fdd49e}
+.d4 rect{fill:#cbc9e2}.d5 rect{fill:#99d8c9}
+.c.err rect{fill:#ff8182;stroke:#cf222e}
+.c.inc rect{fill:url(#hatch);stroke:#6e7781;stroke-dasharray:3 2}
+.slog{fill:#0969da;stroke:#fff;stroke-width:.5}.exc{stroke:#cf222e;stroke-width:2}
+"""
+DEFS: Final = (
+    '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse"'
+    ' patternTransform="rotate(45)"><rect width="6" height="6" fill="#eaeef2"/>'
+    '<line x1="0" y1="0" x2="0" y2="6" stroke="#8c959f" stroke-width="2"/></pattern></defs>'
+)
+_NOT_XML: Final = re.compile("[\ufffe\uffff]")  # the characters XML forbids that safe() keeps
+_STATUS_WORDS: Final = {
+    OK: "completed",
+    ERROR: "failed",
+    INCOMPLETE: "incomplete: no terminal record (still running, or lost)",
+}
+
+
+def text(value: str) -> str:
+    """Untrusted text as XML character data: escaped, nothing that acts on a reader."""
+    return escape(_NOT_XML.sub(lambda m: f"\\u{ord(m.group()):04x}", safe(value)))
+
+
+def clipped(value: str, limit: int) -> str:
+    return text(safe_clip(value, limit))
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One task's lane: the depths drawn in it, ``top`` (the root lane's 0 is the
+    workflow's own bar) to ``bottom``."""
+
+    task: int | None
+    top: int
+    bottom: int
+
+    @property
+    def rows(self) -> int:
+        return self.bottom - self.top + 1
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What the first pass learned about the run to draw (the trace's last)."""
+
+    workflow_id: str
+    run: str
+    runs: int
+    start: float
+    end: float
+    status: str
+    error: str | None
+    lanes: tuple[Lane, ...]
+    calls: int
+    tasks_left_out: int = 0
+
+    @property
+    def total(self) -> float:
+        return max(self.end - self.start, 1e-6)
+
+
+class _Surveyor:
+    def __init__(self) -> None:
+        self.runs = 0
+        self.calls = 0
+        self.depths: dict[int | None, tuple[int, int]] = {}
+        self.last: Survey | None = None
+
+    def add(self, span: Span) -> None:
+        if span.kind != WORKFLOW:
+            self.calls += 1
+            low, high = self.depths.get(span.task, (span.depth, span.depth))
+            self.depths[span.task] = (min(low, span.depth), max(high, span.depth))
+            return
+        self.runs += 1  # a run's workflow span is its last
+        root_bottom = self.depths.pop(None, (0, 0))[1]
+        tasks = sorted(task for task in self.depths if task is not None)
+        lanes = [Lane(None, 0, root_bottom)]
+        lanes += [Lane(task, *self.depths[task]) for task in tasks[: MAX_LANES - 1]]
+        self.last = Survey(
+            workflow_id=span.workflow_id,
+            run=span.run,
+            runs=self.runs,
+            start=span.start,
+            end=span.end,
+            status=span.status,
+            error=span.error,
+            lanes=tuple(lanes),
+            calls=self.calls,
+            tasks_left_out=max(len(tasks) - (MAX_LANES - 1), 0),
+        )
+        self.calls = 0
+        self.depths.clear()
+
+
+def survey(spans: Iterable[Span]) -> Survey | None:
+    """The first pass: the last run's shape (None when there is no run at all)."""
+    surveyor = _Surveyor()
+    for span in spans:
+        surveyor.add(span)
+    return surveyor.last
+
+
+@dataclass(frozen=True)
+class SvgStats:
+    drawn: int
+    narrow: int  # bars narrower than MIN_BAR, left out
+    merged: int  # markers that fell on a cell already marked
+
+
+class _Canvas:
+    """Pixels for one survey: where each lane and row lies, where a time falls."""
+
+    def __init__(self, plan: Survey, top: float) -> None:
+        self.plan = plan
+        self.scale = PLOT / plan.total
+        self.lane_top: dict[int | None, float] = {}
+        y = top
+        for lane in plan.lanes:
+            self.lane_top[lane.task] = y
+            y += lane.rows * ROW + 2 * LANE_PAD
+        self.bottom = y
+        self.lanes = {lane.task: lane for lane in plan.lanes}
+
+    def x(self, time: float) -> float:
+        offset = min(max(time - self.plan.start, 0.0), self.plan.total)
+        return LEFT + offset * self.scale
+
+    def row_top(self, span: Span) -> float | None:
+        lane = self.lanes.get(span.task)
+        if lane is None or not lane.top <= span.depth <= lane.bottom:
+            return None  # a task or depth the first pass did not see
+        return self.lane_top[span.task] + LANE_PAD + (span.depth - lane.top) * ROW
+
+
+def _tooltip(span: Span) -> str:
+    lines = [span.name if span.kind != WORKFLOW else f"workflow {span.workflow_id}"]
+    if span.file is not None:
+        lines.append(f"{os.path.basename(span.file) or span.file}:{span.line}")
+    steps = f"step {span.first_step}"
+    if span.last_step != span.first_step:
+        steps = f"steps {span.first_step}-{span.last_step}"
+    lines.append(f"{duration(span.end - span.start)} · {steps} · {thread_name(span.task)}")
+    if span.status == ERROR:
+        lines.append(f"failed: {span.error or '-'}")
+    elif span.status == INCOMPLETE:
+        lines.append("incomplete: no record ended it")
+    return "\n".join(clipped(line, 300) for line in lines)
+
+
+class SvgWriter:
+    """The second pass: the picture of ``plan``'s run, written as its spans arrive."""
+
+    def __init__(self, plan: Survey | None, workflow_id: str, out: TextIO) -> None:
+        self._plan = plan
+        self._workflow_id = workflow_id
+        self._out = out
+        self._runs_seen = 0
+        self._cells: set[tuple[int, int]] = set()
+        self.drawn = 0
+        self.narrow = 0
+        self.merged = 0
+        self._canvas: _Canvas | None = None
+
+    def begin(self) -> None:
+        plan = self._plan
+        heading = self._heading()
+        axis_top = 28 + 18 * len(heading)
+        lanes_top = axis_top + 16
+        canvas = _Canvas(plan, lanes_top) if plan is not None else None
+        self._canvas = canvas
+        bottom = canvas.bottom if canvas is not None else lanes_top
+        height = round(bottom + 40)
+        write = self._out.write
+        write(
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}"'
+            f' viewBox="0 0 {WIDTH} {height}">\n'
+        )
+        write(f"<style>{STYLE}</style>\n{DEFS}\n")
+        write(f'<rect width="{WIDTH}" height="{height}" fill="#fff"/>\n')
+        for index, (css, line) in enumerate(heading):
+            write(f'<text class="{css}" x="12" y="{22 + 18 * index}">{line}</text>\n')
+        self._legend(bottom + 26)
+        if canvas is not None:
+            self._lanes(canvas, axis_top)
+            write('<g class="spans">\n')
+
+    def _heading(self) -> list[tuple[str, str]]:
+        plan = self._plan
+        if plan is None:
+            return [("title", f"{clipped(self._workflow_id, 80)} · no records")]
+        status = _STATUS_WORDS.get(plan.status, plan.status)
+        title = f"{clipped(plan.workflow_id, 80)} · {text(status)} · {duration(plan.total)}"
+        started = datetime.fromtimestamp(plan.start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        which = f"run {plan.run}" if plan.run else "run"
+        if plan.runs > 1:
+            which += f" (the last of {plan.runs} runs)"
+        tasks = len(plan.lanes) + plan.tasks_left_out
+        sub = (
+            f"{clipped(which, 80)} · started {started} · {plan.calls} call"
+            f"{'' if plan.calls == 1 else 's'} in {tasks} task{'' if tasks == 1 else 's'}"
+        )
+        if plan.tasks_left_out:
+            sub += f" ({plan.tasks_left_out} not drawn)"
+        heading = [("title", title), ("sub", sub)]
+        if plan.error:
+            heading.append(("errtext", clipped(plan.error, MAX_TITLE_CHARS)))
+        return heading
+
+    def _lanes(self, canvas: _Canvas, axis_top: float) -> None:
+        write = self._out.write
+        plan = canvas.plan
+        for index, lane in enumerate(plan.lanes):
+            y = canvas.lane_top[lane.task]
+            height = lane.rows * ROW + 2 * LANE_PAD
+            write(
+                f'<g class="lane"><rect class="band{index % 2}" x="0" y="{y:.1f}"'
+                f' width="{WIDTH}" height="{height}"/><text class="lname" x="12"'
+                f' y="{y + LANE_PAD + 11:.1f}">{thread_name(lane.task)}</text></g>\n'
+            )
+        for offset in ticks(plan.total, MAX_TICKS):
+            x = LEFT + offset * canvas.scale
+            write(
+                f'<line class="grid" x1="{x:.1f}" y1="{axis_top + 4}" x2="{x:.1f}"'
+                f' y2="{canvas.bottom:.1f}"/><text class="tick" x="{x:.1f}" y="{axis_top}"'
+                f' text-anchor="middle">{tick_label(offset, plan.total)}</text>\n'
+            )
+
+    def _legend(self, y: float) -> None:
+        items = (
+            ('<g class="c d1"><rect x="{x}" y="{top}" width="22" height="10"/></g>', "call"),
+            ('<g class="c err"><rect x="{x}" y="{top}" width="22" height="10"/></g>', "failed"),
+            (
+                '<g class="c inc"><rect x="{x}" y="{top}" width="22" height="10"/></g>',
+                "no end recorded",
+            ),
+            ('<path class="slog" d="{diamond}"/>', "slog"),
+            ('<path class="exc" d="{cross}"/>', "error"),
+        )
+        x = 12
+        for shape, label in items:
+            centre = x + 11
+            self._out.write(
+                shape.format(
+                    x=x,
+                    top=y - 9,
+                    diamond=_diamond(centre, y - 4),
+                    cross=_cross(centre, y - 4),
+                )
+                + f'<text class="key" x="{x + 28}" y="{y}">{label}</text>\n'
+            )
+            x += 28 + 7 * len(label) + 24
+
+    def add(self, span: Span) -> None:
+        canvas = self._canvas
+        in_run = self._runs_seen == (self._plan.runs - 1 if self._plan else -1)
+        if span.kind == WORKFLOW:
+            self._runs_seen += 1
+        if canvas is None or not in_run:
+            return
+        top = canvas.row_top(span)
+        if top is None:
+            self.narrow += 1
+            return
+        self._bar(canvas, span, top)
+        for event in span.events:
+            if event.kind not in (SLOG, EXCEPTION):
+                continue
+            x = canvas.x(event.time)
+            cell = (round(top), int(x // MARKER_CELL))
+            if cell in self._cells:
+                self.merged += 1
+                continue
+            self._cells.add(cell)
+            if event.kind == SLOG:
+                fields = " ".join(f"{key}={value}" for key, value in slog_fields(event).items())
+                tip = clipped(f"{event.name} {fields}".strip(), 300)
+                shape = f'<path class="slog" d="{_diamond(x, top + BAR)}">'
+            else:
+                kind = event.attributes.get("exception.type", "error")
+                message = event.attributes.get("exception.message", "")
+                tip = clipped(f"{kind}: {message}", 300)
+                shape = f'<path class="exc" d="{_cross(x, top + BAR / 2)}">'
+            self._out.write(f"{shape}<title>{tip}</title></path>\n")
+
+    def _bar(self, canvas: _Canvas, span: Span, top: float) -> None:
+        left, right = canvas.x(span.start), canvas.x(span.end)
+        width = right - left
+        if width < MIN_BAR:
+            self.narrow += 1
+            return
+        self.drawn += 1
+        css = f"c d{(span.depth - 1) % PALETTE + 1 if span.depth else 0}"
+        css += " err" if span.status == ERROR else " inc" if span.status == INCOMPLETE else ""
+        label = ""
+        fits = int((width - 6) / CHAR_WIDTH)
+        if fits >= 2:
+            label = f'<text x="{left + 3:.1f}" y="{top + 11:.1f}">{clipped(span.name, fits)}</text>'
+        self._out.write(
+            f'<g class="{css}"><title>{_tooltip(span)}</title><rect x="{left:.1f}"'
+            f' y="{top:.1f}" width="{width:.1f}" height="{BAR}" rx="2"/>{label}</g>\n'
+        )
+
+    def end(self) -> None:
+        write = self._out.write
+        if self._canvas is not None:
+            write("</g>\n")
+        write(
+            f"<!-- {self.drawn} calls drawn; {self.narrow} left out (narrower than half a"
+            f" pixel, or in a task not drawn); {self.merged} markers merged into"
+            " their neighbours -->\n</svg>\n"
+        )
+
+    def stats(self) -> SvgStats:
+        return SvgStats(self.drawn, self.narrow, self.merged)
+
+
+def _diamond(x: float, y: float, radius: float = 3.5) -> str:
+    return f"M{x:.1f},{y - radius:.1f}l{radius},{radius}l-{radius},{radius}l-{radius},-{radius}z"
+
+
+def _cross(x: float, y: float, radius: float = 3.5) -> str:
+    size = 2 * radius
+    return f"M{x - radius:.1f},{y - radius:.1f}l{size},{size}m0,-{size}l-{size},{size}"
+
+
+def write_svg(
+    plan: Survey | None, workflow_id: str, spans: Iterable[Span], out: TextIO
+) -> SvgStats:
+    """The second pass: draws the run ``plan`` describes from ``spans`` (the same spans
+    the first pass saw) on ``out``."""
+    writer = SvgWriter(plan, workflow_id, out)
+    writer.begin()
+    for span in spans:
+        writer.add(span)
+    writer.end()
+    return writer.stats()
