@@ -1,11 +1,12 @@
 """The ``flowd`` command: options, logging, startup and shutdown.
 
 flowd [--socket PATH] [--root DIR ...] [--log-level L] [--watcher auto|inotify|poll]
-      [--stall-timeout S]
+      [--stall-timeout S] [--otlp-endpoint URL [--otlp-header K=V ...]]
 
 Logs one line per event to stderr. SIGTERM (or SIGINT) stops it: STOPPING=1 to systemd,
-the socket file removed (unless systemd owns it), exit 0. A failure to start is one
-line on stderr and exit 1.
+the socket file removed (unless systemd owns it), the spans queued for the collector
+sent (for up to a few seconds), exit 0. A failure to start is one line on stderr and
+exit 1; wrong OpenTelemetry settings are not: flowd serves on, exporting nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import resource
 import signal
 import socket
 import sys
+from argparse import SUPPRESS
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
@@ -29,9 +31,11 @@ from anyio import CancelScope
 from doeff_flow_core.layout import default_socket_path
 from flowd.daemon import Daemon
 from flowd.errors import StartupError
+from flowd.exporter import TIMEOUT, Exporter, exporter_from
 from flowd.outbox import STALL_SECONDS
 from flowd.rpc import RpcInterface, version
 from flowd.server import Server, bind_socket, remove_socket, socket_inode
+from flowd.span_queue import QUEUE_LIMIT
 from flowd.systemd import Notifier, inherited_socket, watchdog_interval
 
 OK: Final = 0
@@ -81,8 +85,33 @@ def parser() -> argparse.ArgumentParser:
         help="cut off a client that reads nothing for S seconds while records wait for it "
         f"(default {STALL_SECONDS:g})",
     )
+    p.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="send finished spans to this OpenTelemetry collector (OTLP/HTTP, JSON); "
+        "a URL with no path gets /v1/traces (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+        "else $OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, else no export)",
+    )
+    p.add_argument(
+        "--otlp-header",
+        metavar="K=V",
+        action="append",
+        default=[],
+        help="an HTTP header for the collector, e.g. an API key (repeatable; added to "
+        "$OTEL_EXPORTER_OTLP_HEADERS)",
+    )
+    # limits for tests, not for users
+    p.add_argument("--otlp-queue", type=_positive_int, default=QUEUE_LIMIT, help=SUPPRESS)
+    p.add_argument("--otlp-timeout", type=float, default=TIMEOUT, help=SUPPRESS)
     p.add_argument("--version", action="version", version=f"flowd {version()}")
     return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def configure_logging(level: str) -> None:
@@ -151,34 +180,55 @@ async def serve(args: argparse.Namespace) -> int:
         log.info("listening on %s", path)
     else:
         log.info("listening on the inherited socket %s", _name(sock))
-    daemon = Daemon(args.root, args.watcher)
-    try:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with anyio.create_task_group() as group:
-                group.start_soon(_stop_on_signal, signals, notifier, group.cancel_scope)
-                await daemon.load()
-                # the index is mostly long-lived and acyclic: keep the collector off it
-                gc.freeze()
-                server = Server(RpcInterface(daemon), daemon.hub, args.stall_timeout)
-                group.start_soon(server.serve, sock)
-                group.start_soon(daemon.run)
-                interval = watchdog_interval()
-                if interval is not None and notifier.enabled:
-                    group.start_soon(_watchdog, notifier, interval)
-                notifier.notify("READY=1")
-                log.info(
-                    "ready: %d workflows under %d roots (pid %d, %s)",
-                    len(daemon.index),
-                    len(daemon.index.roots),
-                    os.getpid(),
-                    daemon.watcher,
-                )
-    finally:
-        if path is not None:
-            remove_socket(path, inode)
-        daemon.close()
+    otlp = exporter_from(
+        args.otlp_endpoint, args.otlp_header, os.environ, args.otlp_queue, args.otlp_timeout
+    )
+    daemon = Daemon(args.root, args.watcher, otlp.feed if otlp is not None else None)
+    # the exporter outlives the daemon's tasks: it sends what is queued once they stopped
+    async with anyio.create_task_group() as exporting:
+        if otlp is not None:
+            exporting.start_soon(otlp.run)
+        try:
+            await _serve(daemon, sock, notifier, args.stall_timeout, otlp)
+        finally:
+            if path is not None:
+                remove_socket(path, inode)
+            daemon.close()
+        if otlp is not None:
+            await otlp.close()
+        exporting.cancel_scope.cancel()
     log.info("stopped")
     return OK
+
+
+async def _serve(
+    daemon: Daemon,
+    sock: socket.socket,
+    notifier: Notifier,
+    stall_timeout: float,
+    otlp: Exporter | None,
+) -> None:
+    """Index, answer and keep the index current until SIGTERM or SIGINT."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as group:
+            group.start_soon(_stop_on_signal, signals, notifier, group.cancel_scope)
+            await daemon.load()
+            # the index is mostly long-lived and acyclic: keep the collector off it
+            gc.freeze()
+            server = Server(RpcInterface(daemon, otlp), daemon.hub, stall_timeout)
+            group.start_soon(server.serve, sock)
+            group.start_soon(daemon.run)
+            interval = watchdog_interval()
+            if interval is not None and notifier.enabled:
+                group.start_soon(_watchdog, notifier, interval)
+            notifier.notify("READY=1")
+            log.info(
+                "ready: %d workflows under %d roots (pid %d, %s)",
+                len(daemon.index),
+                len(daemon.index.roots),
+                os.getpid(),
+                daemon.watcher,
+            )
 
 
 async def _stop_on_signal(

@@ -34,6 +34,7 @@ from flowd.discovery import (
 )
 from flowd.errors import WatcherUnavailable
 from flowd.index import Entry, Index, Root, Update, workflow_names
+from flowd.span_feed import SpanFeed
 from flowd.subscriptions import Hub
 from flowd.traces import ident_of
 from flowd.watching import (
@@ -70,9 +71,12 @@ Target = Root | Entry
 
 
 class Daemon:
-    def __init__(self, roots: Iterable[str] = (), watcher: str = "auto") -> None:
+    def __init__(
+        self, roots: Iterable[str] = (), watcher: str = "auto", spans: SpanFeed | None = None
+    ) -> None:
         self.index = Index()
         self.hub = Hub(self.index)
+        self.spans = spans  # every update also goes there when spans are exported
         self.started = time.monotonic()
         self._arguments = [root_path(path) for path in roots]
         self._registry = RegistryWatch()
@@ -220,6 +224,8 @@ class Daemon:
             self._forget(entry)
 
     def _forget(self, entry: Entry) -> None:
+        if self.spans is not None:
+            self.spans.forget(entry)
         self._unwatch(entry)
         self._schedule.cancel(entry)
         self._dirty.pop(entry, None)
@@ -253,6 +259,11 @@ class Daemon:
 
     def _publish(self, update: Update) -> None:
         self.hub.publish(update)
+        if self.spans is not None:
+            with _guard(f"{update.entry.path}: spans"):
+                self.spans.feed(update)
+        for line in update.lines:
+            line.record = None  # handed on: the index keeps only bytes
 
     # -- inotify ----------------------------------------------------------------------
 

@@ -150,3 +150,33 @@ class BadInheritedSocket(StartupError):
 class WatcherUnavailable(StartupError):
     def __init__(self, error: OSError) -> None:
         super().__init__(f"--watcher inotify: {error.strerror or error}")
+
+
+class OtlpSettingError(Exception):
+    """The OpenTelemetry export is misconfigured: flowd serves on, exporting nothing.
+
+    ``endpoint`` is the URL as given (None when there is none), for ``ping`` and ``stats``.
+    """
+
+    def __init__(self, message: str, endpoint: str | None) -> None:
+        self.endpoint = endpoint
+        super().__init__(message)
+
+
+class InvalidOtlpEndpoint(OtlpSettingError):
+    def __init__(self, url: str, source: str, reason: str) -> None:
+        super().__init__(f"{source} {url!r} is not a usable URL: {reason}", url)
+
+
+class InvalidOtlpHeader(OtlpSettingError):
+    def __init__(self, name: str | None, source: str, reason: str, endpoint: str | None) -> None:
+        # a header's value may be a secret: only its name is repeated, when it has one
+        which = f"header {name[:100]!r}" if name is not None else "a header"
+        super().__init__(f"{source}: {which}: {reason}", endpoint)
+
+
+class OtlpHeaderWithoutEndpoint(OtlpSettingError):
+    def __init__(self) -> None:
+        super().__init__(
+            "--otlp-header given without --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT)", None
+        )

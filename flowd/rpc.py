@@ -39,6 +39,7 @@ from flowd.errors import (
     UnknownSubscription,
     UnknownWorkflow,
 )
+from flowd.exporter import Exporter
 from flowd.index import Entry, Liveness
 from flowd.protocol import RawJson, error_message, parse_request, result_message
 from flowd.subscriptions import After, Session, Subscription
@@ -146,8 +147,9 @@ class Params:
 
 
 class RpcInterface:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, otlp: Exporter | None = None) -> None:
         self._daemon = daemon
+        self._otlp = otlp
         self._subscriptions = 0
         self._methods: dict[str, Method] = {
             "ping": self.ping,
@@ -158,6 +160,7 @@ class RpcInterface:
             "unwatch": self.unwatch,
             "roots.list": self.roots_list,
             "roots.add": self.roots_add,
+            "stats": self.stats,
         }
 
     async def handle_line(self, client: Client, line: bytes) -> None:
@@ -201,13 +204,16 @@ class RpcInterface:
     async def ping(self, call: Call) -> Any:
         Params(call)
         daemon = self._daemon
-        return {
+        answer: dict[str, Any] = {
             "version": version(),
             "pid": os.getpid(),
             "uptime": round(time.monotonic() - daemon.started, 3),
             "workflows": len(daemon.index),
             "roots": len(daemon.index.roots),
         }
+        if self._otlp is not None:  # only when exporting is configured
+            answer["otlp"] = self._otlp.stats()
+        return answer
 
     async def ps(self, call: Call) -> Any:
         params = Params(call, "status", "root")
@@ -289,6 +295,10 @@ class RpcInterface:
             raise NotADirectory(path, detail)
         added = await self._daemon.add_rpc_root(path)
         return {"path": path, "added": added}
+
+    async def stats(self, call: Call) -> Any:
+        Params(call)
+        return {"otlp": None if self._otlp is None else self._otlp.stats()}
 
     def _entry(self, params: Params) -> Entry:
         workflow_id = params.workflow_id(required=True)

@@ -44,7 +44,11 @@ Position = tuple[FileIdent, int]  # a file of the chain and an offset in it
 
 
 class Line:
-    """One record: its stored bytes and the fields flowd indexes."""
+    """One record: its stored bytes and the fields flowd indexes.
+
+    ``record`` is the parsed record until the daemon has handed the line on (to the span
+    exporter); then it is dropped, so the index keeps only bytes.
+    """
 
     __slots__ = (
         "end",
@@ -53,6 +57,7 @@ class Line:
         "pid",
         "pid_start",
         "raw",
+        "record",
         "run",
         "start",
         "status",
@@ -64,6 +69,7 @@ class Line:
         self, raw: bytes, record: LiveTrace, start: int, end: int, ident: FileIdent | None = None
     ) -> None:
         self.raw = raw
+        self.record: LiveTrace | None = record
         self.ident = ident  # the file it was read from (None: not said)
         self.start = start  # file offset of this line's first byte
         self.end = end  # file offset just after this line's newline

@@ -220,6 +220,7 @@ class Flowd:
         self.state = state
         self.log_path = self.dir / "flowd.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop
+        self._final_log: str | None = None  # the log once its directory is removed
         extra = {"XDG_STATE_HOME": str(state), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flowd", "--socket", str(self.socket), *map(str, args)],
@@ -251,6 +252,8 @@ class Flowd:
         return Client(self.socket)
 
     def log(self) -> str:
+        if self._final_log is not None:
+            return self._final_log
         return self.log_path.read_text(errors="replace")
 
     def rss_kib(self) -> int:
@@ -276,6 +279,7 @@ class Flowd:
 
     def cleanup(self) -> None:
         self.stop()
+        self._final_log = self.log()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

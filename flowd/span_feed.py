@@ -1,0 +1,208 @@
+"""Spans from the records flowd reads: one ``SpanBuilder`` per workflow with a run open.
+
+``SpanFeed.feed`` gets every ``Update`` the index reads, on the event loop, and hands the
+spans each new record ended to ``emit`` (records as the index parsed them: nothing is
+parsed twice). A builder exists only while a run is open and holds only that run's open
+calls.
+
+flowd exports what ends while it runs. A trace found already written (flowd starting, a
+root added) comes as its latest record only; when that record says the run is still
+going, the run's open calls are rebuilt by replaying its records from the file
+(``rebuild``, in a worker thread: ``request`` asks for it), so the spans that end later
+have their true start times and the ids ``flowctl export`` gives them, and the spans that
+ended before are not emitted. Records read meanwhile wait for the rebuild (past
+MAX_WAITING the oldest are let go: the rebuild read those from the file). A run met in
+its middle with no way to rebuild it (its start rotated away, its writer gone) is
+skipped: spans numbered from its middle would take other spans' ids.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from doeff_flow_core.errors import MalformedRecord
+from doeff_flow_core.reader import RecordStream
+from doeff_flow_core.records import LOST, RUNNING, LiveTrace
+from doeff_flow_core.spans import Span, SpanBuilder
+from flowd.index import Entry, Liveness, Update
+from flowd.protocol import loads
+from flowd.traces import Line
+
+MAX_WAITING: Final = 10_000  # records kept while a run is rebuilt
+WHOLE_RUN: Final = sys.maxsize  # as a step: every record of the run
+FIRST_STEP: Final = 1  # a run's first record (the writer counts from 1)
+CHECK_EVERY: Final = 1024  # records replayed between two looks at cancellation
+
+After = tuple[str | None, int]  # records of this run up to this step are not fed
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A run to rebuild: ``step`` is where flowd found it (spans ended by then are old)."""
+
+    entry: Entry
+    path: str
+    run: str | None
+    step: int
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """A run replayed: its open calls (None when it ended, or could not be rebuilt), the
+    spans that ended after the step it was found at (at most ``most``; ``dropped`` more),
+    and the last step read."""
+
+    builder: SpanBuilder | None
+    spans: tuple[Span, ...] = ()
+    dropped: int = 0
+    last_step: int = WHOLE_RUN
+
+
+def rebuild(replay: Replay, most: int, check: Callable[[], object] = lambda: None) -> Rebuilt:
+    """Replay the run's records from its trace (blocking: call it in a worker thread;
+    ``check`` is called now and then, and may raise to stop it)."""
+    builder = SpanBuilder()
+    ended: deque[Span] = deque(maxlen=most)
+    total = 0
+    last: int | None = None
+    for count, record in enumerate(RecordStream(replay.path)):
+        if count % CHECK_EVERY == 0:
+            check()
+        if record.run != replay.run:
+            if last is not None:
+                break  # a later run: the index reads it
+            continue
+        if last is None and record.step > FIRST_STEP:
+            return Rebuilt(None)  # its start is gone (rotated away): skip the run
+        spans = builder.add(record)
+        if record.step > replay.step:
+            ended.extend(spans)
+            total += len(spans)
+        last = record.step
+        if record.status != RUNNING:
+            return Rebuilt(None, tuple(ended), total - len(ended), last)
+    if last is None:
+        return Rebuilt(None)
+    return Rebuilt(builder, tuple(ended), total - len(ended), last)
+
+
+class _Follow:
+    """One workflow's state: the open run's builder, records to leave out, a rebuild."""
+
+    __slots__ = ("after", "builder", "replay", "run", "waiting")
+
+    def __init__(self) -> None:
+        self.builder: SpanBuilder | None = None
+        self.run: str | None = None  # the builder's run
+        self.after: After | None = None
+        self.replay: Replay | None = None
+        self.waiting: deque[Line] | None = None  # records read while the run is rebuilt
+
+    @property
+    def idle(self) -> bool:
+        return self.builder is None and self.after is None and self.replay is None
+
+    def seen(self, line: Line) -> bool:
+        """True for a record to leave out; the first one after them ends the filter."""
+        if self.after is None:
+            return False
+        run, step = self.after
+        if line.run == run and line.step <= step:
+            return True
+        self.after = None
+        return False
+
+
+class SpanFeed:
+    def __init__(self, emit: Callable[[list[Span]], None], request: Callable[[Replay], None]):
+        self._emit = emit
+        self._request = request
+        self._follows: dict[Entry, _Follow] = {}
+
+    def __len__(self) -> int:
+        """Workflows followed (a run open, being rebuilt, or being skipped)."""
+        return len(self._follows)
+
+    def feed(self, update: Update) -> None:
+        entry = update.entry
+        if update.reset:  # read again from its start: what was open there is gone
+            self._follows.pop(entry, None)
+        if not update.complete:  # only its latest record: a trace met mid-way
+            if update.lines:
+                self._found(entry, update.lines[-1])
+            return
+        follow = self._follows.get(entry)
+        if follow is not None and follow.waiting is not None:
+            follow.waiting.extend(update.lines)
+            return
+        self._take(entry, follow or _Follow(), update.lines)
+
+    def forget(self, entry: Entry) -> None:
+        self._follows.pop(entry, None)
+
+    def rebuilt(self, replay: Replay, result: Rebuilt | None) -> None:
+        """A rebuild ended (None: it failed, and the run is skipped)."""
+        follow = self._follows.get(replay.entry)
+        if follow is None or follow.replay is not replay:
+            return  # forgotten, or read again from its start, meanwhile
+        waiting = follow.waiting or ()
+        follow.replay = follow.waiting = None
+        if result is None:
+            follow.after = (replay.run, WHOLE_RUN)
+        else:
+            follow.after = (replay.run, result.last_step)
+            follow.builder, follow.run = result.builder, replay.run
+            if result.spans:
+                self._emit(list(result.spans))
+        self._take(replay.entry, follow, waiting)
+
+    def _found(self, entry: Entry, latest: Line) -> None:
+        if latest.status != RUNNING:
+            return  # ended: its next run starts from its first record
+        follow = self._follows[entry] = _Follow()
+        if Liveness().status(latest) == LOST:
+            follow.after = (latest.run, WHOLE_RUN)  # its writer is gone
+            return
+        follow.replay = Replay(entry, entry.path, latest.run, latest.step)
+        follow.waiting = deque(maxlen=MAX_WAITING)
+        self._request(follow.replay)
+
+    def _take(self, entry: Entry, follow: _Follow, lines: Iterable[Line]) -> None:
+        for line in lines:
+            if follow.seen(line):
+                continue
+            record = _record(line)
+            if record is None:
+                continue
+            if follow.builder is None or record.run != follow.run:
+                if follow.builder is not None:  # the run before never ended (writer killed)
+                    self._emit(follow.builder.close())
+                    follow.builder = None
+                if record.step > FIRST_STEP:  # met in its middle: skip it
+                    follow.after = (record.run, WHOLE_RUN)
+                    continue
+                follow.builder, follow.run = SpanBuilder(), record.run
+            spans = follow.builder.add(record)
+            if spans:
+                self._emit(spans)
+            if record.status != RUNNING:
+                follow.builder = None
+        if follow.idle:
+            self._follows.pop(entry, None)
+        else:
+            self._follows[entry] = follow
+
+
+def _record(line: Line) -> LiveTrace | None:
+    """The line's record, as the index parsed it (parsed again for a line that waited
+    for a rebuild: the index has let go of its record by then)."""
+    if line.record is not None:
+        return line.record
+    try:
+        return LiveTrace.from_dict(loads(line.raw))
+    except (ValueError, RecursionError, MalformedRecord):
+        return None  # the index parsed it already: not expected
