@@ -19,10 +19,11 @@ task's outermost calls hang off the call that spawned it (``spawned``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Final
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Final, NamedTuple
 
-from doeff_flow_core.records import COMPLETED, FAILED, LiveTrace, SlogLine, TraceFrame
+from doeff_flow_core.records import COMPLETED, FAILED, RUNNING, LiveTrace, TraceFrame
 
 OK: Final = "ok"
 ERROR: Final = "error"
@@ -40,14 +41,19 @@ MAX_EVENTS: Final = 128
 _SLOG_PREFIX: Final = "slog("
 
 
-@dataclass(frozen=True)
-class SpanEvent:
-    """A point in time inside a span: an effect, a slog line, or the error."""
+_NO_ATTRIBUTES: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class SpanEvent(NamedTuple):
+    """A point in time inside a span: an effect, a slog line, or the error. (A named
+    tuple, not a dataclass: one is built per effect, and this is the cheapest immutable
+    record Python has.)"""
 
     name: str
     time: float  # seconds since the epoch
     kind: str  # EFFECT, SLOG or EXCEPTION
-    attributes: Mapping[str, str | int] = field(default_factory=dict)
+    step: int | None = None  # the record's step (None for the error)
+    attributes: Mapping[str, str] = _NO_ATTRIBUTES  # slog fields; exception type, message
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,6 @@ class _Open:
         "file",
         "first_step",
         "function",
-        "last_line",
-        "last_step",
         "line",
         "parent_id",
         "span_id",
@@ -119,11 +123,9 @@ class _Open:
         self.function = frame.function if frame else ""
         self.file = frame.file if frame else None
         self.line = frame.line if frame else None
-        self.last_line = self.line
         self.task = task
         self.start = start
         self.first_step = step
-        self.last_step = step
         self.depth = depth
         self.spawned_by = spawned_by
         self.events: list[SpanEvent] = []
@@ -143,6 +145,10 @@ class _Run:
         start = min(first.started_at.timestamp(), first.updated_at.timestamp())
         self.root = _Open(1, None, None, None, start, first.step, 0)
         self.stacks: dict[int | None, list[_Open]] = {}
+        # Per task: the stack and the step of its latest record. Every call open in a task
+        # was on the stack at that record (a record without it would have ended it).
+        self.frames: dict[int | None, tuple[TraceFrame, ...]] = {}
+        self.steps: dict[int | None, int] = {}
         self.links: dict[int, int] = {}  # spawned task -> the spawning call's span id
         self.last_time = start
         self.last_step = first.step
@@ -173,7 +179,7 @@ class _Run:
             end=max(end, span.start),
             status=status,
             first_step=span.first_step,
-            last_step=span.last_step,
+            last_step=self.last_step if kind == WORKFLOW else self.steps[span.task],
             error=error,
             events=tuple(span.events),
             dropped_events=span.dropped,
@@ -194,15 +200,22 @@ class _Run:
         for finished, at in record.finished_tasks:
             self.close_task(finished, 0, min(at.timestamp(), now), out)
             self.stacks.pop(finished, None)
+            self.frames.pop(finished, None)
+            self.steps.pop(finished, None)
             self.links.pop(finished, None)
 
     def running(self, record: LiveTrace, now: float, out: list[Span]) -> None:
+        # Once per record: kept to plain loops and attribute reads.
         task = record.task
         frames = record.trace
+        step = record.step
+        stack = self.stacks.get(task)
         if frames:  # a record without a stack (an effect of no call) changes no call
-            stack = self.stacks.setdefault(task, [])
-            kept = _common_calls(stack, frames)
-            self.close_task(task, kept, now, out)
+            if stack is None:
+                stack = self.stacks[task] = []
+            kept = _common_calls(stack, self.frames.get(task, ()), frames)
+            if kept < len(stack):
+                self.close_task(task, kept, now, out)
             for depth in range(kept, len(frames)):
                 if depth:
                     parent, spawned_by = stack[depth - 1].span_id, None
@@ -211,26 +224,23 @@ class _Run:
                     parent = spawned_by or self.root.span_id
                 stack.append(
                     _Open(
-                        self.next_id,
-                        parent,
-                        frames[depth],
-                        task,
-                        now,
-                        record.step,
-                        depth + 1,
-                        spawned_by,
+                        self.next_id, parent, frames[depth], task, now, step, depth + 1, spawned_by
                     )
                 )
                 self.next_id += 1
-            for span, frame in zip(stack, frames, strict=True):
-                span.last_line = frame.line
-                span.last_step = record.step
-        inner = self.innermost(task)
+            self.frames[task] = frames
+        self.steps[task] = step
+        inner = stack[-1] if stack else self.root
         effect = record.current_effect
-        if effect is not None and effect.startswith(_SLOG_PREFIX) and record.last_slog:
-            self.event(inner, _slog_event(record.last_slog, now, record.step))
-        elif effect is not None:
-            self.event(inner, SpanEvent(effect, now, EFFECT, {"doeff.step": record.step}))
+        if effect is None:
+            return
+        if len(inner.events) >= self.max_events:
+            inner.dropped += 1
+        elif effect.startswith(_SLOG_PREFIX) and record.last_slog:
+            slog = record.last_slog
+            inner.events.append(SpanEvent(slog.msg, now, SLOG, record.step, slog.fields))
+        else:
+            inner.events.append(SpanEvent(effect, now, EFFECT, record.step))
 
     def finish(self, end: float, status: str, error: str | None, result: str | None) -> list[Span]:
         """Close everything open; a failure ends each open call with the error."""
@@ -246,7 +256,6 @@ class _Run:
             while stack:
                 out.append(self.close(stack.pop(), end, status, error))
         self.stacks.clear()
-        self.root.last_step = self.last_step
         workflow = self.close(self.root, end, status, error)
         out.append(_with_result(workflow, result))
         return out
@@ -268,18 +277,21 @@ class SpanBuilder:
             run = None
         if run is None:
             run = self._run = _Run(record, self.max_events)
-        now = max(record.updated_at.timestamp(), run.last_time)
+        now = record.updated_at.timestamp()
+        if now < run.last_time:  # a clock stepped back: time in a timeline never does
+            now = run.last_time
         run.last_time = now
         run.last_step = record.step
-        run.task_events(record, now, out)
-        if record.status == COMPLETED:
+        if record.spawned or record.finished_tasks:
+            run.task_events(record, now, out)
+        if record.status == RUNNING:
+            run.running(record, now, out)
+        elif record.status == COMPLETED:
             out.extend(run.finish(now, OK, None, record.result))
             self._run = None
         elif record.status == FAILED:
             out.extend(run.finish(now, ERROR, record.error or "failed", None))
             self._run = None
-        else:
-            run.running(record, now, out)
         return out
 
     def close(self) -> list[Span]:
@@ -298,29 +310,25 @@ def spans_of(records: Iterable[LiveTrace], max_events: int = MAX_EVENTS) -> Iter
     yield from builder.close()
 
 
-def _common_calls(stack: list[_Open], frames: tuple[TraceFrame, ...]) -> int:
-    """How many of the open calls (outermost first) ``frames`` still has on its stack."""
+def _common_calls(
+    stack: list[_Open], previous: tuple[TraceFrame, ...], frames: tuple[TraceFrame, ...]
+) -> int:
+    """How many of the open calls (outermost first; ``previous`` is the stack they were
+    last seen at) ``frames`` still has on its stack."""
     kept = 0
-    for span, frame in zip(stack, frames, strict=False):
+    for span, frame in zip(stack, frames):  # noqa: B905 - the shorter one ends it
         if span.function != frame.function or span.file != frame.file:
             break
-        if kept and stack[kept - 1].last_line != frames[kept - 1].line:
+        if kept and previous[kept - 1].line != frames[kept - 1].line:
             break  # the caller moved on: this is a new call
         kept += 1
     return kept
 
 
-def _slog_event(slog: SlogLine, now: float, step: int) -> SpanEvent:
-    attributes: dict[str, str | int] = dict(slog.fields)
-    attributes["doeff.step"] = step
-    return SpanEvent(slog.msg, now, SLOG, attributes)
-
-
 def _exception_event(error: str, now: float) -> SpanEvent:
     kind, _, message = error.partition(": ")
-    return SpanEvent(
-        EXCEPTION, now, EXCEPTION, {"exception.type": kind, "exception.message": message or kind}
-    )
+    attributes = {"exception.type": kind, "exception.message": message or kind}
+    return SpanEvent(EXCEPTION, now, EXCEPTION, None, attributes)
 
 
 def _with_result(span: Span, result: str | None) -> Span:

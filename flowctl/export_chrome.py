@@ -22,7 +22,6 @@ ROOT_TID: Final = 1
 # that spawned it, can still be joined to it; older spawners get no arrow.
 RECENT_SPANS: Final = 4096
 PENDING_FLOWS: Final = 65536
-_STEP_KEY: Final = "doeff.step"
 
 
 def tid_of(task: int | None) -> int:
@@ -38,8 +37,7 @@ def micros(seconds: float) -> int:
 
 
 def slog_fields(event: SpanEvent) -> dict[str, str | int]:
-    """A slog event's own fields (the step it was taken at is the span's business)."""
-    return {key: value for key, value in event.attributes.items() if key != _STEP_KEY}
+    return dict(event.attributes)
 
 
 def _steps(span: Span) -> str:

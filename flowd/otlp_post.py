@@ -4,13 +4,12 @@ library's HTTP client. Blocking: flowd calls ``post`` in a worker thread."""
 from __future__ import annotations
 
 import http.client
-import json
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Final
 
-from doeff_flow_core.otlp import export_request
+from doeff_flow_core.otlp import request_json
 from doeff_flow_core.spans import Span
 from flowd.export_health import Outcome, answer, no_answer
 from flowd.otlp_endpoint import Endpoint
@@ -31,7 +30,7 @@ _OPENER: Final = urllib.request.build_opener(_NoRedirects)
 
 
 def encode(spans: Sequence[Span]) -> bytes:
-    return json.dumps(export_request(spans), separators=(",", ":")).encode("ascii")
+    return request_json(spans).encode("utf-8")
 
 
 def post(endpoint: Endpoint, spans: Sequence[Span], timeout: float) -> Outcome:

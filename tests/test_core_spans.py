@@ -122,7 +122,7 @@ def test_nested_calls_become_nested_spans(tmp_path: Path) -> None:
     assert all(f.file == __file__ and f.line is not None for f in fetches)
     (between,) = [e for e in middle.events if e.kind == SLOG]
     assert between.name == "between"
-    assert between.attributes == {"n": "1", "who": "combine", "doeff.step": 2}
+    assert between.attributes == {"n": "1", "who": "combine"} and between.step == 2
     assert [e.name for e in outer.events if e.kind == EFFECT] == ["Put('total', 3)"]
     assert all(s.status == OK for s in spans)
     # Each span lies within its parent.
