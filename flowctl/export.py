@@ -110,7 +110,7 @@ def _svg(trace: Trace, out: TextIO) -> Written:
     runs = plan.runs if plan else 0
     note = "the last run drawn" if runs > 1 else ""
     if stats.narrow:
-        note += f"{'; ' if note else ''}{stats.narrow} calls too narrow to draw"
+        note += f"{'; ' if note else ''}{stats.narrow} short calls drawn over by others"
     return Written(stats.drawn, runs, note)
 
 

@@ -9,8 +9,9 @@ subtitle counts the others, and ``--format chrome`` shows every run).
 Calls are bars nested by depth under the workflow's own bar, labelled with the function
 (cut to the bar's width), with a tooltip; slog lines are blue diamonds, the error a red
 cross; failed calls are red, calls no record ended (a run still going, or lost) hatched.
-Bars narrower than half a pixel are left out, and markers closer than two pixels in a
-row merged, so the file stays small whatever the trace: an XML comment counts them.
+A call shorter than half a pixel (most calls, in a long run) is drawn one pixel wide, once
+per pixel column of its row, and markers closer than two pixels in a row are merged, so
+the file stays small whatever the trace: an XML comment counts what was merged.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def survey(spans: Iterable[Span]) -> Survey | None:
 @dataclass(frozen=True)
 class SvgStats:
     drawn: int
-    narrow: int  # bars narrower than MIN_BAR, left out
+    narrow: int  # calls shorter than MIN_BAR where one was drawn already, left out
     merged: int  # markers that fell on a cell already marked
 
 
@@ -210,6 +211,7 @@ class SvgWriter:
         self._out = out
         self._runs_seen = 0
         self._cells: set[tuple[int, int]] = set()
+        self._slivers: set[tuple[int, int]] = set()  # (row, pixel) holding a short call
         self.drawn = 0
         self.narrow = 0
         self.merged = 0
@@ -340,8 +342,12 @@ class SvgWriter:
         left, right = canvas.x(span.start), canvas.x(span.end)
         width = right - left
         if width < MIN_BAR:
-            self.narrow += 1
-            return
+            sliver = (round(top), int(left))
+            if sliver in self._slivers:
+                self.narrow += 1
+                return
+            self._slivers.add(sliver)
+            width = 1.0
         self.drawn += 1
         css = f"c d{(span.depth - 1) % PALETTE + 1 if span.depth else 0}"
         css += " err" if span.status == ERROR else " inc" if span.status == INCOMPLETE else ""
@@ -359,9 +365,9 @@ class SvgWriter:
         if self._canvas is not None:
             write("</g>\n")
         write(
-            f"<!-- {self.drawn} calls drawn; {self.narrow} left out (narrower than half a"
-            f" pixel, or in a task not drawn); {self.merged} markers merged into"
-            " their neighbours -->\n</svg>\n"
+            f"<!-- {self.drawn} calls drawn; {self.narrow} left out (shorter than half a"
+            f" pixel where another already was, or in a task not drawn); {self.merged} markers"
+            " merged into their neighbours -->\n</svg>\n"
         )
 
     def stats(self) -> SvgStats:
