@@ -35,6 +35,7 @@ BATCH_SPANS: Final = 512
 BATCH_WAIT: Final = 1.0
 TIMEOUT: Final = 10.0  # for one request
 CLOSE_SECONDS: Final = 3.0  # to send what is queued when flowd stops
+SWEEP_SECONDS: Final = 2.0  # between looks for runs whose writer is gone
 
 
 def exporter_from(
@@ -95,6 +96,7 @@ class Exporter:
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._rebuild_loop)
+                group.start_soon(self._sweep_loop)
                 await self._send_loop(self.endpoint)
                 group.cancel_scope.cancel()
         finally:
@@ -181,6 +183,14 @@ class Exporter:
         self._wake = anyio.Event()
         with anyio.move_on_after(timeout):
             await self._wake.wait()
+
+    async def _sweep_loop(self) -> None:
+        """A killed writer writes no terminal record: its run's open calls are sent,
+        incomplete, once flowd sees it is gone (as ``ps`` says ``lost``)."""
+        assert self.feed is not None
+        while True:
+            await anyio.sleep(SWEEP_SECONDS)
+            self.feed.sweep()
 
     # -- rebuilding runs found mid-way ------------------------------------------------
 

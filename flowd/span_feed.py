@@ -13,7 +13,8 @@ have their true start times and the ids ``flowctl export`` gives them, and the s
 ended before are not emitted. Records read meanwhile wait for the rebuild (past
 MAX_WAITING the oldest are let go: the rebuild read those from the file). A run met in
 its middle with no way to rebuild it (its start rotated away, its writer gone) is
-skipped: spans numbered from its middle would take other spans' ids.
+skipped: spans numbered from its middle would take other spans' ids. A run whose writer
+is killed gets no terminal record: ``sweep`` ends it, its open calls incomplete.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def rebuild(replay: Replay, most: int, check: Callable[[], object] = lambda: Non
 class _Follow:
     """One workflow's state: the open run's builder, records to leave out, a rebuild."""
 
-    __slots__ = ("after", "builder", "replay", "run", "waiting")
+    __slots__ = ("after", "builder", "last", "replay", "run", "waiting")
 
     def __init__(self) -> None:
         self.builder: SpanBuilder | None = None
@@ -101,6 +102,7 @@ class _Follow:
         self.after: After | None = None
         self.replay: Replay | None = None
         self.waiting: deque[Line] | None = None  # records read while the run is rebuilt
+        self.last: Line | None = None  # the builder's latest record (whose writer it names)
 
     @property
     def idle(self) -> bool:
@@ -140,6 +142,22 @@ class SpanFeed:
             follow.waiting.extend(update.lines)
             return
         self._take(entry, follow or _Follow(), update.lines)
+
+    def sweep(self) -> int:
+        """End the open runs whose writer is gone (killed: no terminal record will come):
+        their open calls are emitted, incomplete, at their last record. How many ended."""
+        liveness = Liveness()
+        ended = 0
+        for follow in self._follows.values():
+            if follow.builder is None or follow.last is None:
+                continue
+            if liveness.status(follow.last) != LOST:
+                continue
+            self._emit(follow.builder.close())
+            follow.after = (follow.run, WHOLE_RUN)  # anything of it read later is old
+            follow.builder = follow.last = None
+            ended += 1
+        return ended
 
     def forget(self, entry: Entry) -> None:
         self._follows.pop(entry, None)
@@ -189,8 +207,9 @@ class SpanFeed:
             spans = follow.builder.add(record)
             if spans:
                 self._emit(spans)
+            follow.last = line
             if record.status != RUNNING:
-                follow.builder = None
+                follow.builder = follow.last = None
         if follow.idle:
             self._follows.pop(entry, None)
         else:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import python_command, python_env
 from doeff import Gather, Get, Spawn, do, slog
 from otlp_schema import parse_request
 from otlp_schema import spans_of as otlp_spans
@@ -26,7 +28,7 @@ from doeff_flow_core import run_workflow
 from doeff_flow_core.otlp import span_id, trace_id
 from doeff_flow_core.reader import RecordStream
 from doeff_flow_core.records import LiveTrace
-from doeff_flow_core.spans import ERROR, OK, Span, SpanBuilder, spans_of
+from doeff_flow_core.spans import ERROR, INCOMPLETE, OK, Span, SpanBuilder, spans_of
 from flowd.errors import OtlpSettingError
 from flowd.export_health import Failed, Health, Rejected, Sent, answer
 from flowd.index import Entry, Update
@@ -517,6 +519,54 @@ def test_a_run_found_mid_way_exports_only_what_ends_later_with_true_starts_and_i
         assert stats(daemon)["sent_spans"] == len(later)
 
 
+KILLED_WORKFLOW = """
+import asyncio, sys
+from doeff import Await, Get, do, slog
+from doeff_flow_core import run_workflow
+
+@do
+def wait_forever():
+    yield slog("waiting")
+    yield Await(asyncio.sleep(600))
+
+@do
+def main():
+    yield Get("k")
+    yield wait_forever()
+
+run_workflow(main(), "wf-killed", sys.argv[1], store={"k": 1})
+"""
+
+
+def test_a_killed_workflow_s_open_calls_are_sent_incomplete(
+    tmp_path: Path, collector: Collector
+) -> None:
+    traces = trace_dir(tmp_path)
+    with exporting(tmp_path, collector.url) as daemon:
+        worker = subprocess.Popen(python_command(KILLED_WORKFLOW, [traces]), env=python_env())
+        trace = traces / "wf-killed" / "trace.jsonl"
+        try:
+            wait_for(lambda: trace.exists() and b"Await" in trace.read_bytes(), WAIT, "Await")
+            wait_for(lambda: daemon_has(daemon, "wf-killed"), WAIT, "indexed")
+        finally:
+            worker.kill()
+            worker.wait()
+        wait_for(lambda: "wf-killed" in {s.name for s in collector.taken().values()}, WAIT, "sent")
+        taken = {span.name: span for span in collector.taken().values()}
+        assert set(taken) == {"wf-killed", "main", "wait_forever"}
+        for span in taken.values():
+            assert span.status.code == 0  # unset: it never ended
+            assert _attributes(span.attributes)["doeff.incomplete"] is True
+        assert [e.name for e in taken["wait_forever"].events] == ["waiting", "Await(...)"]
+        assert stats(daemon)["sent_spans"] == 3
+
+
+def daemon_has(daemon: Flowd, workflow_id: str) -> bool:
+    with daemon.client() as client:
+        rows = client.call("ps")["workflows"]
+        return any(row["workflow_id"] == workflow_id for row in rows)
+
+
 def test_sigterm_sends_what_is_queued_but_not_the_spans_still_open(
     tmp_path: Path, collector: Collector
 ) -> None:
@@ -677,6 +727,34 @@ def ended_after(lines: list[Line], step: int) -> list[Span]:
         if line.step > step:
             out += spans
     return out
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_run_whose_writer_is_gone_is_ended_incomplete_by_a_sweep(tmp_path: Path) -> None:
+    traces = trace_dir(tmp_path)
+    run(traces, "wf-gone")
+    path = traces / "wf-gone" / "trace.jsonl"
+    pid = dead_pid()
+    records = [json.loads(line) for line in path.read_text().splitlines()][:-1]  # no end
+    path.write_text("".join(json.dumps(dict(r, pid=pid, pid_start=None)) + "\n" for r in records))
+    entry, lines = trace_lines(traces, "wf-gone")
+    expected = list(spans_of(RecordStream(path)))  # closed at the last record, incomplete
+    fed = Fed()
+    fed.feed.feed(Update(entry, lines, reset=True))
+    before = list(fed.spans)
+    assert fed.feed.sweep() == 1
+    assert fed.spans == expected
+    ended = fed.spans[len(before) :]
+    assert {span.status for span in ended} == {INCOMPLETE}
+    assert "wf-gone" in {span.name for span in ended}
+    assert fed.feed.sweep() == 0  # once
+    fed.feed.feed(Update(entry, lines[-2:]))  # read again (a rotation): nothing new
+    assert fed.spans == expected
 
 
 def test_the_feed_emits_each_span_of_a_run_read_from_its_start_once(tmp_path: Path) -> None:
