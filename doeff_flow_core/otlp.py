@@ -89,16 +89,19 @@ def _step(step: int | None) -> str:
 def _events(item: Span) -> str:
     parts = []
     for event in item.events:
-        if event.kind == EFFECT:  # the common case: no attributes but the step
-            attributes = _step(event.step)
-        else:
-            attributes = _attributes(event.attributes.items())
-            if event.step is not None:
-                attributes = (
-                    f"{attributes},{_step(event.step)}" if attributes else _step(event.step)
-                )
+        name = event.name
+        if event.kind == EFFECT and name.isascii():  # the common case, kept inline
+            parts.append(
+                f'{{"timeUnixNano":"{round(event.time * 1_000_000_000)}",'
+                f'"name":{encode_basestring(name)},"attributes":[{{"key":"doeff.step",'
+                f'"value":{{"intValue":"{event.step}"}}}}]}}'
+            )
+            continue
+        attributes = _attributes(event.attributes.items())
+        if event.step is not None:
+            attributes = f"{attributes},{_step(event.step)}" if attributes else _step(event.step)
         parts.append(
-            f'{{"timeUnixNano":"{_nanos(event.time)}","name":{_text(event.name)},'
+            f'{{"timeUnixNano":"{_nanos(event.time)}","name":{_text(name)},'
             f'"attributes":[{attributes}]}}'
         )
     return ",".join(parts)
