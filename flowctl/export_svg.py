@@ -1,8 +1,13 @@
 """A standalone SVG timeline of a workflow's last run: spans in, text out.
 
 Two passes over the same spans keep memory bounded however long the trace (the caller
-reads it twice): ``survey`` learns the last run's time range, its lanes (one per task,
-the root first) and how deep each goes; ``write_svg`` then draws each span as it comes.
+reads it twice): ``survey`` learns the last run's time range and each task's extent (first
+start, last end, shallowest and deepest call), so memory grows with tasks, not records;
+``write_svg`` then draws each span as it comes.
+Tasks share lanes as Perfetto packs async slices: the root has the first lane, then each
+spawned task, by start, takes the first lane free by then (a few pixels after its last
+task ends, so neighbours stay apart). A fan-out of thousands of short tasks fits in as
+many lanes as ran at once; a lane names its task, or counts its tasks and lists the first.
 Only the last run is drawn (a re-run appended to the trace is what one looks at; the
 subtitle counts the others, and ``--format chrome`` shows every run).
 
@@ -16,12 +21,13 @@ the file stays small whatever the trace: an XML comment counts what was merged.
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, TextIO
+from typing import Final, NamedTuple, TextIO
 from xml.sax.saxutils import escape
 
 from doeff_flow_core.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
@@ -40,7 +46,9 @@ LANE_PAD: Final = 5
 CHAR_WIDTH: Final = 7.0  # 11px monospace is about 6.6px a character; a little spare
 MIN_BAR: Final = 0.5  # pixels
 MARKER_CELL: Final = 2  # pixels: one marker per cell of a row
-MAX_LANES: Final = 100
+LANE_GAP: Final = 3  # pixels between tasks sharing a lane
+LANE_CHARS: Final = 11  # a lane name's characters that fit left of the plot
+MAX_LANES: Final = 100  # a bound should tasks overlap that much
 MAX_TICKS: Final = 10
 MAX_TITLE_CHARS: Final = 150
 PALETTE: Final = 5  # depth colours, repeating below depth 5
@@ -49,7 +57,7 @@ STYLE: Final = """
 text{font:11px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;fill:#1f2328}
 .title{font-size:15px;font-weight:bold}.sub,.tick,.key{fill:#57606a}.tick{font-size:10px}
 .errtext{fill:#cf222e}.grid{stroke:#d0d7de;stroke-width:.5}
-.band0{fill:#f6f8fa}.band1{fill:#fff}.lname{font-weight:bold}
+.band0{fill:#f6f8fa}.band1{fill:#fff}.lname{font-weight:bold}.lids{fill:#57606a}
 .c rect{stroke:#57606a;stroke-width:.5}
 .d0 rect{fill:#d0d7de}.d1 rect{fill:#9ecae1}.d2 rect{fill:#a1d99b}.d3 rect{fill:#fdd49e}
 .d4 rect{fill:#cbc9e2}.d5 rect{fill:#99d8c9}
@@ -79,18 +87,108 @@ def clipped(value: str, limit: int) -> str:
     return text(safe_clip(value, limit))
 
 
+class Extent(NamedTuple):
+    """Where one spawned task's calls reach: first start, last end, depths drawn."""
+
+    task: int
+    start: float
+    end: float
+    top: int
+    bottom: int
+
+
+def reach(extent: Extent | None, task: int, span: Span) -> Extent:
+    """``extent`` (None before ``task``'s first call) grown to hold ``span``, its call."""
+    if extent is None:
+        return Extent(task, span.start, span.end, span.depth, span.depth)
+    return Extent(
+        task,
+        min(extent.start, span.start),
+        max(extent.end, span.end),
+        min(extent.top, span.depth),
+        max(extent.bottom, span.depth),
+    )
+
+
 @dataclass(frozen=True)
 class Lane:
-    """One task's lane: the depths drawn in it, ``top`` (the root lane's 0 is the
-    workflow's own bar) to ``bottom``."""
+    """One lane: its tasks (the root lane's is None), in the order they start, and the
+    depths drawn in it, ``top`` (the root lane's 0 is the workflow's own bar) to
+    ``bottom``."""
 
-    task: int | None
+    tasks: tuple[int | None, ...]
     top: int
     bottom: int
 
     @property
     def rows(self) -> int:
         return self.bottom - self.top + 1
+
+
+@dataclass(frozen=True)
+class Packing:
+    lanes: tuple[Lane, ...]
+    left_out: int  # tasks that found no free lane among the most allowed
+
+
+def pack(extents: Iterable[Extent], gap: float, limit: int) -> Packing:
+    """Lanes for ``extents``: by start, each task takes the lowest lane free by then (its
+    last task ended at least ``gap`` before), or a new one while there are fewer than
+    ``limit``; a task that finds none is left out."""
+    free: list[int] = []  # lanes free now, lowest first
+    busy: list[tuple[float, int]] = []  # (when a lane frees, the lane), soonest first
+    groups: list[list[Extent]] = []
+    left_out = 0
+    for extent in sorted(extents, key=lambda e: (e.start, e.task)):
+        while busy and busy[0][0] <= extent.start:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            index = heapq.heappop(free)
+        elif len(groups) < limit:
+            index = len(groups)
+            groups.append([])
+        else:
+            left_out += 1
+            continue
+        groups[index].append(extent)
+        heapq.heappush(busy, (extent.end + gap, index))
+    lanes = tuple(
+        Lane(
+            tuple(extent.task for extent in group),
+            min(extent.top for extent in group),
+            max(extent.bottom for extent in group),
+        )
+        for group in groups
+    )
+    return Packing(lanes, left_out)
+
+
+def lane_names(lane: Lane) -> list[str]:
+    """A lane's name, a line a row: "task 3", "tasks 1, 10", else the count of its
+    tasks with as many of their numbers as fit on the next row ("1, 10, 19 …")."""
+    if len(lane.tasks) == 1:
+        return [thread_name(lane.tasks[0])]
+    ids = _ids(lane)
+    listed = ", ".join(map(str, ids))
+    if len(f"tasks {listed}") <= LANE_CHARS:
+        return [f"tasks {listed}"]
+    count = f"{len(ids)} tasks"
+    return [count, _first_ids(ids, LANE_CHARS)] if lane.rows > 1 else [count]
+
+
+def _ids(lane: Lane) -> list[int]:
+    return sorted(task for task in lane.tasks if task is not None)
+
+
+def _first_ids(ids: Sequence[int], limit: int) -> str:
+    """As many of ``ids`` as fit in ``limit`` characters with " …" after them."""
+    shown = str(ids[0])
+    for task in ids[1:]:
+        longer = f"{shown}, {task}"
+        if len(longer) + 2 > limit:
+            break
+        shown = longer
+    return shown + " …"
 
 
 @dataclass(frozen=True)
@@ -106,6 +204,7 @@ class Survey:
     error: str | None
     lanes: tuple[Lane, ...]
     calls: int
+    tasks: int  # the root and every spawned task with a call
     tasks_left_out: int = 0
 
     @property
@@ -117,20 +216,21 @@ class _Surveyor:
     def __init__(self) -> None:
         self.runs = 0
         self.calls = 0
-        self.depths: dict[int | None, tuple[int, int]] = {}
+        self.root_bottom = 0
+        self.extents: dict[int, Extent] = {}
         self.last: Survey | None = None
 
     def add(self, span: Span) -> None:
         if span.kind != WORKFLOW:
             self.calls += 1
-            low, high = self.depths.get(span.task, (span.depth, span.depth))
-            self.depths[span.task] = (min(low, span.depth), max(high, span.depth))
+            if span.task is None:
+                self.root_bottom = max(self.root_bottom, span.depth)
+            else:
+                self.extents[span.task] = reach(self.extents.get(span.task), span.task, span)
             return
         self.runs += 1  # a run's workflow span is its last
-        root_bottom = self.depths.pop(None, (0, 0))[1]
-        tasks = sorted(task for task in self.depths if task is not None)
-        lanes = [Lane(None, 0, root_bottom)]
-        lanes += [Lane(task, *self.depths[task]) for task in tasks[: MAX_LANES - 1]]
+        total = max(span.end - span.start, 1e-6)
+        packing = pack(self.extents.values(), LANE_GAP * total / PLOT, MAX_LANES - 1)
         self.last = Survey(
             workflow_id=span.workflow_id,
             run=span.run,
@@ -139,12 +239,14 @@ class _Surveyor:
             end=span.end,
             status=span.status,
             error=span.error,
-            lanes=tuple(lanes),
+            lanes=(Lane((None,), 0, self.root_bottom), *packing.lanes),
             calls=self.calls,
-            tasks_left_out=max(len(tasks) - (MAX_LANES - 1), 0),
+            tasks=1 + len(self.extents),
+            tasks_left_out=packing.left_out,
         )
         self.calls = 0
-        self.depths.clear()
+        self.root_bottom = 0
+        self.extents.clear()
 
 
 def survey(spans: Iterable[Span]) -> Survey | None:
@@ -168,23 +270,26 @@ class _Canvas:
     def __init__(self, plan: Survey, top: float) -> None:
         self.plan = plan
         self.scale = PLOT / plan.total
-        self.lane_top: dict[int | None, float] = {}
+        self.lane_top: list[float] = []
         y = top
         for lane in plan.lanes:
-            self.lane_top[lane.task] = y
+            self.lane_top.append(y)
             y += lane.rows * ROW + 2 * LANE_PAD
         self.bottom = y
-        self.lanes = {lane.task: lane for lane in plan.lanes}
+        self.placed = {task: index for index, lane in enumerate(plan.lanes) for task in lane.tasks}
 
     def x(self, time: float) -> float:
         offset = min(max(time - self.plan.start, 0.0), self.plan.total)
         return LEFT + offset * self.scale
 
     def row_top(self, span: Span) -> float | None:
-        lane = self.lanes.get(span.task)
-        if lane is None or not lane.top <= span.depth <= lane.bottom:
-            return None  # a task or depth the first pass did not see
-        return self.lane_top[span.task] + LANE_PAD + (span.depth - lane.top) * ROW
+        index = self.placed.get(span.task)
+        if index is None:
+            return None  # a task the first pass did not see, or left out
+        lane = self.plan.lanes[index]
+        if not lane.top <= span.depth <= lane.bottom:
+            return None  # a depth the first pass did not see
+        return self.lane_top[index] + LANE_PAD + (span.depth - lane.top) * ROW
 
 
 def _tooltip(span: Span) -> str:
@@ -200,6 +305,14 @@ def _tooltip(span: Span) -> str:
     elif span.status == INCOMPLETE:
         lines.append("incomplete: no record ended it")
     return "\n".join(clipped(line, 300) for line in lines)
+
+
+def _lane_tooltip(lane: Lane) -> str:
+    """Every task of a shared lane, as far as a tooltip goes (a lone task's name says it)."""
+    if len(lane.tasks) == 1:
+        return ""
+    ids = _ids(lane)
+    return f"<title>{clipped(f'{len(ids)} tasks: ' + ', '.join(map(str, ids)), 300)}</title>"
 
 
 class SvgWriter:
@@ -250,7 +363,7 @@ class SvgWriter:
         which = f"run {plan.run}" if plan.run else "run"
         if plan.runs > 1:
             which += f" (the last of {plan.runs} runs)"
-        tasks = len(plan.lanes) + plan.tasks_left_out
+        tasks = plan.tasks
         sub = (
             f"{clipped(which, 80)} · started {started} · {plan.calls} call"
             f"{'' if plan.calls == 1 else 's'} in {tasks} task{'' if tasks == 1 else 's'}"
@@ -266,12 +379,16 @@ class SvgWriter:
         write = self._out.write
         plan = canvas.plan
         for index, lane in enumerate(plan.lanes):
-            y = canvas.lane_top[lane.task]
+            y = canvas.lane_top[index]
             height = lane.rows * ROW + 2 * LANE_PAD
+            names = "".join(
+                f'<text class="{"lids" if row else "lname"}" x="12"'
+                f' y="{y + LANE_PAD + 11 + row * ROW:.1f}">{text(name)}</text>'
+                for row, name in enumerate(lane_names(lane))
+            )
             write(
-                f'<g class="lane"><rect class="band{index % 2}" x="0" y="{y:.1f}"'
-                f' width="{WIDTH}" height="{height}"/><text class="lname" x="12"'
-                f' y="{y + LANE_PAD + 11:.1f}">{thread_name(lane.task)}</text></g>\n'
+                f'<g class="lane">{_lane_tooltip(lane)}<rect class="band{index % 2}" x="0"'
+                f' y="{y:.1f}" width="{WIDTH}" height="{height}"/>{names}</g>\n'
             )
         for offset in ticks(plan.total, MAX_TICKS):
             x = LEFT + offset * canvas.scale

@@ -1,21 +1,32 @@
 """``flowctl export`` as a process, over traces written by real doeff programs: Chrome
-Trace Event JSON, OTLP/JSON checked against the official schema, and the SVG timeline;
-damaged traces, bad ids, unwritable destinations, memory on long traces."""
+Trace Event JSON, OTLP/JSON checked against the official schema, and the SVG timeline
+(tasks that never overlap sharing lanes); damaged traces, bad ids, unwritable
+destinations, memory on long traces."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_ROOT, python_command, python_env, read_jsonl, run_command
+from conftest import (
+    PROJECT_ROOT,
+    python_command,
+    python_env,
+    read_jsonl,
+    run_command,
+    run_python,
+)
 from otlp_schema import parse_request, spans_of
 from test_flowctl_support import (
     assert_one_error_line,
@@ -27,9 +38,37 @@ from test_flowctl_support import (
 from test_flowd_support import flowd
 
 from flowctl import exitcodes
+from flowctl.export_svg import Extent, Lane, lane_names, pack
 
 SVG = "{http://www.w3.org/2000/svg}"
+MINUTE = "2026-01-01T12:00:"
 ETL_FUNCTIONS = {"nightly_etl", "plan", "ingest", "extract", "fetch", "transform", "load", "report"}
+DOCS, BATCH = 50, 5
+
+# One task per document, BATCH at a time: many short tasks, never more than BATCH at once.
+FAN_OUT = r"""
+import asyncio, sys
+from doeff import Await, Gather, Spawn, do, slog
+from doeff_flow_core import run_workflow
+
+@do
+def review(doc):
+    yield slog("reviewing", doc=doc)
+    yield Await(asyncio.sleep(0.02))
+    return doc
+
+@do
+def fan_out(docs, batch):
+    reviewed = []
+    for first in range(0, docs, batch):
+        tasks = []
+        for doc in range(first, min(first + batch, docs)):
+            tasks.append((yield Spawn(review(doc))))
+        reviewed += yield Gather(*tasks)
+    return len(reviewed)
+
+run_workflow(fan_out(int(sys.argv[3]), int(sys.argv[4])), sys.argv[2], sys.argv[1])
+"""
 
 
 def run_example(trace_dir: Path, workflow_id: str, env: dict[str, str]) -> None:
@@ -57,6 +96,8 @@ def traces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for workflow_id in ("wf-etl", "wf-twice", "wf-twice"):
         run_example(trace_dir, workflow_id, env)
     write_traces(trace_dir, ("wf-fail", "fail", 0), ("wf-tasks", "tasks", 2), env=env)
+    done = run_python(FAN_OUT, trace_dir, "wf-fanout", DOCS, BATCH, env=env)
+    assert done.returncode == 0, done.stderr
     lines = (trace_dir / "wf-etl" / "trace.jsonl").read_text().split("\n")[:-1]
     damaged = [*lines[:5], "not json at all", *lines[9:20], "{]", *lines[20:-3]]
     put_trace(trace_dir, "wf-damaged", "\n".join(damaged) + '\n{"workflow_id": "wf-dam')
@@ -234,7 +275,60 @@ def bars(root: ET.Element) -> list[ET.Element]:
     return [g for g in spans.iter(f"{SVG}g") if "c" in (g.get("class") or "").split()]
 
 
-def test_svg_draws_a_lane_per_task_and_labels_calls(traces: Path) -> None:
+@dataclass(frozen=True)
+class DrawnLane:
+    top: float
+    bottom: float
+    tasks: frozenset[str]  # "root", "task N"
+
+
+def drawn_lanes(root: ET.Element) -> list[DrawnLane]:
+    """Each lane's band and the tasks it says it holds (its name, or its tooltip's list)."""
+    found = []
+    for lane in (g for g in root.iter(f"{SVG}g") if g.get("class") == "lane"):
+        band = lane.find(f"{SVG}rect")
+        assert band is not None
+        top = float(band.get("y", ""))
+        listed = lane.findtext(f"{SVG}title")
+        if listed is None:
+            tasks = set(texts(lane, "lname"))
+        else:
+            count, _, ids = listed.partition(" tasks: ")
+            tasks = {f"task {task}" for task in ids.split(", ")}
+            assert len(tasks) == int(count) > 1, listed
+        found.append(DrawnLane(top, top + float(band.get("height", "")), frozenset(tasks)))
+    return found
+
+
+def bar_task(bar: ET.Element) -> str:
+    """The task a bar's tooltip names ("root", "task N")."""
+    tip = bar.findtext(f"{SVG}title") or ""
+    found = re.search(r" · (root|task \d+)$", tip, re.MULTILINE)
+    assert found, tip
+    return found.group(1)
+
+
+def assert_lanes_hold_their_bars(root: ET.Element) -> None:
+    """Every bar lies in its task's lane, and in each row one task's bars end before the
+    next task's begin: bars in a lane never overlap."""
+    lanes = drawn_lanes(root)
+    rows: dict[float, dict[str, tuple[float, float]]] = defaultdict(dict)
+    for bar in bars(root):
+        rect = bar.find(f"{SVG}rect")
+        assert rect is not None
+        y, x, width = (float(rect.get(name, "")) for name in ("y", "x", "width"))
+        task = bar_task(bar)
+        (lane,) = [lane for lane in lanes if lane.top <= y < lane.bottom]
+        assert task in lane.tasks, (task, lane)
+        left, right = rows[y].get(task, (x, x + width))
+        rows[y][task] = (min(left, x), max(right, x + width))
+    for extents in rows.values():
+        ordered = sorted(extents.values())
+        for (_, end), (start, _) in pairwise(ordered):
+            assert end <= start, ordered
+
+
+def test_svg_draws_a_lane_per_concurrent_task_and_labels_calls(traces: Path) -> None:
     root = svg(traces, "wf-etl")
     assert root.tag == f"{SVG}svg"
     lanes = texts(root, "lname")
@@ -251,6 +345,70 @@ def test_svg_draws_a_lane_per_task_and_labels_calls(traces: Path) -> None:
     assert any("extracting source=users page=0" in "".join(p.itertext()) for p in slogs)
     assert not [g for g in bars(root) if "err" in g.get("class", "")]
     assert "calls drawn" in exported(traces, "wf-etl", "--format", "svg")  # the comment
+    assert_lanes_hold_their_bars(root)
+    workers = svg(traces, "wf-tasks")  # two workers taking turns: at once, so apart
+    expected = sorted(map(lane_name, tasks_with_calls(traces, "wf-tasks")))
+    assert len(expected) == 3 and sorted(texts(workers, "lname")) == expected
+    assert_lanes_hold_their_bars(workers)
+
+
+def test_svg_packs_many_short_tasks_into_few_lanes(traces: Path) -> None:
+    """Fifty tasks, five at a time: every one drawn and labelled with its function, in
+    lanes shared by tasks that never overlap (two batches' worth at most, not fifty)."""
+    root = svg(traces, "wf-fanout")
+    spawned = set(map(lane_name, tasks_with_calls(traces, "wf-fanout") - {None}))
+    assert len(spawned) == DOCS
+    (sub,) = texts(root, "sub")
+    assert f"in {DOCS + 1} tasks" in sub and "not drawn" not in sub
+    lanes = drawn_lanes(root)
+    assert lanes[0].tasks == {"root"} and len(lanes) <= 2 * BATCH + 1
+    assert frozenset().union(*(lane.tasks for lane in lanes[1:])) == spawned
+    assert max(len(lane.tasks) for lane in lanes) > 1
+    pattern = r"root|task \d+|tasks \d+(, \d+)*|\d+ tasks"
+    assert all(re.fullmatch(pattern, name) for name in texts(root, "lname"))
+    tips = [(bar, bar.findtext(f"{SVG}title") or "") for bar in bars(root)]
+    reviews = [bar for bar, tip in tips if tip.startswith("review\n")]
+    assert sorted(bar_task(bar) for bar in reviews) == sorted(spawned)  # one bar each
+    assert all(texts(bar) == ["review"] for bar in reviews)
+    assert_lanes_hold_their_bars(root)
+
+
+def test_svg_lanes_stay_bounded_when_every_task_overlaps(tmp_path: Path) -> None:
+    """120 tasks all open until the run ends: 100 lanes (the root's and 99 tasks'), the
+    rest counted as not drawn."""
+    frames = [{"function": "work", "file": "/w/wide.py", "line": 1, "code": None}]
+    lines = [
+        record_line("wf-wide", step, trace=frames, task=step, updated_at=f"{MINUTE}{step // 4:02d}")
+        for step in range(1, 121)
+    ]
+    lines.append(
+        record_line("wf-wide", 121, trace=[], status="completed", updated_at=f"{MINUTE}31")
+    )
+    put_trace(tmp_path, "wf-wide", "".join(lines))
+    root = ET.fromstring(exported(tmp_path, "wf-wide", "--format", "svg"))
+    (sub,) = texts(root, "sub")
+    assert "in 121 tasks (21 not drawn)" in sub
+    lanes = drawn_lanes(root)
+    assert len(lanes) == 100 and all(len(lane.tasks) == 1 for lane in lanes)
+    assert_lanes_hold_their_bars(root)
+
+
+def test_packing_takes_the_lowest_lane_free_a_gap_after_its_last_task() -> None:
+    extents = [
+        Extent(1, 0.0, 10.0, 1, 1),
+        Extent(2, 1.0, 4.0, 1, 3),
+        Extent(3, 4.5, 6.0, 1, 1),  # lane 1 is free from 4 + the gap
+        Extent(4, 10.2, 12.0, 1, 2),  # lane 0 frees at 10.5 only: lane 1
+        Extent(5, 10.5, 11.0, 1, 1),
+        Extent(6, 10.6, 11.0, 1, 1),  # both busy, and no third lane allowed
+    ]
+    packing = pack(reversed(extents), gap=0.5, limit=2)
+    assert packing.lanes == (Lane((1, 5), 1, 1), Lane((2, 3, 4), 1, 3))
+    assert packing.left_out == 1
+    assert lane_names(Lane((7,), 1, 1)) == ["task 7"]
+    assert lane_names(Lane((10, 1), 1, 1)) == ["tasks 1, 10"]
+    assert lane_names(Lane((3, 12, 100), 1, 1)) == ["3 tasks"]
+    assert lane_names(Lane((3, 12, 100, 7), 1, 2)) == ["4 tasks", "3, 7, 12 …"]
 
 
 def test_svg_of_a_failed_run_is_red_and_shows_the_error_escaped(traces: Path) -> None:
