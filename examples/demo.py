@@ -2,7 +2,8 @@
 
 Starts ``examples/pipeline.py`` in the background, follows it with
 ``flowctl watch --exit-on-complete`` while it runs, then shows ``flowctl ps`` and
-``flowctl history``. Traces go to ``.doeff-flow/`` in the current directory.
+``flowctl history``, and draws its timeline with ``flowctl export``. Traces (and the
+timeline, ``etl-demo.svg``) go to ``.doeff-flow/`` in the current directory.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main() -> int:
         worker.wait()
     flowctl("ps")
     flowctl("history", WORKFLOW_ID, "--last", "8")
+    timeline = Path(".doeff-flow") / f"{WORKFLOW_ID}.svg"
+    if flowctl("export", WORKFLOW_ID, "-o", str(timeline)) == 0:
+        print(f"(the timeline: open {timeline} in a browser)")
     return worker.returncode
 
 
