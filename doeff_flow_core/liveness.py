@@ -38,15 +38,18 @@ def process_start_ticks(pid: int) -> int | None:
 def process_alive(pid: int, start_ticks: int | None = None) -> bool:
     """Whether ``pid`` still runs the process that started at ``start_ticks``.
 
-    A zombie (exited, not yet reaped by its parent) is not alive.
+    A zombie (exited, not yet reaped by its parent) is not alive; nor is a pid no process
+    can have (0 and below would signal process groups; a huge one overflows).
     """
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    except OSError:
+    except (OSError, OverflowError):
         return False
     fields = _proc_stat_fields(pid)
     if not fields:

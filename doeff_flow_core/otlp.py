@@ -32,6 +32,10 @@ STATUS_OK: Final = 1
 STATUS_ERROR: Final = 2
 _LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _SCOPE: Final = f'{{"name":"{SCOPE_NAME}"}}'
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_UINT64_MAX: Final = 2**64 - 1
+_UINT32_MAX: Final = 2**32 - 1
 
 Attribute = str | int | bool | None
 
@@ -60,7 +64,9 @@ def _value(value: str | int | bool) -> str:
     if value is True or value is False:
         return f'{{"boolValue":{"true" if value else "false"}}}'
     if isinstance(value, int):
-        return f'{{"intValue":"{value}"}}'
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return f'{{"intValue":"{value}"}}'
+        return f'{{"stringValue":"{value}"}}'  # a hostile trace's number: kept, as text
     return f'{{"stringValue":{_text(value)}}}'
 
 
@@ -74,7 +80,8 @@ def _attributes(pairs: Iterable[tuple[str, Attribute]]) -> str:
 
 
 def _nanos(seconds: float) -> str:
-    return str(round(seconds * 1_000_000_000))
+    """A time as the fixed64 OTLP wants: clamped to what it can hold (1970 to 2554)."""
+    return str(min(max(round(seconds * 1_000_000_000), 0), _UINT64_MAX))
 
 
 def _resource(host: str | None, pid: int | None) -> str:
@@ -83,7 +90,7 @@ def _resource(host: str | None, pid: int | None) -> str:
 
 
 def _step(step: int | None) -> str:
-    return "" if step is None else f'{{"key":"doeff.step","value":{{"intValue":"{step}"}}}}'
+    return "" if step is None else f'{{"key":"doeff.step","value":{_value(step)}}}'
 
 
 def _events(item: Span) -> str:
@@ -91,12 +98,13 @@ def _events(item: Span) -> str:
     for event in item.events:
         name = event.name
         if event.kind == EFFECT and name.isascii():  # the common case, kept inline
-            parts.append(
-                f'{{"timeUnixNano":"{round(event.time * 1_000_000_000)}",'
-                f'"name":{encode_basestring(name)},"attributes":[{{"key":"doeff.step",'
-                f'"value":{{"intValue":"{event.step}"}}}}]}}'
-            )
-            continue
+            nanos, step = round(event.time * 1_000_000_000), event.step
+            if 0 <= nanos <= _UINT64_MAX and step is not None and 0 <= step <= _INT64_MAX:
+                parts.append(
+                    f'{{"timeUnixNano":"{nanos}","name":{encode_basestring(name)},'
+                    f'"attributes":[{{"key":"doeff.step","value":{{"intValue":"{step}"}}}}]}}'
+                )
+                continue
         attributes = _attributes(event.attributes.items())
         if event.step is not None:
             attributes = f"{attributes},{_step(event.step)}" if attributes else _step(event.step)
@@ -141,7 +149,7 @@ def span_json(item: Span) -> str:
         f'"attributes":[{attributes}],"events":[{_events(item)}],'
     )
     if item.dropped_events:
-        parts.append(f'"droppedEventsCount":{item.dropped_events},')
+        parts.append(f'"droppedEventsCount":{min(item.dropped_events, _UINT32_MAX)},')
     if item.spawned_by is not None:
         spawner = span_id(item.workflow_id, item.run, item.spawned_by)
         parts.append(

@@ -286,12 +286,16 @@ class RecordStream:
         parts = rotated_parts(self.path)
         if not parts and not self.path.exists():
             raise FileNotFoundError(errno.ENOENT, "no trace", str(self.path))
-        for part in [*reversed(parts), self.path]:
-            try:
-                fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # rotated away meanwhile, or between a rename and a new file
-            try:
+        # Every part is opened before any is read: a rotation meanwhile renames them, and
+        # an open file is the same file whatever its name becomes.
+        fds: list[int] = []
+        try:
+            for part in [*reversed(parts), self.path]:
+                try:
+                    fds.append(os.open(part, os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    continue  # between a rename and a new file, or rotated away
+            for fd in fds:
                 offset = 0
                 while True:
                     chunk = read_fd_from(fd, offset, self.block)
@@ -301,7 +305,8 @@ class RecordStream:
                         break
                     offset = chunk.offset
                 self.torn = os.fstat(fd).st_size > offset
-            finally:
+        finally:
+            for fd in fds:
                 os.close(fd)
 
 

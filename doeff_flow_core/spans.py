@@ -38,6 +38,9 @@ CALL: Final = "call"
 
 # OpenTelemetry SDKs keep 128 events per span by default; the rest are counted.
 MAX_EVENTS: Final = 128
+TIDY_EVERY: Final = 1024  # records between looks for tasks to end (see _Run.tidy)
+TASK_QUIET: Final = 60.0  # seconds; as flowctl watch forgets a quiet task
+MAX_OPEN_TASKS: Final = 10_000
 _SLOG_PREFIX: Final = "slog("
 
 
@@ -137,7 +140,7 @@ class _Run:
 
     def __init__(self, first: LiveTrace, max_events: int) -> None:
         self.workflow_id = first.workflow_id
-        self.run = first.run or ""
+        self.run = run_key(first)
         self.pid = first.pid
         self.host = first.host
         self.max_events = max_events
@@ -149,9 +152,14 @@ class _Run:
         # was on the stack at that record (a record without it would have ended it).
         self.frames: dict[int | None, tuple[TraceFrame, ...]] = {}
         self.steps: dict[int | None, int] = {}
+        self.times: dict[int | None, float] = {}
         self.links: dict[int, int] = {}  # spawned task -> the spawning call's span id
         self.last_time = start
         self.last_step = first.step
+        # A writer that records ``spawned`` also records when tasks finish; one that does
+        # not (an older core) never says, so its quiet tasks are taken as finished.
+        self.says_when_tasks_end = False
+        self.records = 0
 
     def innermost(self, task: int | None) -> _Open:
         stack = self.stacks.get(task)
@@ -194,15 +202,44 @@ class _Run:
         while stack and len(stack) > keep:
             out.append(self.close(stack.pop(), end, OK))
 
+    def end_task(self, task: int | None, end: float, out: list[Span]) -> None:
+        self.close_task(task, 0, end, out)
+        self.stacks.pop(task, None)
+        self.frames.pop(task, None)
+        self.steps.pop(task, None)
+        self.times.pop(task, None)
+        if task is not None:
+            self.links.pop(task, None)
+
     def task_events(self, record: LiveTrace, now: float, out: list[Span]) -> None:
+        if record.spawned:
+            self.says_when_tasks_end = True
         for child, parent in record.spawned:
             self.links[child] = self.innermost(parent).span_id
         for finished, at in record.finished_tasks:
-            self.close_task(finished, 0, min(at.timestamp(), now), out)
-            self.stacks.pop(finished, None)
-            self.frames.pop(finished, None)
-            self.steps.pop(finished, None)
-            self.links.pop(finished, None)
+            self.end_task(finished, min(at.timestamp(), now), out)
+
+    def tidy(self, now: float, out: list[Span]) -> None:
+        """Every TIDY_EVERY records: end the spawned tasks an older writer left quiet for
+        TASK_QUIET seconds, and keep at most MAX_OPEN_TASKS open (the least recently
+        active end first), so memory stays bounded however many tasks a run spawns. Such
+        a task ends at its last record."""
+        quiet = (
+            []
+            if self.says_when_tasks_end
+            else [
+                task
+                for task, seen in self.times.items()
+                if task is not None and now - seen > TASK_QUIET
+            ]
+        )
+        for task in quiet:
+            self.end_task(task, self.times[task], out)
+        surplus = len(self.times) - MAX_OPEN_TASKS
+        if surplus > 0:
+            spawned = [(seen, task) for task, seen in self.times.items() if task is not None]
+            for seen, task in sorted(spawned, key=lambda pair: pair[0])[:surplus]:
+                self.end_task(task, seen, out)
 
     def running(self, record: LiveTrace, now: float, out: list[Span]) -> None:
         # Once per record: kept to plain loops and attribute reads.
@@ -230,6 +267,10 @@ class _Run:
                 self.next_id += 1
             self.frames[task] = frames
         self.steps[task] = step
+        self.times[task] = now
+        self.records += 1
+        if not self.records % TIDY_EVERY:
+            self.tidy(now, out)
         inner = stack[-1] if stack else self.root
         effect = record.current_effect
         if effect is None:
@@ -272,7 +313,7 @@ class SpanBuilder:
         """The spans ``record`` ended (possibly a whole earlier run that never finished)."""
         out: list[Span] = []
         run = self._run
-        if run is not None and (run.run != (record.run or "") or record.step <= run.last_step):
+        if run is not None and (run.run != run_key(record) or record.step <= run.last_step):
             out.extend(self.close())  # a new run appended to the same file
             run = None
         if run is None:
@@ -300,6 +341,12 @@ class SpanBuilder:
         if run is None:
             return []
         return run.finish(run.last_time, INCOMPLETE, None, None)
+
+
+def run_key(record: LiveTrace) -> str:
+    """The run a record belongs to: its ``run``, or for a trace written without run ids
+    (the original format) the run's start time, so that re-runs still differ."""
+    return record.run or record.started_at.isoformat()
 
 
 def spans_of(records: Iterable[LiveTrace], max_events: int = MAX_EVENTS) -> Iterator[Span]:

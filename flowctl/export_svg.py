@@ -359,7 +359,10 @@ class SvgWriter:
             return [("title", f"{clipped(self._workflow_id, 80)} · no records")]
         status = _STATUS_WORDS.get(plan.status, plan.status)
         title = f"{clipped(plan.workflow_id, 80)} · {text(status)} · {duration(plan.total)}"
-        started = datetime.fromtimestamp(plan.start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        try:
+            started = datetime.fromtimestamp(plan.start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        except (ValueError, OverflowError, OSError):  # a time no calendar date holds
+            started = "?"
         which = f"run {plan.run}" if plan.run else "run"
         if plan.runs > 1:
             which += f" (the last of {plan.runs} runs)"

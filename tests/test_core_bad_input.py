@@ -19,6 +19,7 @@ from doeff_flow_core import (
     trace_observer,
     validate_workflow_id,
 )
+from doeff_flow_core.liveness import derive_status, process_alive, this_host
 
 BAD_IDS = [
     ("../x", "character outside the allowed set"),
@@ -163,3 +164,13 @@ def test_the_probe_body_runs_when_the_trace_dir_is_fine(
     entry(make_program(ran), "wf-fine", tmp_path / "traces")
     assert ran == ["started"]
     assert (tmp_path / "traces" / "wf-fine" / "trace.jsonl").stat().st_size > 0
+
+
+@pytest.mark.parametrize("pid", [0, -1, 2**31, 2**70])
+def test_a_pid_no_process_can_have_is_not_alive(pid: int) -> None:
+    assert not process_alive(pid)
+    assert derive_status("running", pid, this_host(), None) == "lost"
+
+
+def test_this_process_is_alive() -> None:
+    assert process_alive(os.getpid())

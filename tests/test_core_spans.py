@@ -17,6 +17,7 @@ from otlp_schema import parse_request
 from otlp_schema import spans_of as otlp_spans
 
 from doeff_flow_core import LiveTrace, TraceFrame, run_workflow
+from doeff_flow_core import spans as spans_module
 from doeff_flow_core.otlp import export_request, span_id, trace_id, write_export_request
 from doeff_flow_core.reader import RecordStream, read_all
 from doeff_flow_core.spans import (
@@ -147,8 +148,13 @@ def test_spawned_tasks_hang_off_the_spawning_call_and_end_when_they_finish(
         assert span.parent_id == parent.span_id
     quick, slow = sorted(sleepers, key=lambda s: s.end)
     assert [e.attributes.get("name") for e in quick.events if e.kind == SLOG] == ["quick"]
-    # The quick task's call ends when the task finishes, not when the run does.
-    assert slow.end - quick.end >= 0.15
+    # Each task's call ends when the trace says the task finished, not when the run does.
+    finished = {
+        task: at.timestamp()
+        for record in read_all(tmp_path / "wf-spawn" / "trace.jsonl").records
+        for task, at in record.finished_tasks
+    }
+    assert quick.end == finished[quick.task] < slow.end == finished[slow.task]
     assert workflow.end >= slow.end
 
 
@@ -258,6 +264,35 @@ def test_records_from_a_gap_still_make_spans() -> None:
     assert b.status == INCOMPLETE
 
 
+def test_tasks_of_a_writer_that_never_says_when_they_end_are_ended_when_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(spans_module, "TIDY_EVERY", 4)
+    records = [record(1, "main"), record(2, "work", task=1)]
+    # Task 1 falls quiet; task 2 goes on, a record every 4 s, past TASK_QUIET seconds.
+    records += [
+        record(step, "work", task=2) for step in range(3, 3 + int(spans_module.TASK_QUIET) + 20, 4)
+    ]
+    ended = [span for span in spans_of(records) if span.name == "work"]
+    one, two = sorted(ended, key=lambda span: span.end)
+    assert one.task == 1 and one.end == one.start == records[1].updated_at.timestamp()
+    assert one.status == OK
+    assert two.task == 2 and two.status == INCOMPLETE  # still going when the trace ends
+    assert two.start == records[2].updated_at.timestamp()
+
+
+def test_open_tasks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spans_module, "TIDY_EVERY", 10)
+    monkeypatch.setattr(spans_module, "MAX_OPEN_TASKS", 5)
+    records = [record(1, "main", spawned=((1, None),))]  # a writer that says when tasks end
+    records += [record(step, "work", task=step) for step in range(2, 60)]
+    builder = spans_module.SpanBuilder()
+    ended = [span for rec in records for span in builder.add(rec)]
+    assert len(ended) >= 40  # the least recently active tasks were ended
+    assert all(span.name == "work" for span in ended)
+    assert [span.task for span in ended] == sorted(span.task for span in ended)
+
+
 # -- OTLP/JSON ----------------------------------------------------------------------------
 
 
@@ -300,6 +335,36 @@ def test_otlp_streamed_request_equals_the_built_one_and_ids_are_stable(tmp_path:
     assert {s.name for s in failed} == {"wf-same", "failing", "explode"}
     assert all(s.status.message == "ValueError: no good: a" for s in failed)
     assert span_id("wf-same", first[0].run, 1) != span_id("wf-same", first[0].run, 2)
+
+
+@pytest.mark.parametrize(
+    ("start", "step"),
+    [(datetime(1960, 1, 1, tzinfo=UTC), 1), (datetime(9999, 1, 1, tzinfo=UTC), 1),
+     (datetime(2026, 1, 1, tzinfo=UTC), 2**70)],
+)  # fmt: skip
+def test_times_and_numbers_out_of_otlp_s_range_still_make_a_valid_request(
+    start: datetime, step: int
+) -> None:
+    first = record(1, "main", "inner", task=2**70)
+    rec = LiveTrace(**{**first.__dict__, "step": step, "started_at": start, "updated_at": start})
+    later = LiveTrace(**{**rec.__dict__, "step": step + 1, "trace": rec.trace[:1]})
+    message = parse_request(export_request(spans_of([rec, later])))
+    assert len(otlp_spans(message)) == 3
+
+
+def test_traces_without_run_ids_still_give_each_run_its_own_ids() -> None:
+    runs = []
+    for start in (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)):
+        first = record(1, "main", run=None)
+        runs += [
+            LiveTrace(**{**first.__dict__, "started_at": start}),
+            LiveTrace(**{**first.__dict__, "step": 2, "status": "completed", "started_at": start,
+                         "current_effect": None}),
+        ]  # fmt: skip
+    received = otlp_spans(parse_request(export_request(spans_of(runs))))
+    assert len(received) == 4
+    assert len({span.span_id for span in received}) == 4
+    assert len({span.trace_id for span in received}) == 2
 
 
 def test_an_empty_export_is_still_a_valid_request() -> None:

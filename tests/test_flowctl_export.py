@@ -647,6 +647,23 @@ def test_hostile_text_stays_text_in_every_format(tmp_path: Path) -> None:
     assert name.replace("\ud800", "\ufffd") in {span.name for span in spans}  # valid UTF-8
 
 
+@pytest.mark.parametrize(
+    "when", ["0001-01-01T00:00:00+14:00", "1960-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00"]
+)
+def test_times_far_from_now_still_export_in_every_format(tmp_path: Path, when: str) -> None:
+    frames = [{"function": "main", "file": "/w.py", "line": 1, "code": None}]
+    put_trace(
+        tmp_path,
+        "wf-when",
+        record_line("wf-when", 1, trace=frames, started_at=when, updated_at=when)
+        + record_line("wf-when", 2, trace=[], status="completed", started_at=when, updated_at=when),
+    )
+    assert json.loads(exported(tmp_path, "wf-when"))["traceEvents"]
+    assert len(spans_of(parse_request(exported(tmp_path, "wf-when", "--format", "otlp")))) == 2
+    root = ET.fromstring(exported(tmp_path, "wf-when", "--format", "svg"))
+    assert "1 call in 1 task" in " ".join(texts(root))
+
+
 def test_an_empty_trace_exports_an_empty_timeline(tmp_path: Path) -> None:
     put_trace(tmp_path, "wf-empty", "")
     assert json.loads(exported(tmp_path, "wf-empty"))["traceEvents"] == []
