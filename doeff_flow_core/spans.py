@@ -13,7 +13,10 @@ finishes (``finished_tasks``), or at the run's terminal record; a run with no te
 record ends at its last record with its open spans marked ``incomplete``.
 
 Each run gets a workflow span holding the root task's outermost calls; a spawned
-task's outermost calls hang off the call that spawned it (``spawned``).
+task's outermost calls hang off the call that spawned it (``spawned``). A trace from a
+writer that never says when tasks finish (no ``spawned`` either) ends a task that has been
+quiet for TASK_QUIET seconds at its last record, and no run keeps more than
+MAX_OPEN_TASKS tasks open.
 """
 
 from __future__ import annotations
