@@ -180,3 +180,11 @@ class OtlpHeaderWithoutEndpoint(OtlpSettingError):
         super().__init__(
             "--otlp-header given without --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT)", None
         )
+
+
+class SweepFailed(Exception):
+    """Ending a run whose writer is gone failed; the other runs were swept all the same."""
+
+    def __init__(self, path: str, error: Exception) -> None:
+        self.error = error
+        super().__init__(f"{path}: {type(error).__name__}: {error}")

@@ -23,6 +23,9 @@ _REJECTING: Final = "rejecting"  # a condition logged, reported as OK
 FIRST_BACKOFF: Final = 0.5
 MOST_BACKOFF: Final = 30.0
 DETAIL_CHARS: Final = 300  # of a collector's answer, in last_error and the log
+# OTLP/HTTP: only these say "try again later"; any other error status is final (a 500
+# answered to one batch would be answered to it forever, and hold up every batch behind)
+RETRYABLE: Final = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,16 @@ class Sent:
 
 @dataclass(frozen=True)
 class Rejected:
-    """The collector refused the batch (a 4xx other than 429): sending it again is no use."""
+    """The collector refused the batch (a status not in RETRYABLE): sending it again is
+    no use."""
 
     detail: str
 
 
 @dataclass(frozen=True)
 class Failed:
-    """No usable answer (no connection, a timeout, 429, 5xx): the batch is tried again."""
+    """No usable answer (no connection, a timeout, a status in RETRYABLE): the batch is
+    tried again."""
 
     reason: str  # short, for the log: "ConnectionRefusedError", "HTTP 503 Service Unavailable"
     detail: str  # for last_error
@@ -68,7 +73,7 @@ def answer(status: int, reason: str, body: bytes) -> Outcome:
     detail = f"{head}: {text}" if text else head
     if 200 <= status < 300:
         return _partial_success(body)
-    if status == 429 or status >= 500:
+    if status in RETRYABLE:
         return Failed(head, detail, answered=True)
     return Rejected(detail)
 
@@ -163,17 +168,16 @@ class Health:
             return Notice(logging.INFO, f"otlp: collector at {where} took the first {spans} spans")
         return None
 
-    def drop(self, spans: int, limit: int) -> Notice | None:
-        """``spans`` dropped from a full queue; a line the first time since it drained."""
+    def drop(self, spans: int, bound: str) -> Notice | None:
+        """``spans`` dropped from a full queue (``bound`` says its limits); a line the first
+        time since it drained."""
         if spans <= 0:
             return None
         self.dropped_spans += spans
         if self._overflowing:
             return None
         self._overflowing = True
-        return Notice(
-            logging.WARNING, f"otlp: queue full ({limit} spans); dropping the oldest spans"
-        )
+        return Notice(logging.WARNING, f"otlp: queue full ({bound}); dropping the oldest spans")
 
     def drained(self) -> None:
         """The queue emptied: the next overflow is news again."""

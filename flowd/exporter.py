@@ -4,10 +4,11 @@ The span feed (span_feed.py) turns the records the index reads into finished spa
 the event loop, and puts them in a bounded queue (span_queue.py). ``Exporter.run`` sends
 them in batches (BATCH_SPANS, or what came within BATCH_WAIT of the first), each POSTed
 by ``post`` in a worker thread, so neither indexing nor clients ever wait on the
-network. A batch that gets no usable answer (no connection, a timeout, 429, 5xx) is kept
-and sent again after a backoff (0.5 s doubling to 30 s); one the collector rejects
-(another 4xx) is dropped and counted. Runs found mid-way are rebuilt here too, one at a
-time, in a worker thread. ``close`` sends what is queued, within a deadline.
+network. A batch that gets no usable answer (no connection, a timeout, 429, 502, 503,
+504) is kept and sent again after a backoff (0.5 s doubling to 30 s); one the collector
+rejects (any other status) is dropped and counted. Runs found mid-way are rebuilt here
+too, one at a time, in a worker thread. ``close`` sends what is queued, within a
+deadline. Each loop outlives its own failures: flowd never stops for the exporter.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ log = logging.getLogger("flowd")
 
 BATCH_SPANS: Final = 512
 BATCH_WAIT: Final = 1.0
-TIMEOUT: Final = 10.0  # for one request
+TIMEOUT: Final = 10.0  # for one request, in all
 CLOSE_SECONDS: Final = 3.0  # to send what is queued when flowd stops
 SWEEP_SECONDS: Final = 2.0  # between looks for runs whose writer is gone
+BUG_PAUSE: Final = 1.0  # after an unexpected failure: a loop never spins on a bug
 
 
 def exporter_from(
@@ -55,8 +57,8 @@ def exporter_from(
     if endpoint is None:
         return None
     source = "" if endpoint.source == OPTION else f" (from {endpoint.source})"
-    log.info("otlp: exporting spans to %s%s", endpoint.url, source)
-    return Exporter(endpoint, Health(endpoint.url), queue_limit, timeout)
+    log.info("otlp: exporting spans to %s%s", endpoint.shown, source)
+    return Exporter(endpoint, Health(endpoint.shown), queue_limit, timeout)
 
 
 class Exporter:
@@ -123,7 +125,7 @@ class Exporter:
     # -- the span feed's side (on the event loop, cheap) ------------------------------
 
     def _offer(self, spans: list[Span]) -> None:
-        self._note(self.health.drop(self.queue.put(spans), self.queue.limit))
+        self._note(self.health.drop(self.queue.put(spans), self.queue.bound))
         self._wake.set()
 
     def _ask_rebuild(self, replay: Replay) -> None:
@@ -137,28 +139,36 @@ class Exporter:
     # -- sending ----------------------------------------------------------------------
 
     async def _send_loop(self, endpoint: Endpoint) -> None:
-        while self._batch or await self._next_batch():
-            batch = self._batch
+        trouble = _Trouble("sending spans")
+        while True:
             try:
-                outcome = await anyio.to_thread.run_sync(
-                    post, endpoint, batch, self.timeout, abandon_on_cancel=True
-                )
+                if not (self._batch or await self._next_batch()):
+                    return
+                if not await self._send(endpoint, self._batch):
+                    return  # stopping: no waiting to retry
+                trouble.over()
             except Exception as exc:  # a bug: drop the batch rather than retry it forever
-                log.error("otlp: sending %d spans: %s: %s", len(batch), type(exc).__name__, exc)
-                log.debug("otlp: sending", exc_info=True)
-                self.health.dropped_spans += len(batch)
+                trouble.met(exc)
+                self.health.dropped_spans += len(self._batch)
                 self._batch = []
-                continue
-            self._note(self.health.record(outcome, len(batch)))
-            if not isinstance(outcome, Failed):
-                self._failures = 0
-                self._batch = []
-                continue
-            if self._closed.is_set():
-                return  # stopping: no waiting to retry
-            self._failures += 1
-            with anyio.move_on_after(backoff(self._failures)):
-                await self._closed.wait()
+                await anyio.sleep(BUG_PAUSE)
+
+    async def _send(self, endpoint: Endpoint, batch: list[Span]) -> bool:
+        """Send ``batch`` once; False when it failed and flowd is stopping."""
+        outcome = await anyio.to_thread.run_sync(
+            post, endpoint, batch, self.timeout, abandon_on_cancel=True
+        )
+        self._note(self.health.record(outcome, len(batch)))
+        if not isinstance(outcome, Failed):
+            self._failures = 0
+            self._batch = []
+            return True
+        if self._closed.is_set():
+            return False
+        self._failures += 1
+        with anyio.move_on_after(backoff(self._failures)):
+            await self._closed.wait()
+        return True
 
     async def _next_batch(self) -> bool:
         """Take the next batch from the queue once it is full or has waited BATCH_WAIT;
@@ -186,15 +196,23 @@ class Exporter:
 
     async def _sweep_loop(self) -> None:
         """A killed writer writes no terminal record: its run's open calls are sent,
-        incomplete, once flowd sees it is gone (as ``ps`` says ``lost``)."""
+        incomplete, once flowd sees it is gone (as ``ps`` says ``lost``) and has read its
+        trace to the end."""
         assert self.feed is not None
+        trouble = _Trouble("ending runs whose writer is gone")
         while True:
             await anyio.sleep(SWEEP_SECONDS)
-            self.feed.sweep()
+            try:
+                self.feed.sweep()
+            except Exception as exc:  # a bug, or a record liveness cannot judge: go on
+                trouble.met(exc)
+            else:
+                trouble.over()
 
     # -- rebuilding runs found mid-way ------------------------------------------------
 
     async def _rebuild_loop(self) -> None:
+        trouble = _Trouble("following")
         while True:
             while not self._replays:
                 self._replay_wake = anyio.Event()
@@ -203,15 +221,20 @@ class Exporter:
             try:
                 await self._rebuild(replay)
             except Exception as exc:  # a bug: flowd goes on
-                log.error("otlp: following %s: %s: %s", replay.path, type(exc).__name__, exc)
-                log.debug("otlp: following", exc_info=True)
+                trouble.met(exc, replay.path)
+            else:
+                trouble.over()
 
     async def _rebuild(self, replay: Replay) -> None:
         assert self.feed is not None
         result: Rebuilt | None = None
         try:
             result = await anyio.to_thread.run_sync(
-                rebuild, replay, self.queue.limit, anyio.from_thread.check_cancelled
+                rebuild,
+                replay,
+                self.queue.limit,
+                anyio.from_thread.check_cancelled,
+                self.queue.weight_limit,
             )
         except OSError as exc:
             log.warning(
@@ -223,7 +246,7 @@ class Exporter:
             log.error("otlp: replaying %s: %s: %s", replay.path, type(exc).__name__, exc)
             log.debug("otlp: replaying", exc_info=True)
         if result is not None:
-            self._note(self.health.drop(result.dropped, self.queue.limit))
+            self._note(self.health.drop(result.dropped, self.queue.bound))
             if result.builder is None and result.last_step == WHOLE_RUN:
                 log.info(
                     "otlp: %s: the start of its current run is no longer in its trace; "
@@ -231,3 +254,24 @@ class Exporter:
                     replay.path,
                 )
         self.feed.rebuilt(replay, result)
+
+
+class _Trouble:
+    """One loop's unexpected failures, logged so that flowd goes on: an error line for
+    each new one, and only debug lines while the same one repeats (a bad record meets the
+    sweep every turn)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._last: str | None = None
+
+    def met(self, exc: Exception, about: str | None = None) -> None:
+        what = self.what if about is None else f"{self.what} {about}"
+        message = f"otlp: {what}: {type(exc).__name__}: {exc}"
+        log.log(logging.DEBUG if message == self._last else logging.ERROR, "%s", message)
+        log.debug("otlp: %s", what, exc_info=exc)
+        self._last = message
+
+    def over(self) -> None:
+        """A turn went well: the next failure is news again."""
+        self._last = None

@@ -409,6 +409,21 @@ class Index:
         return found.lines
 
 
+def read_to_end(entry: Entry) -> bool:
+    """Whether the index has read every complete record of ``entry``'s trace: it is not
+    behind, and the file at its path is the one it read, at the size it read (one
+    ``stat``: a watcher that polls may not have looked since the writer's last write)."""
+    if entry.behind or entry.replaced:
+        return False
+    try:
+        stat = os.stat(entry.path)
+    except FileNotFoundError:
+        return entry.size < 0  # gone, as the index saw: nothing more will come
+    except OSError:
+        return False
+    return ident_of(stat) == entry.ident and stat.st_size == entry.size
+
+
 def _ident_of_path(path: str) -> FileIdent | None:
     try:
         return ident_of(os.stat(path, follow_symlinks=False))

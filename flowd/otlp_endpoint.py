@@ -11,7 +11,8 @@ out, or an ``OtlpSettingError`` saying what is wrong. The URL is chosen in this 
 
 Headers: ``OTEL_EXPORTER_OTLP_HEADERS``, then ``OTEL_EXPORTER_OTLP_TRACES_HEADERS``
 (``k=v,k2=v2``, values percent-decoded), then each ``--otlp-header K=V``; a later one
-replaces an earlier one of the same name (names compare without case).
+replaces an earlier one of the same name (names compare without case). A URL is logged
+and reported only through ``shown``, which hides what may be credentials.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class Endpoint:
     headers: Headers = ()
     source: str = OPTION  # which option or variable named the URL
 
+    @property
+    def shown(self) -> str:
+        """The URL as logged and reported."""
+        return shown(self.url)
+
 
 def endpoint_from(
     option: str | None, header_options: Sequence[str], environ: Mapping[str, str]
@@ -56,6 +62,7 @@ def endpoint_from(
         return None
     given, source = chosen
     url = _post_url(given, source)
+    given = shown(given)  # header errors repeat it
     headers: dict[str, tuple[str, str]] = {}
     for var in (HEADERS_VAR, TRACES_HEADERS_VAR):
         for item in filter(str.strip, environ.get(var, "").split(",")):
@@ -77,25 +84,41 @@ def _chosen_url(option: str | None, environ: Mapping[str, str]) -> tuple[str, st
     return None
 
 
+def shown(url: str) -> str:
+    """``url`` fit to log and report: what may be credentials (anything up to an ``@``
+    before any ``?`` or ``#``, past the scheme) becomes ``***``. Wider than urllib's
+    userinfo: a password with a ``/`` in it would otherwise show as a host and path."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    return url if at < 0 else f"{scheme}{separator}***{rest[at:]}"
+
+
 def _post_url(given: str, source: str) -> str:
     """The URL to POST to, after checking ``given`` is an http(s) URL with a host."""
+    url = shown(given)  # what an error repeats
     if not given or _BAD_VALUE.search(given) or any(char.isspace() for char in given):
-        raise InvalidOtlpEndpoint(given, source, "empty, or holds spaces or control characters")
-    parts = urllib.parse.urlsplit(given)
+        raise InvalidOtlpEndpoint(url, source, "empty, or holds spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(given)
+    except ValueError:  # an unclosed [IPv6 address]
+        raise InvalidOtlpEndpoint(url, source, "the host is not valid") from None
     if parts.scheme not in ("http", "https"):
-        raise InvalidOtlpEndpoint(given, source, "the scheme must be http or https")
+        raise InvalidOtlpEndpoint(url, source, "the scheme must be http or https")
     if not parts.hostname:
-        raise InvalidOtlpEndpoint(given, source, "no host")
+        raise InvalidOtlpEndpoint(url, source, "no host")
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
-    except ValueError as exc:
-        raise InvalidOtlpEndpoint(given, source, str(exc)) from None
+    except ValueError:  # urllib's message quotes the port as written (maybe a password's end)
+        raise InvalidOtlpEndpoint(url, source, "the port is not a number from 0 to 65535") from None
     if parts.username is not None or parts.password is not None:
         raise InvalidOtlpEndpoint(
-            given, source, f"credentials in a URL are not sent; use {HEADER_OPTION}"
+            url, source, f"credentials in a URL are not sent; use {HEADER_OPTION}"
         )
     if parts.fragment:
-        raise InvalidOtlpEndpoint(given, source, "a URL to POST to has no #fragment")
+        raise InvalidOtlpEndpoint(url, source, "a URL to POST to has no #fragment")
     if source == TRACES_ENDPOINT_VAR:
         return given
     if source == ENDPOINT_VAR or parts.path in ("", "/"):

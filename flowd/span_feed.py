@@ -29,8 +29,10 @@ from doeff_flow_core.errors import MalformedRecord
 from doeff_flow_core.reader import RecordStream
 from doeff_flow_core.records import LOST, RUNNING, LiveTrace
 from doeff_flow_core.spans import Span, SpanBuilder
-from flowd.index import Entry, Liveness, Update
+from flowd.errors import SweepFailed
+from flowd.index import Entry, Liveness, Update, read_to_end
 from flowd.protocol import loads
+from flowd.span_queue import WEIGHT_LIMIT, SpanQueue
 from flowd.traces import Line
 
 MAX_WAITING: Final = 10_000  # records kept while a run is rebuilt
@@ -43,19 +45,26 @@ After = tuple[str | None, int]  # records of this run up to this step are not fe
 
 @dataclass(frozen=True)
 class Replay:
-    """A run to rebuild: ``step`` is where flowd found it (spans ended by then are old)."""
+    """A run to rebuild, found at its record ``latest`` (spans ended by then are old)."""
 
     entry: Entry
     path: str
-    run: str | None
-    step: int
+    latest: Line
+
+    @property
+    def run(self) -> str | None:
+        return self.latest.run
+
+    @property
+    def step(self) -> int:
+        return self.latest.step
 
 
 @dataclass(frozen=True)
 class Rebuilt:
     """A run replayed: its open calls (None when it ended, or could not be rebuilt), the
-    spans that ended after the step it was found at (at most ``most``; ``dropped`` more),
-    and the last step read."""
+    spans that ended after the step it was found at (within the queue's bounds; the
+    oldest ``dropped`` more were let go), and the last step read."""
 
     builder: SpanBuilder | None
     spans: tuple[Span, ...] = ()
@@ -63,12 +72,18 @@ class Rebuilt:
     last_step: int = WHOLE_RUN
 
 
-def rebuild(replay: Replay, most: int, check: Callable[[], object] = lambda: None) -> Rebuilt:
+def rebuild(
+    replay: Replay,
+    most: int,
+    check: Callable[[], object] = lambda: None,
+    most_weight: int = WEIGHT_LIMIT,
+) -> Rebuilt:
     """Replay the run's records from its trace (blocking: call it in a worker thread;
-    ``check`` is called now and then, and may raise to stop it)."""
+    ``check`` is called now and then, and may raise to stop it). The spans ended are kept
+    within the export queue's bounds (``most`` spans, ``most_weight``: see span_queue)."""
     builder = SpanBuilder()
-    ended: deque[Span] = deque(maxlen=most)
-    total = 0
+    ended = SpanQueue(most, most_weight)
+    dropped = 0
     last: int | None = None
     for count, record in enumerate(RecordStream(replay.path)):
         if count % CHECK_EVERY == 0:
@@ -81,14 +96,13 @@ def rebuild(replay: Replay, most: int, check: Callable[[], object] = lambda: Non
             return Rebuilt(None)  # its start is gone (rotated away): skip the run
         spans = builder.add(record)
         if record.step > replay.step:
-            ended.extend(spans)
-            total += len(spans)
+            dropped += ended.put(spans)
         last = record.step
         if record.status != RUNNING:
-            return Rebuilt(None, tuple(ended), total - len(ended), last)
+            return Rebuilt(None, tuple(ended.take(len(ended))), dropped, last)
     if last is None:
         return Rebuilt(None)
-    return Rebuilt(builder, tuple(ended), total - len(ended), last)
+    return Rebuilt(builder, tuple(ended.take(len(ended))), dropped, last)
 
 
 class _Follow:
@@ -144,20 +158,32 @@ class SpanFeed:
         self._take(entry, follow or _Follow(), update.lines)
 
     def sweep(self) -> int:
-        """End the open runs whose writer is gone (killed: no terminal record will come):
-        their open calls are emitted, incomplete, at their last record. How many ended."""
+        """End the open runs whose writer is gone (killed: no terminal record will come)
+        once the index has read their trace to its end: their open calls are emitted,
+        incomplete, at their last record. How many ended; ``SweepFailed`` (after the
+        others) for a run that could not be judged or ended."""
         liveness = Liveness()
         ended = 0
-        for follow in self._follows.values():
-            if follow.builder is None or follow.last is None:
-                continue
-            if liveness.status(follow.last) != LOST:
-                continue
-            self._emit(follow.builder.close())
-            follow.after = (follow.run, WHOLE_RUN)  # anything of it read later is old
-            follow.builder = follow.last = None
-            ended += 1
+        failed: SweepFailed | None = None
+        for entry, follow in list(self._follows.items()):
+            try:
+                ended += self._sweep(entry, follow, liveness)
+            except Exception as exc:  # one run's trouble: the others are swept all the same
+                failed = failed or SweepFailed(entry.path, exc)
+        if failed is not None:
+            raise failed from failed.error
         return ended
+
+    def _sweep(self, entry: Entry, follow: _Follow, liveness: Liveness) -> bool:
+        if follow.builder is None or follow.last is None:
+            return False
+        # records the index has not read yet would be left out once the run is ended
+        if liveness.status(follow.last) != LOST or not read_to_end(entry):
+            return False
+        self._emit(follow.builder.close())
+        follow.after = (follow.run, WHOLE_RUN)  # anything of it read later is old
+        follow.builder = follow.last = None
+        return True
 
     def forget(self, entry: Entry) -> None:
         self._follows.pop(entry, None)
@@ -174,6 +200,8 @@ class SpanFeed:
         else:
             follow.after = (replay.run, result.last_step)
             follow.builder, follow.run = result.builder, replay.run
+            # the run's writer, for a sweep before any later record is read
+            follow.last = replay.latest if result.builder is not None else None
             if result.spans:
                 self._emit(list(result.spans))
         self._take(replay.entry, follow, waiting)
@@ -185,7 +213,7 @@ class SpanFeed:
         if Liveness().status(latest) == LOST:
             follow.after = (latest.run, WHOLE_RUN)  # its writer is gone
             return
-        follow.replay = Replay(entry, entry.path, latest.run, latest.step)
+        follow.replay = Replay(entry, entry.path, latest)
         follow.waiting = deque(maxlen=MAX_WAITING)
         self._request(follow.replay)
 

@@ -5,11 +5,13 @@ workflows (nested calls, Spawn, slog) run in this process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from conftest import python_command, python_env
 from doeff import Gather, Get, Spawn, do, slog
@@ -28,13 +31,28 @@ from doeff_flow_core import run_workflow
 from doeff_flow_core.otlp import span_id, trace_id
 from doeff_flow_core.reader import RecordStream
 from doeff_flow_core.records import LiveTrace
-from doeff_flow_core.spans import ERROR, INCOMPLETE, OK, Span, SpanBuilder, spans_of
+from doeff_flow_core.spans import (
+    CALL,
+    EFFECT,
+    ERROR,
+    INCOMPLETE,
+    OK,
+    Span,
+    SpanBuilder,
+    SpanEvent,
+    spans_of,
+)
+from flowd import exporter as flowd_exporter
+from flowd import index as flowd_index
 from flowd.errors import OtlpSettingError
 from flowd.export_health import Failed, Health, Rejected, Sent, answer
-from flowd.index import Entry, Update
-from flowd.otlp_endpoint import Endpoint, endpoint_from
+from flowd.exporter import SWEEP_SECONDS, Exporter
+from flowd.index import Entry, Index, Update
+from flowd.otlp_endpoint import Endpoint, endpoint_from, shown
+from flowd.otlp_post import post
 from flowd.span_feed import Replay, SpanFeed, rebuild
-from flowd.traces import Line, split_lines
+from flowd.span_queue import SpanQueue
+from flowd.traces import Line
 
 STATUS_OK, STATUS_ERROR = 1, 2
 WAIT = 30.0
@@ -168,13 +186,14 @@ class Collector:
         with self.lock:
             self.arrived += 1
             status = self.statuses.pop(0) if self.statuses else self.status
+            hold = self.hold  # a test may set it to None meanwhile
         try:
             message = parse_request(body)
         except Exception as exc:  # anything the official schema refuses
             self.invalid.append(repr(exc))
             status, message = 400, None
-        if self.hold is not None:
-            self.hold.wait(self.hold_seconds)
+        if hold is not None:
+            hold.wait(self.hold_seconds)
         if message is not None:
             with self.lock:
                 self.requests.append(
@@ -238,8 +257,8 @@ def stats(daemon: Flowd) -> dict[str, Any]:
         return otlp
 
 
-def count(daemon: Flowd, pattern: str) -> int:
-    return len(re.findall(pattern, daemon.log()))
+def count(log: Flowd | str, pattern: str) -> int:
+    return len(re.findall(pattern, log if isinstance(log, str) else log.log()))
 
 
 def exporting(tmp_path: Path, url: str, *options: object) -> AbstractContextManager[Flowd]:
@@ -313,8 +332,11 @@ def test_spans_of_a_run_reach_the_collector_with_names_parents_resource_and_stat
             assert request.headers["x-team"] == "flow"
         assert collector.invalid == []
 
-        # the collector keeps a request before it answers: flowd counts it after
-        report = wait_for(lambda: (r := stats(daemon))["sent_spans"] and r, WAIT, "counted")
+        # the collector keeps a request before it answers: flowd counts it after (the
+        # spans may have gone in more than one batch)
+        report = wait_for(
+            lambda: (r := stats(daemon))["sent_spans"] == len(expected) and r, WAIT, "counted"
+        )
         assert report == {
             "endpoint": collector.url + "/v1/traces",
             "state": "ok",
@@ -347,7 +369,7 @@ def test_a_collector_down_at_first_gets_the_spans_once_up_and_drops_are_counted(
         wait_for(lambda: stats(daemon)["dropped_spans"] > 0, WAIT, "drops")
         wait_for(lambda: stats(daemon)["failed_requests"] >= 3, WAIT, "retries")
         assert count(daemon, f"otlp: collector unreachable at {url}: ConnectionRefusedError") == 1
-        assert count(daemon, r"otlp: queue full \(4 spans\)") == 1
+        assert count(daemon, r"otlp: queue full \(4 spans, or 200000 spans and events\)") == 1
 
         up = Collector(port=port)
         try:
@@ -365,7 +387,7 @@ def test_a_collector_down_at_first_gets_the_spans_once_up_and_drops_are_counted(
             up.close()
 
 
-@pytest.mark.parametrize("failures", [[503, 500], [429]])
+@pytest.mark.parametrize("failures", [[503, 502, 504], [429]])
 def test_a_failing_collector_is_retried_with_the_same_batch(
     tmp_path: Path, collector: Collector, failures: list[int]
 ) -> None:
@@ -387,11 +409,14 @@ def test_a_failing_collector_is_retried_with_the_same_batch(
     assert count(daemon, "otlp: collector reachable again") == 1
 
 
+@pytest.mark.parametrize(
+    ("status", "reason"), [(400, "Bad Request"), (500, "Internal Server Error")]
+)
 def test_a_rejected_batch_is_dropped_counted_and_logged_once(
-    tmp_path: Path, collector: Collector
+    tmp_path: Path, collector: Collector, status: int, reason: str
 ) -> None:
     traces = trace_dir(tmp_path)
-    collector.status = 400
+    collector.status = status  # a 500 is no reason to try again (OTLP/HTTP)
     with exporting(tmp_path, collector.url) as daemon:
         first = run(traces, "wf-one")
         wait_for(lambda: stats(daemon)["rejected_spans"] == len(first), WAIT, "a rejection")
@@ -401,7 +426,7 @@ def test_a_rejected_batch_is_dropped_counted_and_logged_once(
         report = stats(daemon)
         assert report["sent_spans"] == report["failed_requests"] == report["queued"] == 0
         assert report["state"] == "ok"
-        assert report["last_error"] == 'HTTP 400 Bad Request: {"message": "bad spans"}'
+        assert report["last_error"] == f'HTTP {status} {reason}: {{"message": "bad spans"}}'
         ids = [s.span_id for r in collector.requests for s in r.spans]
         assert len(ids) == len(set(ids)) == total  # each batch sent once, never again
         assert len(collector.requests) >= 2
@@ -414,7 +439,14 @@ def test_a_rejected_batch_is_dropped_counted_and_logged_once(
         (["--otlp-endpoint", "ftp://127.0.0.1/x"], "ftp://127.0.0.1/x", "http or https"),
         (["--otlp-endpoint", "http:///v1/traces"], "http:///v1/traces", "no host"),
         (["--otlp-endpoint", "127.0.0.1:4318"], "127.0.0.1:4318", "http or https"),
-        (["--otlp-endpoint", "http://h:99999"], "http://h:99999", "out of range"),
+        (["--otlp-endpoint", "http://h:99999"], "http://h:99999", "not a number from 0 to"),
+        (["--otlp-endpoint", "http://[::1"], "http://[::1", "the host is not valid"),
+        (
+            ["--otlp-endpoint", "http://user:s3cret@h:4318"],
+            "http://***@h:4318",
+            "credentials in a URL are not sent",
+        ),
+        (["--otlp-endpoint", "http://u:s3cret@h:99999/"], "http://***@h:99999/", "the port"),
         (
             ["--otlp-endpoint", "http://h:4318", "--otlp-header", "X-Key s3cret"],
             "http://h:4318",
@@ -662,8 +694,8 @@ def test_health_logs_once_per_change_of_the_collectors_condition() -> None:
     notes = [
         health.record(refused, 5),
         health.record(refused, 5),
-        health.drop(3, 10),
-        health.drop(2, 10),
+        health.drop(3, "10 spans"),
+        health.drop(2, "10 spans"),
         health.record(Sent(), 5),
         health.record(Sent(), 5),
         health.record(answer(400, "Bad Request", b"no"), 4),
@@ -697,9 +729,10 @@ def test_health_logs_once_per_change_of_the_collectors_condition() -> None:
         "failed_requests": 2,
         "last_error": "partial success",
     }
-    assert isinstance(answer(503, "Service Unavailable", b""), Failed)
-    assert isinstance(answer(429, "Too Many Requests", b""), Failed)
-    assert isinstance(answer(404, "Not Found", b""), Rejected)
+    for status in (429, 502, 503, 504):  # "try again later", says OTLP/HTTP
+        assert isinstance(answer(status, "", b""), Failed)
+    for status in (301, 400, 404, 413, 500, 501, 505):  # final: sending again is no use
+        assert isinstance(answer(status, "", b""), Rejected)
 
 
 # -- the span feed, without a daemon --------------------------------------------------------
@@ -714,9 +747,20 @@ class Fed:
         self.feed = SpanFeed(self.spans.extend, self.replays.append)
 
 
+def indexed(trace_dir: Path, workflow_id: str) -> tuple[Index, Entry, Update]:
+    """A workflow read by a real index from its first record (it appeared while flowd runs)."""
+    index = Index()
+    root = index.add_root(str(trace_dir), "argument")
+    assert root is not None
+    entry = index.add_workflow(root, workflow_id)
+    assert entry is not None
+    return index, entry, index.load(entry, fresh=True)
+
+
 def trace_lines(trace_dir: Path, workflow_id: str) -> tuple[Entry, list[Line]]:
-    entry = Entry(str(trace_dir), workflow_id)
-    return entry, split_lines(Path(entry.path).read_bytes(), 0).lines
+    """The workflow's entry, read to its end by an index, and its records."""
+    _, entry, update = indexed(trace_dir, workflow_id)
+    return entry, update.lines
 
 
 def ended_after(lines: list[Line], step: int) -> list[Span]:
@@ -735,13 +779,22 @@ def dead_pid() -> int:
     return child.pid
 
 
+def written_by(traces: Path, workflow_id: str, pid: int, stop: int) -> list[bytes]:
+    """The records ``[:stop]`` of a run (no terminal one), as if process ``pid`` wrote them;
+    the trace holds them."""
+    run(traces, workflow_id)
+    path = traces / workflow_id / "trace.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()][:stop]
+    assert all(record["status"] == "running" for record in records)
+    lines = [json.dumps(dict(r, pid=pid, pid_start=None)).encode() + b"\n" for r in records]
+    path.write_bytes(b"".join(lines))
+    return lines
+
+
 def test_a_run_whose_writer_is_gone_is_ended_incomplete_by_a_sweep(tmp_path: Path) -> None:
     traces = trace_dir(tmp_path)
-    run(traces, "wf-gone")
+    written_by(traces, "wf-gone", dead_pid(), -1)
     path = traces / "wf-gone" / "trace.jsonl"
-    pid = dead_pid()
-    records = [json.loads(line) for line in path.read_text().splitlines()][:-1]  # no end
-    path.write_text("".join(json.dumps(dict(r, pid=pid, pid_start=None)) + "\n" for r in records))
     entry, lines = trace_lines(traces, "wf-gone")
     expected = list(spans_of(RecordStream(path)))  # closed at the last record, incomplete
     fed = Fed()
@@ -811,3 +864,209 @@ def test_a_rebuild_that_fails_skips_the_run_and_a_reset_forgets_it(tmp_path: Pat
     fed.feed.feed(Update(entry, lines, reset=True))  # read again from its start
     fed.feed.rebuilt(fed.replays[1], rebuild(fed.replays[1], 100))  # too late: ignored
     assert fed.spans == ended_after(lines, 0)
+
+
+def test_a_sweep_waits_until_the_index_has_read_a_dead_writer_s_last_records(
+    tmp_path: Path,
+) -> None:
+    traces = trace_dir(tmp_path)
+    lines = written_by(traces, "wf-late", dead_pid(), 9)
+    path = traces / "wf-late" / "trace.jsonl"
+    path.write_bytes(b"".join(lines[:3]))
+    index, entry, update = indexed(traces, "wf-late")
+    fed = Fed()
+    fed.feed.feed(update)  # the first 3 records
+    with path.open("ab") as trace:  # the writer wrote 6 more, then died; not read yet
+        trace.write(b"".join(lines[3:]))
+    assert fed.feed.sweep() == 0
+    later = index.refresh(entry)
+    assert later is not None and len(later.lines) == 6
+    fed.feed.feed(later)
+    entry.behind = True  # as if one refresh had not read it all
+    assert fed.feed.sweep() == 0
+    entry.behind = False
+    assert fed.feed.sweep() == 1
+    assert fed.spans == list(spans_of(RecordStream(path)))  # ended at the 9th record
+    assert max(span.last_step for span in fed.spans) == 9
+
+
+def test_a_run_found_mid_way_is_swept_once_its_writer_dies_after_the_rebuild(
+    tmp_path: Path,
+) -> None:
+    traces = trace_dir(tmp_path)
+    writer = subprocess.Popen(["sleep", "60"])
+    try:
+        written_by(traces, "wf-found-dies", writer.pid, 9)
+        index, entry, _ = indexed(traces, "wf-found-dies")
+        fed = Fed()
+        fed.feed.feed(index.load(entry, fresh=False))  # found when flowd started
+        (replay,) = fed.replays
+        fed.feed.rebuilt(replay, rebuild(replay, 100))
+        assert fed.feed.sweep() == 0  # its writer runs
+    finally:
+        writer.kill()
+        writer.wait()
+    assert fed.feed.sweep() == 1  # nothing was read after the rebuild: swept all the same
+    path = traces / "wf-found-dies" / "trace.jsonl"
+    assert fed.spans == [s for s in spans_of(RecordStream(path)) if s.status == INCOMPLETE]
+    assert fed.spans
+
+
+# -- flowd goes on whatever the exporter meets ---------------------------------------------
+
+
+def indexed_count(daemon: Flowd) -> int:
+    """Workflows indexed (without deriving a status, as ``ps`` does)."""
+    with daemon.client() as client:
+        return sum(root["workflows"] for root in client.call("roots.list")["roots"])
+
+
+HUGE_PID = 2**70  # no process can have it: os.kill raises OverflowError
+
+
+def test_a_record_with_a_pid_no_process_can_have_leaves_flowd_serving(
+    tmp_path: Path, collector: Collector
+) -> None:
+    traces = trace_dir(tmp_path)
+    with exporting(tmp_path, collector.url) as daemon:
+        lines = written_by(tmp_path / "elsewhere", "wf-huge-pid", HUGE_PID, 3)
+        (traces / "wf-huge-pid").mkdir()  # appears while flowd runs: read from its start
+        (traces / "wf-huge-pid" / "trace.jsonl").write_bytes(b"".join(lines))
+        wait_for(lambda: indexed_count(daemon) == 1, WAIT, "indexed")
+        time.sleep(3 * SWEEP_SECONDS)  # sweeps meet it
+        assert daemon.proc.poll() is None
+        with daemon.client() as client:
+            assert client.call("ping")["otlp"]["state"] in ("idle", "ok")
+    assert count(daemon, "Traceback") == 0
+    assert count(daemon, "otlp: ending runs whose writer is gone") <= 1  # not once a sweep
+
+
+def test_an_exporter_loop_that_fails_logs_once_and_goes_on(
+    tmp_path: Path,
+    collector: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    traces = trace_dir(tmp_path)
+    written_by(traces, "wf-bad", HUGE_PID, 3)
+    written_by(traces, "wf-dead", dead_pid(), 3)
+    alive = flowd_index.process_alive
+
+    def old_core(pid: int, start: int | None) -> bool:  # as the core was: it raised
+        if pid == HUGE_PID:
+            raise OverflowError("signed integer is greater than maximum")
+        return alive(pid, start)
+
+    monkeypatch.setattr(flowd_index, "process_alive", old_core)
+    monkeypatch.setattr(flowd_exporter, "SWEEP_SECONDS", 0.02)
+    endpoint = Endpoint(collector.url + "/v1/traces")
+    exporter = Exporter(endpoint, Health(endpoint.url))
+    feed = exporter.feed
+    assert feed is not None
+    for workflow_id in ("wf-bad", "wf-dead"):  # the bad one first: the other is still swept
+        feed.feed(indexed(traces, workflow_id)[2])
+    assert len(feed) == 2
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(exporter.run)
+            with anyio.fail_after(WAIT):  # sent, and the sweep failed again and again
+                while not collector.taken() or count(caplog.text, "SweepFailed") < 5:
+                    await anyio.sleep(0.02)
+            await exporter.close(0.1)
+            group.cancel_scope.cancel()
+
+    with caplog.at_level(logging.DEBUG, logger="flowd"):
+        anyio.run(main)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("otlp: ending runs whose writer is gone: SweepFailed: ")
+    assert "wf-bad" in errors[0] and "OverflowError" in errors[0]
+    names = {span.name for span in collector.taken().values()}
+    assert "wf-dead" in names and "wf-bad" not in names  # wf-bad's run is still open
+
+
+# -- the export request and the queue, without a daemon ------------------------------------
+
+
+@contextmanager
+def trickling(answer: bytes, every: float) -> Iterator[str]:
+    """A receiver on 127.0.0.1 that reads one request, then sends ``answer`` one byte every
+    ``every`` seconds (until the client goes); its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += connection.recv(65536)
+            try:
+                for byte in answer:
+                    connection.sendall(bytes([byte]))
+                    time.sleep(every)
+            except OSError:
+                pass  # the client gave up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1/traces"
+    finally:
+        thread.join(WAIT)
+        listener.close()
+
+
+def test_a_request_ends_at_its_deadline_however_slowly_the_answer_trickles(
+    tmp_path: Path,
+) -> None:
+    traces = trace_dir(tmp_path)
+    spans = run(traces, "wf-trickle")
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    with trickling(answer, 0.5) as url:  # the whole answer would take 40 s
+        start = time.monotonic()
+        outcome = post(Endpoint(url), spans, 1.0)
+        took = time.monotonic() - start
+    assert isinstance(outcome, Failed) and outcome.reason == "TimeoutError"
+    assert outcome.detail == "TimeoutError: no complete answer within 1 s"
+    assert 0.9 < took < 3.0
+
+
+def call_span(span_id: int, events: int) -> Span:
+    event = SpanEvent("slog('x')", 0.0, EFFECT)
+    return Span("wf", "r", span_id, None, CALL, "f", None, None, None, 0.0, 1.0, OK, 1, 2,
+                events=(event,) * events)  # fmt: skip
+
+
+def test_the_queue_is_bounded_by_spans_and_by_their_events() -> None:
+    queue = SpanQueue(limit=10, weight_limit=100)
+    assert queue.put([call_span(i, 0) for i in range(12)]) == 2  # 12 spans: 2 too many
+    assert [span.span_id for span in queue.take(100)] == list(range(2, 12))
+    assert queue.put([call_span(i, 39) for i in range(3)]) == 1  # 3 x 40: the oldest goes
+    assert queue.put([call_span(3, 9)]) == 0  # 2 x 40 + 10 = 90
+    assert queue.put([call_span(4, 10)]) == 1  # 90 + 11: the oldest (40) goes
+    assert [span.span_id for span in queue.take(100)] == [2, 3, 4]
+    assert queue.put([call_span(5, 99)]) == 0  # taken: their weight is gone
+    assert queue.put([call_span(6, 200)]) == 2  # heavier than the bound: not kept either
+    assert len(queue) == 0
+    assert queue.bound == "10 spans, or 100 spans and events"
+
+
+def test_a_url_is_shown_without_what_may_be_credentials() -> None:
+    environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://me:s3cret@c:4318/v1/traces"}
+    with pytest.raises(OtlpSettingError) as raised:
+        endpoint_from(None, [], environ)
+    assert raised.value.endpoint == "https://***@c:4318/v1/traces"
+    assert "s3cret" not in str(raised.value)
+    for url, seen in [
+        ("http://tok3n@c", "http://***@c"),
+        ("http://me:pa/ss@c:4318/x", "http://***@c:4318/x"),  # a / in the password
+        ("me:s3cret@c:4318", "***@c:4318"),
+        ("http://c:4318/v1/traces?at=@x", "http://c:4318/v1/traces?at=@x"),
+        ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
+    ]:
+        assert shown(url) == seen
