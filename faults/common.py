@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,10 +135,13 @@ class Client:
 class Flowd:
     """``python -m flowd`` on a socket under /tmp, with its log in a file."""
 
-    def __init__(self, roots: list[Path], socket_path: Path | None = None) -> None:
+    def __init__(
+        self, roots: list[Path], socket_path: Path | None = None, extra: Sequence[str] = ()
+    ) -> None:
         self.dir = tempdir("ff")
         self.socket = socket_path or self.dir / "flowd.sock"
         self.roots = roots
+        self.extra = list(extra)
         self.state = self.dir / "state"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -147,6 +150,7 @@ class Flowd:
         args = [PY, "-m", "flowd", "--socket", str(self.socket)]
         for root in self.roots:
             args += ["--root", str(root)]
+        args += self.extra
         self.log_path = self.dir / f"flowd-{time.monotonic_ns()}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(

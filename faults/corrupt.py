@@ -1,6 +1,7 @@
 """Hypothesis-generated corrupt trace files under a few workflow directories: flowctl
-(subprocess, ``--json`` and text) and a running flowd (``ps``/``get``/``history`` over the
-socket) never crash, and count what they skip."""
+(subprocess: ``ps``/``history`` as ``--json`` and text, ``export`` in every format) and a
+running flowd (``ps``/``get``/``history`` over the socket, and exporting spans to a local
+OTLP receiver) never crash, and count what they skip."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import json
 import re
 import shutil
 import subprocess
+import threading
+import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +26,9 @@ from doeff_flow_core.reader import read_all
 HUGE_LINE = 10 * 1024 * 1024
 PARTS = ("trace.jsonl.2", "trace.jsonl.1", "trace.jsonl")  # three files per workflow
 FILES_PER_BATCH = 48
-# flowctl's documented exit codes for ps and history (flowctl/exitcodes.py).
+# flowctl's documented exit codes for ps, history and export (flowctl/exitcodes.py).
 DOCUMENTED = {0, 3, 4, 5}
+EXPORT_FORMATS = ("chrome", "otlp", "svg")
 # flowd's documented error codes.
 RPC_CODES = {-32700, -32600, -32601, -32602, -32001, -32002, -32003, -32004}
 SKIPPED = re.compile(rb"(\d+) malformed lines? skipped")
@@ -57,7 +62,16 @@ json_values = st.recursive(
 def records(draw: st.DrawFn) -> bytes:
     """A record, perhaps with fields of the wrong type, missing, or odd text."""
     record = dict(RECORD)
-    record["step"] = draw(st.integers(min_value=1, max_value=10**6))
+    # Small steps often: a run from its first record is what flowd exports as spans.
+    record["step"] = draw(st.just(1) | st.integers(1, 5) | st.integers(1, 10**6))
+    # Stacks that change and runs that end: what makes spans end.
+    record["trace"] = [
+        {"function": name, "file": "/w.py", "line": line, "code": None}
+        for name, line in draw(
+            st.lists(st.tuples(st.sampled_from("fgh"), st.integers(1, 3)), max_size=3)
+        )
+    ]
+    record["status"] = draw(st.sampled_from(["running"] * 6 + ["completed", "failed"]))
     for key in draw(st.lists(st.sampled_from(sorted(RECORD)), max_size=3)):
         if draw(st.booleans()):
             record[key] = draw(json_values)
@@ -141,6 +155,7 @@ class Figures:
     skipped_flowctl: int = 0
     skipped_core: int = 0
     no_valid: int = 0
+    spans_received: int = 0
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -149,7 +164,8 @@ class Figures:
             f"in {self.flowctl_runs} runs, flowd {self.flowd_crashes} crashes in "
             f"{self.flowd_requests} requests, {self.skipped_flowctl} lines skipped by flowctl "
             f"history + {self.no_valid} traces without a valid record "
-            f"({self.skipped_core} malformed lines in all)"
+            f"({self.skipped_core} malformed lines in all), {self.spans_received} spans"
+            " exported by flowd"
         )
 
     def ok(self) -> bool:
@@ -164,6 +180,14 @@ def _flowctl(root: Path, args: list[str]) -> tuple[list[str], subprocess.Complet
 def _judge_flowctl(fig: Figures, args: list[str], out: subprocess.CompletedProcess[bytes]) -> None:
     fig.flowctl_runs += 1
     crashed = out.returncode not in DOCUMENTED or b"Traceback" in out.stderr
+    if not crashed and out.returncode == 0 and args[0] == "export":
+        try:  # what was written is whole: JSON, or well-formed XML
+            if args[-1] == "svg":
+                ET.fromstring(out.stdout)
+            else:
+                json.loads(out.stdout)
+        except (ValueError, ET.ParseError):
+            crashed = True
     if not crashed and "--json" in args and out.returncode != 3:
         try:
             if args[0] == "ps":
@@ -195,6 +219,15 @@ def _judge_reply(fig: Figures, what: str, reply: dict[str, Any]) -> None:
     fig.problems.append(f"flowd {what}: {json.dumps(reply)[:300]}")
 
 
+def _watch(fig: Figures, daemon: Flowd, root: Path) -> None:
+    try:
+        with Client(daemon.socket, timeout=60) as client:
+            _judge_reply(fig, "roots.add", client.request("roots.add", {"path": str(root)}))
+    except (OSError, ValueError) as exc:
+        fig.flowd_crashes += 1
+        fig.problems.append(f"flowd stopped answering: {exc!r}")
+
+
 def _flowd_batch(fig: Figures, daemon: Flowd, root: Path, ids: list[str]) -> None:
     try:
         with Client(daemon.socket, timeout=60) as client:
@@ -215,11 +248,16 @@ def run(count: int, seed: int = 0) -> Figures:
     fig = Figures()
     contents = generate(count, seed)
     base = tempdir("fc")
-    daemon = Flowd([])
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
+    daemon = Flowd([], extra=["--otlp-endpoint", endpoint])
     try:
         for start in range(0, len(contents), FILES_PER_BATCH):
             batch = contents[start : start + FILES_PER_BATCH]
             root = base / f"batch-{start}"
+            root.mkdir(parents=True)
+            _watch(fig, daemon, root)  # flowd reads each file from its start, as written
             ids: list[str] = []
             for index, data in enumerate(batch):
                 workflow_id = f"c-{index // len(PARTS)}"
@@ -238,6 +276,7 @@ def run(count: int, seed: int = 0) -> Figures:
             for workflow_id in ids:
                 jobs += [["history", workflow_id, "--json", "--last", "10000"]]
                 jobs += [["history", workflow_id, "--last", "10000"]]
+                jobs += [["export", workflow_id, "--format", fmt] for fmt in EXPORT_FORMATS]
             with ThreadPoolExecutor(2) as pool:
                 for args, out in pool.map(_flowctl, [root] * len(jobs), jobs):
                     _judge_flowctl(fig, args, out)
@@ -253,7 +292,45 @@ def run(count: int, seed: int = 0) -> Figures:
         if tracebacks:
             fig.flowd_crashes += tracebacks
             fig.problems.append(f"flowd logged {tracebacks} traceback(s)")
+        fig.spans_received = _Receiver.spans
+        if _Receiver.invalid:
+            fig.flowd_crashes += _Receiver.invalid
+            fig.problems.append(f"flowd sent {_Receiver.invalid} requests that are not JSON")
     finally:
         daemon.cleanup()
+        receiver.shutdown()
+        receiver.server_close()
         shutil.rmtree(base, ignore_errors=True)
     return fig
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver for flowd's exporter: counts the spans, and the requests
+    whose body is not JSON."""
+
+    spans = 0
+    invalid = 0
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            count = sum(
+                len(scope.get("spans", []))
+                for resource in json.loads(body)["resourceSpans"]
+                for scope in resource["scopeSpans"]
+            )
+        except (ValueError, KeyError, TypeError):
+            count = -1
+        with _Receiver.lock:
+            if count < 0:
+                _Receiver.invalid += 1
+            else:
+                _Receiver.spans += count
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
