@@ -11,7 +11,8 @@ going, the run's open calls are rebuilt by replaying its records from the file
 (``rebuild``, in a worker thread: ``request`` asks for it), so the spans that end later
 have their true start times and the ids ``flowctl export`` gives them, and the spans that
 ended before are not emitted. Records read meanwhile wait for the rebuild (past
-MAX_WAITING the oldest are let go: the rebuild read those from the file). A run met in
+MAX_WAITING the oldest are let go: the rebuild read those from the file; past
+MAX_WAITING_TOTAL for all runs together, the run is skipped). A run met in
 its middle with no way to rebuild it (its start rotated away, its writer gone) is
 skipped: spans numbered from its middle would take other spans' ids. A run whose writer
 is killed gets no terminal record: ``sweep`` ends it, its open calls incomplete.
@@ -36,6 +37,9 @@ from flowd.span_queue import WEIGHT_LIMIT, SpanQueue
 from flowd.traces import Line
 
 MAX_WAITING: Final = 10_000  # records kept while a run is rebuilt
+# Records kept while runs are rebuilt, all runs together (flowd starting among many busy
+# workflows): past it, the run whose records just came is skipped instead.
+MAX_WAITING_TOTAL: Final = 50_000
 WHOLE_RUN: Final = sys.maxsize  # as a step: every record of the run
 FIRST_STEP: Final = 1  # a run's first record (the writer counts from 1)
 CHECK_EVERY: Final = 1024  # records replayed between two looks at cancellation
@@ -138,6 +142,7 @@ class SpanFeed:
         self._emit = emit
         self._request = request
         self._follows: dict[Entry, _Follow] = {}
+        self._rebuilding: set[Entry] = set()  # follows whose records wait for a rebuild
 
     def __len__(self) -> int:
         """Workflows followed (a run open, being rebuilt, or being skipped)."""
@@ -146,7 +151,7 @@ class SpanFeed:
     def feed(self, update: Update) -> None:
         entry = update.entry
         if update.reset:  # read again from its start: what was open there is gone
-            self._follows.pop(entry, None)
+            self.forget(entry)
         if not update.complete:  # only its latest record: a trace met mid-way
             if update.lines:
                 self._found(entry, update.lines[-1])
@@ -154,6 +159,10 @@ class SpanFeed:
         follow = self._follows.get(entry)
         if follow is not None and follow.waiting is not None:
             follow.waiting.extend(update.lines)
+            if self._waiting() > MAX_WAITING_TOTAL and follow.replay is not None:
+                follow.after = (follow.replay.run, WHOLE_RUN)  # skipped: too much waits
+                follow.replay = follow.waiting = None
+                self._rebuilding.discard(entry)
             return
         self._take(entry, follow or _Follow(), update.lines)
 
@@ -187,6 +196,10 @@ class SpanFeed:
 
     def forget(self, entry: Entry) -> None:
         self._follows.pop(entry, None)
+        self._rebuilding.discard(entry)
+
+    def _waiting(self) -> int:
+        return sum(len(self._follows[entry].waiting or ()) for entry in self._rebuilding)
 
     def rebuilt(self, replay: Replay, result: Rebuilt | None) -> None:
         """A rebuild ended (None: it failed, and the run is skipped)."""
@@ -195,6 +208,7 @@ class SpanFeed:
             return  # forgotten, or read again from its start, meanwhile
         waiting = follow.waiting or ()
         follow.replay = follow.waiting = None
+        self._rebuilding.discard(replay.entry)
         if result is None:
             follow.after = (replay.run, WHOLE_RUN)
         else:
@@ -215,6 +229,7 @@ class SpanFeed:
             return
         follow.replay = Replay(entry, entry.path, latest)
         follow.waiting = deque(maxlen=MAX_WAITING)
+        self._rebuilding.add(entry)
         self._request(follow.replay)
 
     def _take(self, entry: Entry, follow: _Follow, lines: Iterable[Line]) -> None:

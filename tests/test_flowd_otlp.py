@@ -44,6 +44,7 @@ from doeff_flow_core.spans import (
 )
 from flowd import exporter as flowd_exporter
 from flowd import index as flowd_index
+from flowd import span_feed
 from flowd.errors import OtlpSettingError
 from flowd.export_health import Failed, Health, Rejected, Sent, answer
 from flowd.exporter import SWEEP_SECONDS, Exporter
@@ -849,6 +850,30 @@ def test_a_run_found_mid_way_is_rebuilt_and_records_read_meanwhile_are_not_fed_t
     fed.feed.feed(Update(entry, both[len(lines) :]))
     assert fed.spans == again
     assert len(fed.feed) == 0
+
+
+def test_records_waiting_for_rebuilds_are_bounded_across_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(span_feed, "MAX_WAITING_TOTAL", 10)
+    traces = trace_dir(tmp_path)
+    fed = Fed()
+    found = {}
+    for name in ("wf-a", "wf-b"):
+        run(traces, name)
+        entry, lines = trace_lines(traces, name)
+        found[name] = (entry, lines)
+        fed.feed.feed(Update(entry, [lines[4]], reset=True, complete=False, found=True))
+    (entry_a, lines_a), (entry_b, lines_b) = found["wf-a"], found["wf-b"]
+    fed.feed.feed(Update(entry_a, lines_a[5:11]))  # 6 wait: within the bound
+    fed.feed.feed(Update(entry_b, lines_b[5:11]))  # 12 in all: wf-b's run is given up
+    replay_a, replay_b = fed.replays
+    fed.feed.rebuilt(replay_b, rebuild(replay_b, 100))  # too late: ignored
+    fed.feed.feed(Update(entry_b, lines_b[11:]))
+    assert fed.spans == []
+    fed.feed.rebuilt(replay_a, rebuild(replay_a, 100))
+    fed.feed.feed(Update(entry_a, lines_a[11:]))
+    assert fed.spans == ended_after(lines_a, 5)
 
 
 def test_a_rebuild_that_fails_skips_the_run_and_a_reset_forgets_it(tmp_path: Path) -> None:
