@@ -67,9 +67,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every line flowd reads: ``json.loads`` with an argument builds a new
+# decoder per call, a quarter of the time of parsing a trace record.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def loads(data: bytes | str) -> Any:
-    """Strict JSON: NaN and Infinity are refused."""
-    return json.loads(data, parse_constant=_reject_constant)
+    """Strict JSON: NaN and Infinity are refused. Otherwise as ``json.loads``."""
+    if isinstance(data, bytes | bytearray):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    elif data.startswith("\ufeff"):
+        return json.loads(data)  # refused, as json.loads refuses it
+    return _DECODER.decode(data)
 
 
 def request_id(message: object) -> RequestId:
