@@ -22,7 +22,7 @@ MAX_OPEN_TASKS tasks open.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
@@ -151,8 +151,8 @@ class _Run:
         start = min(first.started_at.timestamp(), first.updated_at.timestamp())
         self.root = _Open(1, None, None, None, start, first.step, 0)
         self.stacks: dict[int | None, list[_Open]] = {}
-        # Per task: the stack and the step of its latest record. Every call open in a task
-        # was on the stack at that record (a record without it would have ended it).
+        # Per task: the stack, step and time of its latest record. Every call open in a
+        # task was on the stack at that record (a record without it would have ended it).
         self.frames: dict[int | None, tuple[TraceFrame, ...]] = {}
         self.steps: dict[int | None, int] = {}
         self.times: dict[int | None, float] = {}
@@ -174,7 +174,14 @@ class _Run:
         else:
             span.dropped += 1
 
-    def close(self, span: _Open, end: float, status: str, error: str | None = None) -> Span:
+    def close(
+        self,
+        span: _Open,
+        end: float,
+        status: str,
+        error: str | None = None,
+        result: str | None = None,
+    ) -> Span:
         kind = WORKFLOW if span is self.root else CALL
         return Span(
             workflow_id=self.workflow_id,
@@ -192,6 +199,7 @@ class _Run:
             first_step=span.first_step,
             last_step=self.last_step if kind == WORKFLOW else self.steps[span.task],
             error=error,
+            result=result,
             events=tuple(span.events),
             dropped_events=span.dropped,
             spawned_by=span.spawned_by,
@@ -278,6 +286,7 @@ class _Run:
         effect = record.current_effect
         if effect is None:
             return
+        # ``event``, inlined: past max_events no event object is built at all.
         if len(inner.events) >= self.max_events:
             inner.dropped += 1
         elif effect.startswith(_SLOG_PREFIX) and record.last_slog:
@@ -300,8 +309,8 @@ class _Run:
             while stack:
                 out.append(self.close(stack.pop(), end, status, error))
         self.stacks.clear()
-        workflow = self.close(self.root, end, status, error)
-        out.append(_with_result(workflow, result))
+        workflow = self.close(self.root, end, status, error, result)
+        out.append(workflow)
         return out
 
 
@@ -379,7 +388,3 @@ def _exception_event(error: str, now: float) -> SpanEvent:
     kind, _, message = error.partition(": ")
     attributes = {"exception.type": kind, "exception.message": message or kind}
     return SpanEvent(EXCEPTION, now, EXCEPTION, None, attributes)
-
-
-def _with_result(span: Span, result: str | None) -> Span:
-    return span if result is None else replace(span, result=result)

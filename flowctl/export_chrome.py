@@ -36,10 +36,6 @@ def micros(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
-def slog_fields(event: SpanEvent) -> dict[str, str | int]:
-    return dict(event.attributes)
-
-
 def _steps(span: Span) -> str:
     if span.first_step == span.last_step:
         return str(span.first_step)
@@ -146,7 +142,7 @@ class ChromeWriter:
 
     def _instant(self, event: SpanEvent, tid: int) -> None:
         if event.kind == SLOG:
-            name, category, args = event.name, "slog", slog_fields(event)
+            name, category, args = event.name, "slog", dict(event.attributes)
         elif event.kind == EXCEPTION:
             if tid in self._errors:
                 return  # the workflow span repeats what its innermost call shows

@@ -32,7 +32,7 @@ from xml.sax.saxutils import escape
 
 from doeff_flow_core.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
 from flowctl.escape import safe, safe_clip
-from flowctl.export_chrome import slog_fields, thread_name
+from flowctl.export_chrome import thread_name
 from flowctl.timeaxis import tick_label, ticks
 from flowctl.timefmt import duration
 
@@ -448,7 +448,7 @@ class SvgWriter:
                 continue
             self._cells.add(cell)
             if event.kind == SLOG:
-                fields = " ".join(f"{key}={value}" for key, value in slog_fields(event).items())
+                fields = " ".join(f"{key}={value}" for key, value in event.attributes.items())
                 tip = clipped(f"{event.name} {fields}".strip(), 300)
                 shape = f'<path class="slog" d="{_diamond(x, top + BAR)}">'
             else:
