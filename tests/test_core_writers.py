@@ -58,6 +58,8 @@ def test_a_second_writer_of_the_same_workflow_is_refused(
     ready = tmp_path / "ready"
     first = start_python(BLOCKED_WRITER, tmp_path, ready)
     assert wait_until(ready.exists, 20), first.stderr.read() if first.stderr else ""
+    # its one record flushed (the flusher writes it up to an interval after ``ready``)
+    assert wait_until(lambda: read_all(trace_file(tmp_path, "wf-held")).records, 20)
     before = trace_file(tmp_path, "wf-held").read_bytes()
     ran: list[bool] = []
 
