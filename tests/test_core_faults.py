@@ -29,7 +29,10 @@ traces = base / "traces"
 path = traces / "wf-fault" / "trace.jsonl"
 
 def sabotage():
-    time.sleep(0.1)  # the flusher writes what came before
+    # rm, dir: once the flusher has written what came before (their tests check it did)
+    deadline = time.monotonic() + 30
+    while fault in ("rm", "dir") and not path.stat().st_size and time.monotonic() < deadline:
+        time.sleep(0.01)
     (base / "size-before").write_text(str(path.stat().st_size))
     if fault == "rm":
         shutil.rmtree(traces)
