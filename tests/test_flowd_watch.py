@@ -132,6 +132,8 @@ def test_watching_a_workflow_that_does_not_exist_yet_waits_for_it(
 def test_watch_after_a_step_replays_the_rest_of_that_run(world: World, client: Client) -> None:
     run_workflow_to_end(world.root, "wf-replay", 5, env=world.env)
     stored = records(world.trace("wf-replay"))
+    # read to the end: a resume point past what flowd has read is not found
+    wait_for(lambda: latest(client, "wf-replay") == stored[-1], what="indexed")
     run = stored[0]["run"]
     watch(client, workflow_id="wf-replay", after={"run": run, "step": 6})
     received = [client.trace()["record"] for _ in range(len(stored) - 6)]
@@ -149,6 +151,8 @@ def test_watch_after_a_step_then_live_while_the_workflow_runs(
     started.append(proc)
     trace = world.trace("wf-resume")
     wait_for(lambda: trace.exists() and len(records(trace)) >= 12, what="four steps")
+    # blocked at the gate: read to there, so step 2 is found among what flowd has read
+    wait_for(lambda: latest(client, "wf-resume") == records(trace)[-1], what="indexed")
     run = records(trace)[0]["run"]
     watch(client, workflow_id="wf-resume", after={"run": run, "step": 2})
     gate.touch()
