@@ -213,10 +213,13 @@ def test_a_workflow_run_from_another_directory_is_found_without_configuration(
     # the default trace directory: .doeff-flow in the project; registered by the writer
     run_workflow_to_end(Path(".doeff-flow"), "wf-elsewhere", 1, env=world.env, cwd=project)
     done = time.monotonic()
+    last = records(project / ".doeff-flow" / "wf-elsewhere" / "trace.jsonl")[-1]
 
     def found() -> Any:
+        # read to the end: the root may have been found while the workflow still ran
         reply = client.request("get", {"workflow_id": "wf-elsewhere"})
-        return reply.get("result")
+        summary = reply.get("result")
+        return summary if summary and summary["record"] == last else None
 
     summary = wait_for(found, timeout=10, what="wf-elsewhere")
     assert time.monotonic() - done < 2.0  # within 2 s of the workflow's end (generous)
