@@ -355,7 +355,14 @@ def test_malformed_lines_are_skipped_and_reported_when_nothing_else_is_left(
     put(bad, b"garbage\n[1, 2]\n")
     empty = world.trace("wf-empty")
     put(empty, b"")
-    wait_for(lambda: client.request("get", {"workflow_id": "wf-empty"}).get("result"))
+
+    def problem(workflow_id: str) -> Any:
+        reply = client.request("get", {"workflow_id": workflow_id})
+        return reply["result"]["problem"] if "result" in reply else None
+
+    # each read once written: seen earlier, a directory has no trace.jsonl, a file is empty
+    wait_for(lambda: problem("wf-garbage") == "no valid records", what="wf-garbage")
+    wait_for(lambda: problem("wf-empty") == "empty trace", what="wf-empty")
     wait_for(lambda: latest(client, "wf-mixed") == json.loads(lines[1]), what="wf-mixed")
     history = client.call("history", workflow_id="wf-mixed")["records"]
     assert steps_of(history) == [1, 2]
