@@ -303,8 +303,9 @@ def test_a_trace_replaced_by_a_big_one_is_sent_from_its_first_record(
 
 def test_a_deleted_trace_and_a_deleted_workflow(world: World, client: Client) -> None:
     run_workflow_to_end(world.root, "wf-delete", 1, env=world.env)
-    wait_for(lambda: client.request("get", {"workflow_id": "wf-delete"}).get("result"))
     trace = world.trace("wf-delete")
+    # read first: seen before its trace was written, it would have no trace already
+    wait_for(lambda: latest(client, "wf-delete") == records(trace)[-1], what="indexed")
     trace.unlink()
 
     def problem() -> Any:
