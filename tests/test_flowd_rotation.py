@@ -22,6 +22,7 @@ from test_flowd_support import (
     raw_lines,
     run_workflow_to_end,
     steps_of,
+    summary_of,
     wait_for,
     workflow,
 )
@@ -151,7 +152,11 @@ def test_symlinks_and_fifos_are_not_followed(tmp_path: Path) -> None:
     os.mkfifo(root / "wf-fifo" / "trace.jsonl")
     with flowd("--root", root, state=state) as daemon, daemon.client() as client:
         (root / "wf-late").symlink_to(outside / "wf-out", target_is_directory=True)
-        time.sleep(0.5)
+        # a directory made after the link: once flowd has it, it has looked at the link
+        (root / "wf-marker").mkdir()
+        wait_for(lambda: summary_of(client, "wf-marker"), what="wf-marker")
+        (root / "wf-marker").rmdir()
+        wait_for(lambda: summary_of(client, "wf-marker") is None, what="wf-marker gone")
         found = {w["workflow_id"]: w for w in client.call("ps")["workflows"]}
         assert set(found) == {"wf-real", "wf-file", "wf-fifo"}
         assert found["wf-file"]["record"] is None
