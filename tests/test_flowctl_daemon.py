@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -384,11 +385,13 @@ def test_watch_resumes_after_flowd_is_killed_and_restarted(tmp_path: Path) -> No
         daemon.proc.wait()
         gate.touch()  # records are written while no daemon runs
         wait_for(lambda: len(records(trace)) >= hold * RECORDS_PER_STEP + 6, what="more records")
+        writer.send_signal(signal.SIGSTOP)  # paused, so it still runs when flowd is back
         time.sleep(0.2)  # the followers try to reconnect meanwhile
         assert history.poll() is None and watch.poll() is None  # they wait for flowd
         assert len(records(trace)) < total  # the workflow is still running
         daemon.cleanup()
         world.start("--root", traces)
+        writer.send_signal(signal.SIGCONT)
         finish(writer)
         shown = seen + json_lines("".join(read_lines(history)))
         assert history.wait() == exitcodes.OK, history.communicate()
