@@ -4,6 +4,7 @@ the full-screen box and dashboard in a real pseudo-terminal (tmux)."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import time
@@ -40,6 +41,14 @@ def finish(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, 
     return proc.returncode, out, err
 
 
+def first_line(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """The first line ``proc`` prints, while nothing more can come yet (``communicate``
+    reads the pipe itself, not what this read may have buffered past the line)."""
+    assert proc.stdout is not None
+    assert select.select([proc.stdout], [], [], timeout)[0], "nothing printed"
+    return proc.stdout.readline()
+
+
 @pytest.fixture
 def tmux() -> Iterator[Callable[..., Tmux]]:
     opened: list[Tmux] = []
@@ -61,10 +70,10 @@ def test_plain_watch_waits_then_follows_then_exits_0_on_completion(
     tmp_path: Path, start_python: Start
 ) -> None:
     watch = start_flowctl("--trace-dir", tmp_path, "watch", "wf-p", "--exit-on-complete")
-    time.sleep(0.5)  # the watch starts before the workflow
+    waiting = first_line(watch)  # the watch starts before the workflow
     start_workflow(start_python, tmp_path, "wf-p", "paced", 6)
     code, out, err = finish(watch)
-    lines = out.splitlines()
+    lines = (waiting + out).splitlines()
     assert code == exitcodes.OK, err
     assert lines[0] == f"waiting for wf-p to start (no trace in {tmp_path} yet)"
     running = [line for line in lines if "  running  " in line]
