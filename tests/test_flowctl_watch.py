@@ -106,14 +106,18 @@ def test_a_killed_writer_turns_lost_and_watch_exits_1(tmp_path: Path, start_pyth
 
 
 def test_status_only_prints_status_changes(tmp_path: Path, start_python: Start) -> None:
-    start_workflow(start_python, tmp_path, "wf-s", "paced", 4)
-    assert wait_until(lambda: (tmp_path / "wf-s" / "trace.jsonl").exists(), 30)
+    writer = start_workflow(start_python, tmp_path, "wf-s", "paced", 4)
+    trace = tmp_path / "wf-s" / "trace.jsonl"
+    assert wait_until(lambda: trace.exists() and b"\n" in trace.read_bytes(), 30)
+    writer.send_signal(signal.SIGSTOP)  # paused until the watch has seen it running
     watch = start_flowctl(
         "--trace-dir", tmp_path, "watch", "wf-s", "--status-only", "--exit-on-complete"
     )
+    running = first_line(watch)
+    writer.send_signal(signal.SIGCONT)
     code, out, _ = finish(watch)
     assert code == exitcodes.OK
-    assert [line.split()[-1] for line in out.splitlines()] == ["running", "completed"]
+    assert [line.split()[-1] for line in (running + out).splitlines()] == ["running", "completed"]
 
 
 def test_history_follow_streams_every_record_until_the_end(
