@@ -96,7 +96,8 @@ def test_plain_watch_exits_1_on_failure(tmp_path: Path, start_python: Start) -> 
 def test_a_killed_writer_turns_lost_and_watch_exits_1(tmp_path: Path, start_python: Start) -> None:
     writer = start_workflow(start_python, tmp_path, "wf-k", "block", 120)
     watch = start_flowctl("--trace-dir", tmp_path, "watch", "wf-k", "--exit-on-complete")
-    assert wait_until(lambda: (tmp_path / "wf-k" / "trace.jsonl").exists(), 30)
+    trace = tmp_path / "wf-k" / "trace.jsonl"
+    assert wait_until(lambda: trace.exists() and b"Slow(" in trace.read_bytes(), 30)  # blocked
     time.sleep(1.0)
     assert watch.poll() is None  # still running: the writer is alive
     writer.send_signal(signal.SIGKILL)  # not reaped: a zombie is as lost as a dead process
