@@ -54,16 +54,25 @@ class Session(Protocol):
 class Cursor:
     """Where the pump is in one workflow's records for one subscription."""
 
-    __slots__ = ("after", "entry", "failures", "gen", "position")
+    __slots__ = ("after", "entry", "failures", "first", "gen", "position")
 
     def __init__(
         self, entry: Entry, position: Position | None = None, after: After | None = None
     ) -> None:
         self.entry = entry
         self.gen = entry.gen
-        self.position = position  # None: send the latest record
+        self.position = position  # None: nothing to read (no trace yet)
         self.after = after  # first find the offset after this (run, step)
+        self.first: Line | None = None  # to send before reading on
         self.failures = 0
+
+    @classmethod
+    def at_latest(cls, entry: Entry) -> Cursor:
+        """The latest record now, then every record after what the index has read now
+        (records that arrive before the pump gets to it are read, not skipped)."""
+        cursor = cls(entry, entry.position)
+        cursor.first = entry.latest
+        return cursor
 
 
 class Subscription:
@@ -125,7 +134,7 @@ class Hub:
             self._everything.add(sub)
             for entry in self._index.entries():
                 if sub.matches_root(entry):
-                    sub.backlog[entry.key] = Cursor(entry)
+                    sub.backlog[entry.key] = Cursor.at_latest(entry)
             self._pump(sub)
             return
         found = self._index.resolve(sub.workflow_id, sub.root)
@@ -180,7 +189,9 @@ class Hub:
 
     def _defer(self, sub: Subscription, entry: Entry, position: Position | None) -> None:
         """Leave a workflow's records from ``position`` (None: its latest) to the pump."""
-        sub.backlog[entry.key] = Cursor(entry, position)
+        sub.backlog[entry.key] = (
+            Cursor(entry, position) if position is not None else Cursor.at_latest(entry)
+        )
         self._pump(sub)
 
     def _bind(self, sub: Subscription, entry: Entry, update: Update | None) -> None:
@@ -244,6 +255,9 @@ class Hub:
         if entry is None:  # gone: live again (it may come back)
             del sub.backlog[key]
             return True
+        if cursor.first is not None:
+            sub.send(bodies_of(entry, [cursor.first]))
+            cursor.first = None
         if entry is not cursor.entry or entry.gen != cursor.gen:  # replaced: from its start
             cursor.entry, cursor.gen, cursor.position = entry, entry.gen, entry.start
             cursor.failures = 0
@@ -253,8 +267,6 @@ class Hub:
         until = entry.position
         if cursor.position is None or until is None:
             del sub.backlog[key]
-            if cursor.position is None and entry.latest is not None:
-                sub.send(bodies_of(entry, [entry.latest]))
             return True
         if cursor.position == until or (
             cursor.position[0] == until[0] and cursor.position[1] >= until[1]

@@ -17,7 +17,7 @@ from test_flowd_support import raw_lines, run_workflow_to_end
 
 from flowd import errors
 from flowd.daemon import Daemon
-from flowd.outbox import Outbox
+from flowd.outbox import LOW_MESSAGES, Outbox
 from flowd.protocol import (
     LineSplitter,
     RawJson,
@@ -28,6 +28,7 @@ from flowd.protocol import (
     trace_prefix,
 )
 from flowd.rpc import RpcInterface
+from flowd.server import Connection
 from flowd.subscriptions import Subscription
 from flowd.traces import read_range, read_tail, resume_from, resume_offset, split_lines
 from flowd.watching import (
@@ -288,6 +289,45 @@ def test_a_client_that_takes_nothing_for_the_stall_time_is_cut_off() -> None:
         assert not patient.overflowed
 
     anyio.run(main)
+
+
+def test_a_watch_waiting_for_room_misses_none_of_the_records_written_meanwhile(
+    real_lines: list[bytes], tmp_path: Path
+) -> None:
+    root = Path(os.path.realpath(tmp_path))
+    trace = root / "wf-1" / "trace.jsonl"
+    trace.parent.mkdir()
+    trace.write_bytes(real_lines[0] + b"\n")
+    daemon = Daemon([str(root)], watcher="poll")
+
+    async def main() -> list[dict[str, Any]]:
+        await daemon.load()
+        async with anyio.create_task_group() as group:
+            group.start_soon(daemon.run)
+            client = Connection("client", group, stall=60)
+            for _ in range(LOW_MESSAGES + 1):  # a client behind: its queue is past low water
+                client.outbox.put(b"{}\n")
+            watch = b'{"jsonrpc":"2.0","id":1,"method":"watch","params":{"workflow_id":"wf-1"}}'
+            await RpcInterface(daemon).handle_line(client, watch)
+            with trace.open("ab") as handle:  # written after the watch began
+                handle.write(real_lines[1] + b"\n" + real_lines[2] + b"\n")
+            with anyio.fail_after(20):
+                while daemon.index.resolve("wf-1").latest.raw != real_lines[2]:  # type: ignore[union-attr]
+                    await anyio.sleep(0.01)
+                received: list[dict[str, Any]] = []
+                last = json.loads(real_lines[2])
+                while not received or received[-1]["record"] != last:
+                    data = await client.outbox.take()
+                    assert data is not None
+                    messages = [json.loads(line) for line in data.splitlines()]
+                    received += [m["params"] for m in messages if m.get("method") == "trace"]
+            group.cancel_scope.cancel()
+        return received
+
+    received = anyio.run(main)
+    daemon.close()
+    # the record that was the latest when the watch began, then every one after it
+    assert [item["record"] for item in received] == [json.loads(line) for line in real_lines[:3]]
 
 
 def test_schedule_and_backoff() -> None:
