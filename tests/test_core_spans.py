@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from doeff import Await, Gather, Get, Put, Spawn, do, slog
+from doeff import Await, Gather, Get, Put, Spawn, Wait, do, slog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from otlp_schema import parse_request
@@ -58,8 +58,10 @@ def top() -> Any:
 
 
 @do
-def sleeper(name: str, seconds: float) -> Any:
+def sleeper(name: str, seconds: float, after: Any = None) -> Any:
     yield slog("sleeping", name=name)
+    if after is not None:  # sleeps only once that task has finished
+        yield Wait(after)
     yield Await(asyncio.sleep(seconds))
     return name
 
@@ -67,7 +69,9 @@ def sleeper(name: str, seconds: float) -> Any:
 @do
 def spawner() -> Any:
     quick = yield Spawn(sleeper("quick", 0.01))
-    slow = yield Spawn(sleeper("slow", 0.25))
+    # Both run at once, but the slow one finishes 0.25 s after the quick one at least
+    # however long either is held up: their finish times never share a millisecond.
+    slow = yield Spawn(sleeper("slow", 0.25, after=quick))
     return (yield Gather(quick, slow))
 
 
