@@ -22,12 +22,19 @@ from conftest import python_env, run_command, run_python
 #   block     a few effects, then blocks in Slow(arg) (default 60 s)
 #   paced     arg steps of slog + Slow(0.15), then completes
 #   tasks     two spawned workers interleaving arg steps each (Await), gathered
+# With $FLOWCTL_TEST_GATE naming a path, paced and tasks (each worker) stop after their
+# first step until that file exists (blocked, still running).
 PROGRAM = r"""
-import asyncio, sys, time
+import asyncio, os, sys, time
 from doeff import Await, EffectBase, Gather, Get, Put, Resume, Spawn, do, handler, slog
 from doeff_flow_core import run_workflow
 
 HOSTILE = "bad \x1b[2J\x1b]0;pwned\x07 input\r\u202eevil"
+GATE = os.environ.get("FLOWCTL_TEST_GATE")
+
+def wait_for_gate():
+    while GATE is not None and not os.path.exists(GATE):
+        time.sleep(0.01)
 
 class Slow(EffectBase):
     def __init__(self, seconds):
@@ -64,6 +71,8 @@ def main_workflow(mode, arg):
         for i in range(int(arg)):
             yield slog("paced", i=i)
             yield Slow(0.15)
+            if i == 0:
+                wait_for_gate()
         if mode == "paced-fail":
             raise RuntimeError("paced failure")
     return result
@@ -73,6 +82,8 @@ def worker(name, n):
     for i in range(n):
         yield slog("working", name=name, i=i)
         yield Await(asyncio.sleep(0.15))
+        if i == 0:
+            wait_for_gate()
     return name
 
 @do
@@ -110,8 +121,13 @@ def start_workflow(
     workflow_id: str,
     mode: str,
     arg: float = 0,
+    gate: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
-    return start(PROGRAM, *workflow_args(trace_dir, (workflow_id, mode, arg)))
+    """The program running one workflow; with ``gate``, paced and tasks stop after their
+    first step until that file exists."""
+    env = {**(env or {}), **({"FLOWCTL_TEST_GATE": str(gate)} if gate is not None else {})}
+    return start(PROGRAM, *workflow_args(trace_dir, (workflow_id, mode, arg)), env=env)
 
 
 def flowctl_command(*args: object, seed: bool = False) -> list[str]:

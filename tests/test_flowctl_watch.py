@@ -174,7 +174,9 @@ def test_watch_box_in_a_terminal_while_a_workflow_runs(
 def test_watch_box_shows_a_sub_tree_per_live_task(
     tmp_path: Path, start_python: Start, tmux: Callable[..., Tmux]
 ) -> None:
-    start_workflow(start_python, tmp_path, "wf-tt", "tasks", 40)
+    # both workers stop after their first step (still running) until the gate opens,
+    # which it never does: the box is drawn while both tasks are live, however late
+    start_workflow(start_python, tmp_path, "wf-tt", "tasks", 3, gate=tmp_path / "gate")
     term = tmux("--trace-dir", tmp_path, "watch", "wf-tt")
     screen = term.wait_for("task 2")
     assert "task 0" in screen and "worker" in screen and "↳ Gather(" in screen
