@@ -4,18 +4,19 @@ and traces no line bound can hold: real workflows in subprocesses, flowctl as a 
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from conftest import python_env, read_jsonl, run_python, wait_until
 from test_flowctl_support import (
-    PROGRAM,
     flowctl,
     flowctl_command,
     json_lines,
     put_trace,
     record_line,
+    start_workflow,
     write_traces,
 )
 
@@ -55,9 +56,11 @@ def test_history_reads_across_rotated_parts(tmp_path: Path) -> None:
 def test_history_follow_through_rotations_loses_and_repeats_nothing(
     tmp_path: Path, start_python: Callable[..., subprocess.Popen[str]]
 ) -> None:
-    live = start_python(PROGRAM, tmp_path, "wf-live", "paced", 25, env=ROTATE)
+    gate = tmp_path / "gate"  # the workflow stops after its first paced step until it exists
+    live = start_workflow(start_python, tmp_path, "wf-live", "paced", 25, gate=gate, env=ROTATE)
     trace = tmp_path / "wf-live" / "trace.jsonl"
-    assert wait_until(trace.exists, 20)
+    # stopped at the gate: its trace holds the first paced step, and nothing more comes
+    assert wait_until(lambda: trace.exists() and b"Slow(seconds=0.15)" in trace.read_bytes(), 20)
     follower = subprocess.Popen(
         flowctl_command("--trace-dir", tmp_path, "history", "wf-live", "--last", 1, "-f", "--json"),
         stdout=subprocess.PIPE,
@@ -65,10 +68,16 @@ def test_history_follow_through_rotations_loses_and_repeats_nothing(
         text=True,
         env=python_env(),
     )
+    assert follower.stdout is not None
+    # the last record, printed once the follower is following: only then does the
+    # workflow go on (the line is all there is to read until then)
+    assert select.select([follower.stdout], [], [], 30)[0], "nothing printed"
+    first = follower.stdout.readline()
+    gate.touch()
     out, err = follower.communicate(timeout=60)
     assert live.wait(timeout=30) == 0
     assert follower.returncode == exitcodes.OK, err
-    seen = steps(json_lines(out))
+    seen = steps(json_lines(first + out))
     expected = steps(every_record(trace))
     assert (tmp_path / "wf-live" / "trace.jsonl.3").exists()  # it did rotate, several times
     assert len(seen) == len(set(seen))  # nothing repeated
