@@ -192,6 +192,13 @@ def _time(data: dict[str, Any], name: str) -> datetime:
         raise MalformedRecord(f"{name!r} is not an ISO-8601 time: {text[:40]!r}") from None
 
 
+# A workflow's records repeat the same few frames: equal frames are parsed into one
+# shared (immutable) object, which is cheaper than building each and lets the span
+# builder compare stacks by identity.
+MAX_SHARED_FRAMES: Final = 4096
+_FRAMES: dict[tuple[str, str, int, str | None], TraceFrame] = {}
+
+
 def _frame(item: object) -> TraceFrame:
     if type(item) is dict:  # the common case first: every field of the expected type
         get = item.get
@@ -202,7 +209,13 @@ def _frame(item: object) -> TraceFrame:
             and type(line) is int
             and (code is None or type(code) is str)
         ):
-            return TraceFrame(function, file, line, code)
+            key = (function, file, line, code)
+            frame = _FRAMES.get(key)
+            if frame is None:
+                if len(_FRAMES) >= MAX_SHARED_FRAMES:
+                    _FRAMES.clear()
+                frame = _FRAMES[key] = TraceFrame(function, file, line, code)
+            return frame
     if not isinstance(item, dict):
         raise MalformedRecord("a trace frame must be an object")
     return TraceFrame(

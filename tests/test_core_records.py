@@ -14,6 +14,7 @@ from test_core_recording import carry_handler, carrying, fail_top, fan_out, self
 
 from doeff_flow_core import LiveTrace, SlogLine, TraceFrame, parse_record, run_workflow
 from doeff_flow_core.clock import IsoClock, parse_timestamp
+from doeff_flow_core.errors import MalformedRecord
 from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
 
 
@@ -133,6 +134,25 @@ def test_any_record_round_trips_through_its_json(record: LiveTrace) -> None:
     assert parse_record(line) == record
     assert json.loads(line) == record.to_dict()
     assert LiveTrace.from_dict(json.loads(line)).to_json() == line
+
+
+def test_equal_frames_are_parsed_into_one_object_and_wrong_types_are_still_refused() -> None:
+    line = LiveTrace(
+        workflow_id="wf",
+        step=1,
+        status="running",
+        current_effect=None,
+        trace=(TraceFrame("main", "flow.py", 1), TraceFrame("step", "flow.py", 7)),
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+    ).to_json()
+    first, again = parse_record(line), parse_record(line)
+    assert first.trace == again.trace
+    assert all(a is b for a, b in zip(first.trace, again.trace, strict=True))
+    # true == 1 and 1.0 == 1 in Python: a shared frame must not stand in for them
+    for wrong in ("true", "1.0"):
+        with pytest.raises(MalformedRecord, match="'line' must be int"):
+            parse_record(line.replace('"line":1,', f'"line":{wrong},'))
 
 
 # -- rendering effects ------------------------------------------------------------------
