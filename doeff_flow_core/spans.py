@@ -22,7 +22,6 @@ MAX_OPEN_TASKS tasks open.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
@@ -62,9 +61,10 @@ class SpanEvent(NamedTuple):
     attributes: Mapping[str, str] = _NO_ATTRIBUTES  # slog fields; exception type, message
 
 
-@dataclass(frozen=True)
-class Span:
-    """One ``@do`` call (kind CALL) or one run of a workflow (kind WORKFLOW).
+class Span(NamedTuple):
+    """One ``@do`` call (kind CALL) or one run of a workflow (kind WORKFLOW). (A named
+    tuple too: flowd builds one for every call every workflow makes, and a frozen
+    dataclass of this many fields costs several times more to build.)
 
     ``span_id`` counts from 1 within its run in the order spans opened; ``parent_id`` is
     the enclosing call, the spawning call for a task's outermost calls, or the workflow
@@ -321,8 +321,9 @@ class SpanBuilder:
         self.max_events = max_events
         self._run: _Run | None = None
 
-    def add(self, record: LiveTrace) -> list[Span]:
-        """The spans ``record`` ended (possibly a whole earlier run that never finished)."""
+    def add(self, record: LiveTrace, updated: float | None = None) -> list[Span]:
+        """The spans ``record`` ended (possibly a whole earlier run that never finished).
+        ``updated``: its ``updated_at`` as a timestamp, when the caller has that already."""
         out: list[Span] = []
         run = self._run
         if run is not None and (run.run != run_key(record) or record.step <= run.last_step):
@@ -330,7 +331,7 @@ class SpanBuilder:
             run = None
         if run is None:
             run = self._run = _Run(record, self.max_events)
-        now = record.updated_at.timestamp()
+        now = record.updated_at.timestamp() if updated is None else updated
         if now < run.last_time:  # a clock stepped back: time in a timeline never does
             now = run.last_time
         run.last_time = now
@@ -374,6 +375,17 @@ def _common_calls(
 ) -> int:
     """How many of the open calls (outermost first; ``previous`` is the stack they were
     last seen at) ``frames`` still has on its stack."""
+    depth = len(stack)
+    if depth and len(frames) >= depth:
+        # The usual record: the same calls as before, the innermost at another line.
+        # Parsed frames are shared objects, so equal callers compare by identity here.
+        inner, before = frames[depth - 1], previous[depth - 1]
+        if (
+            inner.function == before.function
+            and inner.file == before.file
+            and frames[: depth - 1] == previous[: depth - 1]
+        ):
+            return depth
     kept = 0
     for span, frame in zip(stack, frames):  # noqa: B905 - the shorter one ends it
         if span.function != frame.function or span.file != frame.file:

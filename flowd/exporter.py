@@ -78,7 +78,8 @@ class Exporter:
         self._batch: list[Span] = []  # taken from the queue, not sent yet
         self._failures = 0  # in a row
         self._replays: deque[Replay] = deque()
-        self._wake = anyio.Event()  # spans came, or closing
+        self._wake = anyio.Event()  # enough spans came, or closing
+        self._wanted = 1  # queued spans that are enough to wake the sender
         self._replay_wake = anyio.Event()
         self._closed = anyio.Event()
         self._done = anyio.Event()  # the sender stopped (closing)
@@ -126,7 +127,8 @@ class Exporter:
 
     def _offer(self, spans: list[Span]) -> None:
         self._note(self.health.drop(self.queue.put(spans), self.queue.bound))
-        self._wake.set()
+        if len(self.queue) >= self._wanted:  # not for every record: a wake costs more
+            self._wake.set()
 
     def _ask_rebuild(self, replay: Replay) -> None:
         self._replays.append(replay)
@@ -176,20 +178,21 @@ class Exporter:
         while not self.queue:
             if self._closed.is_set():
                 return False
-            await self._spans_or_closing(None)
+            await self._spans_or_closing(None, 1)
         deadline = anyio.current_time() + BATCH_WAIT
         full = min(BATCH_SPANS, self.queue.limit)  # a small queue is not left to overflow
         while len(self.queue) < full and not self._closed.is_set():
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 break
-            await self._spans_or_closing(remaining)
+            await self._spans_or_closing(remaining, full)
         self._batch = self.queue.take(BATCH_SPANS)
         if not self.queue:
             self.health.drained()
         return True
 
-    async def _spans_or_closing(self, timeout: float | None) -> None:
+    async def _spans_or_closing(self, timeout: float | None, wanted: int) -> None:
+        self._wanted = wanted
         self._wake = anyio.Event()
         with anyio.move_on_after(timeout):
             await self._wake.wait()

@@ -233,10 +233,10 @@ class SpanFeed:
         self._request(follow.replay)
 
     def _take(self, entry: Entry, follow: _Follow, lines: Iterable[Line]) -> None:
-        for line in lines:
-            if follow.seen(line):
+        for line in lines:  # once per record: the common case without calls
+            if follow.after is not None and follow.seen(line):
                 continue
-            record = _record(line)
+            record = line.record or _parsed(line)
             if record is None:
                 continue
             if follow.builder is None or record.run != follow.run:
@@ -247,7 +247,7 @@ class SpanFeed:
                     follow.after = (record.run, WHOLE_RUN)
                     continue
                 follow.builder, follow.run = SpanBuilder(), record.run
-            spans = follow.builder.add(record)
+            spans = follow.builder.add(record, line.updated)
             if spans:
                 self._emit(spans)
             follow.last = line
@@ -259,11 +259,9 @@ class SpanFeed:
             self._follows[entry] = follow
 
 
-def _record(line: Line) -> LiveTrace | None:
-    """The line's record, as the index parsed it (parsed again for a line that waited
-    for a rebuild: the index has let go of its record by then)."""
-    if line.record is not None:
-        return line.record
+def _parsed(line: Line) -> LiveTrace | None:
+    """The record of a line that waited for a rebuild, parsed again (the index has let
+    go of its record by then)."""
     try:
         return LiveTrace.from_dict(loads(line.raw))
     except (ValueError, RecursionError, MalformedRecord):
