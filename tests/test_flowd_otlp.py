@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -149,7 +150,8 @@ class Received:
 @dataclass
 class Collector:
     """An OTLP/HTTP receiver on 127.0.0.1: answers each POST with the next of ``statuses``
-    (then ``status``), after waiting for ``hold`` to be set when there is one."""
+    (then ``status``), after waiting for ``hold`` to be set when there is one (the first
+    ``hold_after`` POSTs excepted)."""
 
     port: int = 0
     status: int = 200
@@ -157,6 +159,7 @@ class Collector:
     body: bytes = b"{}"
     hold: threading.Event | None = None
     hold_seconds: float = WAIT
+    hold_after: int = 0
     requests: list[Received] = field(default_factory=list)
     arrived: int = 0
     invalid: list[str] = field(default_factory=list)
@@ -186,15 +189,16 @@ class Collector:
         body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
         with self.lock:
             self.arrived += 1
+            hold = self.hold if self.arrived > self.hold_after else None  # None: may change
+        if hold is not None:
+            hold.wait(self.hold_seconds)
+        with self.lock:  # the answer is chosen once it is given
             status = self.statuses.pop(0) if self.statuses else self.status
-            hold = self.hold  # a test may set it to None meanwhile
         try:
             message = parse_request(body)
         except Exception as exc:  # anything the official schema refuses
             self.invalid.append(repr(exc))
             status, message = 400, None
-        if hold is not None:
-            hold.wait(self.hold_seconds)
         if message is not None:
             with self.lock:
                 self.requests.append(
@@ -606,14 +610,25 @@ def test_sigterm_sends_what_is_queued_but_not_the_spans_still_open(
     tmp_path: Path, collector: Collector
 ) -> None:
     traces = trace_dir(tmp_path)
-    collector.status = 503
-    with exporting(tmp_path, collector.url) as daemon, held(traces, "wf-open"):
+    # Three failures, then every request (the one flowd sends when it stops, or a retry
+    # it sent before: the stop may come after the backoff) waits for the test, then is
+    # taken: the batch is still queued when flowd stops, however late that is.
+    collector.statuses = [503, 503, 503]
+    collector.hold, collector.hold_after = threading.Event(), 3
+    timeout = ("--otlp-timeout", WAIT)  # flowd waits as long as the test for the answer
+    with exporting(tmp_path, collector.url, *timeout) as daemon, held(traces, "wf-open"):
         finished = run(traces, "wf-finished")
-        # the backoff is 2 s and more after the third failure: time to stop first
-        wait_for(lambda: stats(daemon)["failed_requests"] >= 3, WAIT, "three failures")
-        collector.status = 200
-        assert daemon.stop() == 0
         ended_before = trace_spans(traces, "wf-open")
+        queued = len(finished) + len([s for s in ended_before if s.status != INCOMPLETE])
+        wait_for(lambda: stats(daemon)["queued"] == queued, WAIT, "every ended span queued")
+        wait_for(lambda: stats(daemon)["failed_requests"] >= 3, WAIT, "three failures")
+        daemon.proc.send_signal(signal.SIGTERM)
+        # flowd removes its socket, then at once (nothing awaited between) the exporter
+        # notes what is queued and stops waiting to retry: only then does the answer come
+        wait_for(lambda: not daemon.socket.exists(), WAIT, "flowd stopping")
+        collector.hold.set()
+        assert daemon.proc.wait(WAIT) == 0  # (no second SIGTERM: that one would kill it)
+        assert daemon.stop() == 0
     taken = collector.taken()
     names = {(s.trace_id.hex(), s.name) for s in taken.values()}
     assert {hex_id(span) for span in finished} <= set(taken)
@@ -621,7 +636,7 @@ def test_sigterm_sends_what_is_queued_but_not_the_spans_still_open(
     assert (open_trace, "prepare") in names  # ended before SIGTERM: sent
     assert (open_trace, "outer") not in names and (open_trace, "wf-open") not in names
     log = daemon.log()
-    assert re.search(r"otlp: stopping: \d+ queued spans sent, 0 not sent", log)
+    assert f"otlp: stopping: {queued} queued spans sent, 0 not sent" in log
     assert log.rstrip().endswith("flowd INFO stopped")
 
 
