@@ -371,6 +371,13 @@ def test_a_collector_down_at_first_gets_the_spans_once_up_and_drops_are_counted(
             gate.set()
         expected = trace_spans(traces, "wf-down")
         assert len(expected) > 4 + 3  # more than the queue and the first batch hold
+        # flowd has read the whole run before the collector comes up: each of its spans
+        # is queued (the first batch, kept, and a full queue) or dropped
+        wait_for(
+            lambda: (r := stats(daemon))["queued"] + r["dropped_spans"] == len(expected),
+            WAIT,
+            "every span queued or dropped",
+        )
         wait_for(lambda: stats(daemon)["dropped_spans"] > 0, WAIT, "drops")
         wait_for(lambda: stats(daemon)["failed_requests"] >= 3, WAIT, "retries")
         assert count(daemon, f"otlp: collector unreachable at {url}: ConnectionRefusedError") == 1
