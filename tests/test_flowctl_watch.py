@@ -107,15 +107,15 @@ def test_a_killed_writer_turns_lost_and_watch_exits_1(tmp_path: Path, start_pyth
 
 
 def test_status_only_prints_status_changes(tmp_path: Path, start_python: Start) -> None:
-    writer = start_workflow(start_python, tmp_path, "wf-s", "paced", 4)
+    gate = tmp_path / "go"  # held after its first step until the watch has seen it running
+    start_workflow(start_python, tmp_path, "wf-s", "paced", 4, gate=gate)
     trace = tmp_path / "wf-s" / "trace.jsonl"
     assert wait_until(lambda: trace.exists() and b"\n" in trace.read_bytes(), 30)
-    writer.send_signal(signal.SIGSTOP)  # paused until the watch has seen it running
     watch = start_flowctl(
         "--trace-dir", tmp_path, "watch", "wf-s", "--status-only", "--exit-on-complete"
     )
     running = first_line(watch)
-    writer.send_signal(signal.SIGCONT)
+    gate.touch()
     code, out, _ = finish(watch)
     assert code == exitcodes.OK
     assert [line.split()[-1] for line in (running + out).splitlines()] == ["running", "completed"]
