@@ -196,6 +196,7 @@ def _time(data: dict[str, Any], name: str) -> datetime:
 # shared (immutable) object, which is cheaper than building each and lets the span
 # builder compare stacks by identity.
 MAX_SHARED_FRAMES: Final = 4096
+MAX_SHARED_TEXT: Final = 1024  # characters: a hostile trace's huge frames are not kept
 _FRAMES: dict[tuple[str, str, int, str | None], TraceFrame] = {}
 
 
@@ -212,9 +213,11 @@ def _frame(item: object) -> TraceFrame:
             key = (function, file, line, code)
             frame = _FRAMES.get(key)
             if frame is None:
-                if len(_FRAMES) >= MAX_SHARED_FRAMES:
-                    _FRAMES.clear()
-                frame = _FRAMES[key] = TraceFrame(function, file, line, code)
+                frame = TraceFrame(function, file, line, code)
+                if len(function) + len(file) + len(code or "") <= MAX_SHARED_TEXT:
+                    if len(_FRAMES) >= MAX_SHARED_FRAMES:
+                        _FRAMES.clear()
+                    _FRAMES[key] = frame
             return frame
     if not isinstance(item, dict):
         raise MalformedRecord("a trace frame must be an object")

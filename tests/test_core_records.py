@@ -149,6 +149,10 @@ def test_equal_frames_are_parsed_into_one_object_and_wrong_types_are_still_refus
     first, again = parse_record(line), parse_record(line)
     assert first.trace == again.trace
     assert all(a is b for a, b in zip(first.trace, again.trace, strict=True))
+    # a huge frame (a hostile trace) is parsed, but not kept for sharing
+    huge = line.replace('"function":"step"', '"function":"' + "s" * 5000 + '"')
+    big, big_again = parse_record(huge), parse_record(huge)
+    assert big.trace == big_again.trace and big.trace[1] is not big_again.trace[1]
     # true == 1 and 1.0 == 1 in Python: a shared frame must not stand in for them
     for wrong in ("true", "1.0"):
         with pytest.raises(MalformedRecord, match="'line' must be int"):
