@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any, Final, TextIO
@@ -40,13 +40,11 @@ _UINT32_MAX: Final = 2**32 - 1
 Attribute = str | int | bool | None
 
 
-@lru_cache(maxsize=256)  # one per run: every span of a run asks
 def trace_id(workflow_id: str, run: str) -> str:
     """The run's 16-byte trace id as 32 hex digits."""
     return hashlib.blake2b(f"{workflow_id}\0{run}".encode(), digest_size=16).hexdigest()
 
 
-@lru_cache(maxsize=4096)  # a caller's id is asked for by each of its calls
 def span_id(workflow_id: str, run: str, number: int) -> str:
     """The 8-byte id of span ``number`` of a run, as 16 hex digits."""
     return hashlib.blake2b(f"{workflow_id}\0{run}\0{number}".encode(), digest_size=8).hexdigest()
@@ -115,15 +113,32 @@ def _events(item: Span) -> str:
     return ",".join(parts)
 
 
-@lru_cache(maxsize=256)  # one per run
 def _run_attributes(workflow_id: str, run: str) -> str:
     return _attributes((("doeff.workflow_id", workflow_id), ("doeff.run", run or None)))
 
 
-@lru_cache(maxsize=4096)  # one per place a call is made from
 def _code_attributes(function: str | None, file: str | None, line: int | None) -> str:
     pairs = (("code.function", function), ("code.filepath", file), ("code.lineno", line))
     return _attributes(pairs)
+
+
+_Texts = tuple[
+    Callable[[str, str], str],  # trace_id
+    Callable[[str, str, int], str],  # span_id
+    Callable[[str, str], str],  # _run_attributes
+    Callable[[str | None, str | None, int | None], str],  # _code_attributes
+]
+# Every span of a run asks for the same trace id and run attributes, every call for its
+# caller's id, every call from one place for the same code attributes: kept for spans
+# whose texts are short (any real one); a hostile trace's huge names are worked out anew.
+MAX_CACHED_TEXT: Final = 1024
+_CACHED: Final[_Texts] = (
+    lru_cache(maxsize=256)(trace_id),
+    lru_cache(maxsize=4096)(span_id),
+    lru_cache(maxsize=256)(_run_attributes),
+    lru_cache(maxsize=4096)(_code_attributes),
+)
+_UNCACHED: Final[_Texts] = (trace_id, span_id, _run_attributes, _code_attributes)
 
 
 def _pair(key: str, value: str | int | bool) -> str:
@@ -131,11 +146,12 @@ def _pair(key: str, value: str | int | bool) -> str:
     return f'{{"key":"{key}","value":{_value(value)}}}'
 
 
-def _span_attributes(item: Span) -> str:
-    parts = [_run_attributes(item.workflow_id, item.run)]
+def _span_attributes(item: Span, texts: _Texts) -> str:
+    _, _, run_attributes, code_attributes = texts
+    parts = [run_attributes(item.workflow_id, item.run)]
     if item.task is not None:
         parts.append(_pair("doeff.task", item.task))
-    code = _code_attributes(item.name if item.kind != WORKFLOW else None, item.file, item.line)
+    code = code_attributes(item.name if item.kind != WORKFLOW else None, item.file, item.line)
     if code:
         parts.append(code)
     parts.append(_pair("doeff.first_step", item.first_step))
@@ -149,19 +165,20 @@ def _span_attributes(item: Span) -> str:
 
 def span_json(item: Span) -> str:
     """One span as an OTLP/JSON ``Span`` object."""
-    trace = trace_id(item.workflow_id, item.run)
+    short = len(item.run) + len(item.name) + len(item.file or "") <= MAX_CACHED_TEXT
+    texts = _CACHED if short else _UNCACHED
+    trace_of, id_of = texts[0], texts[1]
+    trace = trace_of(item.workflow_id, item.run)
     if item.status == OK:
         status = f'{{"code":{STATUS_OK}}}'
     elif item.status == ERROR:
         status = f'{{"code":{STATUS_ERROR},"message":{_text(item.error or "")}}}'
     else:
         status = f'{{"code":{STATUS_UNSET}}}'
-    attributes = _span_attributes(item)
-    parts = [
-        f'{{"traceId":"{trace}","spanId":"{span_id(item.workflow_id, item.run, item.span_id)}",'
-    ]
+    attributes = _span_attributes(item, texts)
+    parts = [f'{{"traceId":"{trace}","spanId":"{id_of(item.workflow_id, item.run, item.span_id)}",']
     if item.parent_id is not None:
-        parts.append(f'"parentSpanId":"{span_id(item.workflow_id, item.run, item.parent_id)}",')
+        parts.append(f'"parentSpanId":"{id_of(item.workflow_id, item.run, item.parent_id)}",')
     parts.append(
         f'"name":{_text(item.name)},"kind":{SPAN_KIND_INTERNAL},'
         f'"startTimeUnixNano":"{_nanos(item.start)}","endTimeUnixNano":"{_nanos(item.end)}",'
@@ -170,7 +187,7 @@ def span_json(item: Span) -> str:
     if item.dropped_events:
         parts.append(f'"droppedEventsCount":{min(item.dropped_events, _UINT32_MAX)},')
     if item.spawned_by is not None:
-        spawner = span_id(item.workflow_id, item.run, item.spawned_by)
+        spawner = id_of(item.workflow_id, item.run, item.spawned_by)
         parts.append(
             f'"links":[{{"traceId":"{trace}","spanId":"{spawner}",'
             f'"attributes":[{_attributes((("doeff.link", "spawned_by"),))}]}}],'

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from otlp_schema import parse_request
 from otlp_schema import spans_of as otlp_spans
 
-from doeff_flow_core import LiveTrace, TraceFrame, run_workflow
+from doeff_flow_core import LiveTrace, TraceFrame, otlp, run_workflow
 from doeff_flow_core import spans as spans_module
 from doeff_flow_core.otlp import export_request, span_id, trace_id, write_export_request
 from doeff_flow_core.reader import RecordStream, read_all
@@ -369,6 +369,22 @@ def test_traces_without_run_ids_still_give_each_run_its_own_ids() -> None:
     assert len(received) == 4
     assert len({span.span_id for span in received}) == 4
     assert len({span.trace_id for span in received}) == 2
+
+
+def test_huge_names_are_encoded_like_short_ones_without_being_kept() -> None:
+    huge = "f" * 5000
+    first = record(1, "main", huge, run="r-huge")
+    spans = list(spans_of([first, LiveTrace(**{**first.__dict__, "step": 2, "trace": ()})]))
+    # worked out anew, not kept: the caches are as they were
+    sizes = [cached.cache_info().currsize for cached in otlp._CACHED]  # type: ignore[attr-defined]
+    alone = export_request([span for span in spans if span.name == huge])
+    assert [cached.cache_info().currsize for cached in otlp._CACHED] == sizes  # type: ignore[attr-defined]
+    received = {s.name: s for s in otlp_spans(parse_request(export_request(spans)))}
+    inner = received[huge]
+    assert alone == export_request([span for span in spans if span.name == huge])
+    assert inner.span_id.hex() == span_id("wf", "r-huge", 3)
+    assert inner.parent_span_id == received["main"].span_id
+    assert {a.key: a.value.string_value for a in inner.attributes}["code.function"] == huge
 
 
 def test_an_empty_export_is_still_a_valid_request() -> None:
