@@ -42,12 +42,17 @@ Attribute = str | int | bool | None
 
 def trace_id(workflow_id: str, run: str) -> str:
     """The run's 16-byte trace id as 32 hex digits."""
-    return hashlib.blake2b(f"{workflow_id}\0{run}".encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(_bytes(f"{workflow_id}\0{run}"), digest_size=16).hexdigest()
 
 
 def span_id(workflow_id: str, run: str, number: int) -> str:
     """The 8-byte id of span ``number`` of a run, as 16 hex digits."""
-    return hashlib.blake2b(f"{workflow_id}\0{run}\0{number}".encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(_bytes(f"{workflow_id}\0{run}\0{number}"), digest_size=8).hexdigest()
+
+
+def _bytes(text: str) -> bytes:
+    # surrogatepass: a run id read from a hostile trace may hold a lone surrogate
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _text(value: str) -> str:
@@ -165,7 +170,8 @@ def _span_attributes(item: Span, texts: _Texts) -> str:
 
 def span_json(item: Span) -> str:
     """One span as an OTLP/JSON ``Span`` object."""
-    short = len(item.run) + len(item.name) + len(item.file or "") <= MAX_CACHED_TEXT
+    texts_length = len(item.workflow_id) + len(item.run) + len(item.name) + len(item.file or "")
+    short = texts_length <= MAX_CACHED_TEXT
     texts = _CACHED if short else _UNCACHED
     trace_of, id_of = texts[0], texts[1]
     trace = trace_of(item.workflow_id, item.run)

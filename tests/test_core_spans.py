@@ -387,6 +387,17 @@ def test_huge_names_are_encoded_like_short_ones_without_being_kept() -> None:
     assert {a.key: a.value.string_value for a in inner.attributes}["code.function"] == huge
 
 
+def test_a_huge_workflow_id_is_not_kept_and_a_lone_surrogate_run_id_still_exports() -> None:
+    first = record(1, "main", run="r-\ud800")
+    first = LiveTrace(**{**first.__dict__, "workflow_id": "w" * 5000})
+    spans = list(spans_of([first, LiveTrace(**{**first.__dict__, "step": 2, "trace": ()})]))
+    sizes = [cached.cache_info().currsize for cached in otlp._CACHED]  # type: ignore[attr-defined]
+    received = otlp_spans(parse_request(export_request(spans)))
+    assert [cached.cache_info().currsize for cached in otlp._CACHED] == sizes  # type: ignore[attr-defined]
+    assert {s.name for s in received} == {"w" * 5000, "main"}
+    assert len({s.span_id for s in received}) == 2
+
+
 def test_an_empty_export_is_still_a_valid_request() -> None:
     out = io.StringIO()
     assert write_export_request([], out) == 0
