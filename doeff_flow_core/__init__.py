@@ -33,6 +33,7 @@ from doeff_flow_core.reader import (
 )
 from doeff_flow_core.records import LiveTrace, SlogLine, TraceFrame, parse_record
 from doeff_flow_core.tracing import TraceObserver, trace_observer
+from doeff_flow_core.transform import traced
 from doeff_flow_core.workflow import WorkflowResult, run_workflow
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "scan_workflows",
     "trace_file",
     "trace_observer",
+    "traced",
     "validate_workflow_id",
     "workflow_dir",
 ]

@@ -20,6 +20,7 @@ MAX_ERROR_CHARS = 2000
 MAX_RESULT_CHARS = 500
 MAX_SLOG_CHARS = 300
 _STACK_CACHE_LIMIT = 4096
+_EFFECT_JSON_LIMIT = 4096
 
 # A buffered effect: claimed as (rendered effect, epoch seconds, task id, the stack as
 # JSON, the effect if it is a slog), or the bare effect object when no handler claimed it.
@@ -60,12 +61,18 @@ def source_line(file: str, line: int) -> str | None:
     return clip(text, MAX_CODE_CHARS) if text else None
 
 
+def source_line_json(file: str, line: int) -> str:
+    """The source line as the frame's ``code`` value: a JSON string, or null."""
+    return _opt_str(source_line(file, line))
+
+
+def frame_head(function: str, file: str) -> str:
+    """A frame's JSON up to its line number, which the caller appends."""
+    return f'{{"function":{json_str(function)},"file":{json_str(file)},"line":'
+
+
 def frame_json(function: str, file: str, line: int) -> str:
-    code = source_line(file, line)
-    return (
-        f'{{"function":{json_str(function)},"file":{json_str(file)},'
-        f'"line":{int(line)},"code":{_opt_str(code)}}}'
-    )
+    return f'{frame_head(function, file)}{int(line)},"code":{source_line_json(file, line)}}}'
 
 
 def frames_json(frames: Iterable[Frame]) -> str:
@@ -108,7 +115,11 @@ class RecordEncoder:
         host: str,
         pid_start: int | None,
         slog_type: type | None = None,
+        stacks: Any = None,
     ) -> None:
+        # monitor.StackText for entries from generator events; its caches are read inline.
+        self._stacks = stacks
+        self._effect_json: dict[str, str] = {}  # effect text -> JSON string, bounded
         self._head = f'{{"workflow_id":{json_str(workflow_id)},"step":'
         self._started = json_str(started_at)
         self._tail = (
@@ -156,8 +167,9 @@ class RecordEncoder:
         self._slog = f'{{"msg":{json_str(msg)},"fields":{{{fields}}}}}'
 
     def running(self, batch: Sequence[Entry], now: float) -> str:
-        """Lines for buffered entries: claimed ``(text, time, task, stack JSON, slog)``
-        tuples, or bare effects that no handler claimed (written with an inexact stack)."""
+        """Lines for buffered entries: ``(text, time, task, call, instruction, slog)``
+        from generator events, claimed ``(text, time, task, stack JSON, slog)`` tuples from
+        the hooks, or bare effects that no handler claimed (written with an inexact stack)."""
         out = []
         slog_type = self._slog_type
         head = self._head
@@ -170,10 +182,33 @@ class RecordEncoder:
         exact = self._exact_tail
         inexact = self._inexact_tail
         stamp = ""
+        stacks = self._stacks
+        sites = stacks.sites if stacks is not None else None
+        effect_json = self._effect_json
+        if len(effect_json) > _EFFECT_JSON_LIMIT:
+            effect_json.clear()
         for entry in batch:
             if type(entry) is tuple:
-                text, ts, task, stack, slog = entry
-                last_stack[task] = stack
+                if len(entry) == 6:
+                    text, ts, task, call, offset, slog = entry
+                    if not call.call_id:
+                        stack = stacks.stack(call, offset)
+                    # The stack inline: callers (once per call), the yield's frame up to
+                    # its source (once per instruction), the call's id and arguments.
+                    else:
+                        outer = call.outer
+                        if outer is None:
+                            outer = stacks.outer(call)
+                        site = sites.get((id(call.code), offset))  # type: ignore[union-attr]
+                        if site is None or site[0] is not call.code:
+                            site = stacks.site_entry(call.code, offset)
+                        closing = call.tail
+                        if closing is None:
+                            closing = stacks.tail(call)
+                        stack = f"[{outer}{site[1]}{closing}]"
+                else:
+                    text, ts, task, stack, slog = entry
+                    last_stack[task] = stack
                 tail = exact
             elif type(entry) is TaskEvent:
                 self._note_task(entry)
@@ -191,8 +226,11 @@ class RecordEncoder:
             step += 1
             if self._spawned or self._finished:
                 tail = tail[:-2] + self._task_fields() + "}\n"
+            quoted = effect_json.get(text)
+            if quoted is None:
+                quoted = effect_json[text] = _json_str(text)
             out.append(
-                f'{head}{step},"status":"running","current_effect":{_json_str(text)},'
+                f'{head}{step},"status":"running","current_effect":{quoted},'
                 f'"trace":{stack},"started_at":{started},"updated_at":"{stamp}",'
                 f'"error":null,"result":null,"last_slog":{self._slog},'
                 f'"task":{"null" if task is None else task}{tail}'

@@ -159,6 +159,8 @@ def _span_attributes(item: Span, texts: _Texts) -> str:
     code = code_attributes(item.name if item.kind != WORKFLOW else None, item.file, item.line)
     if code:
         parts.append(code)
+    if item.args is not None:
+        parts.append(_pair("doeff.args", item.args))
     parts.append(_pair("doeff.first_step", item.first_step))
     parts.append(_pair("doeff.last_step", item.last_step))
     if item.result is not None:

@@ -34,9 +34,17 @@ class TraceFrame:
     file: str
     line: int
     code: str | None = None
+    # Written only when the tracer knows them; older traces have neither.
+    call: int | None = None  # the invocation, the same in every record while it lives
+    args: str | None = None  # its arguments as a bounded repr
 
     def to_dict(self) -> dict[str, Any]:
-        return {"function": self.function, "file": self.file, "line": self.line, "code": self.code}
+        data = {"function": self.function, "file": self.file, "line": self.line, "code": self.code}
+        if self.call is not None:
+            data["call"] = self.call
+        if self.args is not None:
+            data["args"] = self.args
+        return data
 
 
 @dataclass(frozen=True)
@@ -194,27 +202,47 @@ def _time(data: dict[str, Any], name: str) -> datetime:
 
 # A workflow's records repeat the same few frames: equal frames are parsed into one
 # shared (immutable) object, which is cheaper than building each and lets the span
-# builder compare stacks by identity.
+# builder compare stacks by identity. With call ids every invocation has frames of its
+# own, so the table fills faster; emptied when full, it stays bounded all the same.
 MAX_SHARED_FRAMES: Final = 4096
 MAX_SHARED_TEXT: Final = 1024  # characters: a hostile trace's huge frames are not kept
-_FRAMES: dict[tuple[str, str, int, str | None], TraceFrame] = {}
+_FrameKey = (
+    tuple[str, str, int, str | None] | tuple[str, str, int, str | None, int | None, str | None]
+)
+_FRAMES: dict[_FrameKey, TraceFrame] = {}
 
 
 def _frame(item: object) -> TraceFrame:
     if type(item) is dict:  # the common case first: every field of the expected type
         get = item.get
-        function, file, line, code = get("function"), get("file"), get("line"), get("code")
+        function, file, line = get("function"), get("file"), get("line")
+        code = get("code", _MISSING)
+        if len(item) == 4 and code is not _MISSING:
+            # these four fields only: no call or args (every frame of an older trace)
+            call = args = None
+        else:
+            call, args = get("call"), get("args")
+            if code is _MISSING:
+                code = None
         if (
             type(function) is str
             and type(file) is str
             and type(line) is int
             and (code is None or type(code) is str)
+            and (call is None or type(call) is int)
+            and (args is None or type(args) is str)
         ):
-            key = (function, file, line, code)
+            # Frames without call or args keep the shorter key: no dearer to hash than before.
+            key: _FrameKey = (
+                (function, file, line, code)
+                if call is None and args is None
+                else (function, file, line, code, call, args)
+            )
             frame = _FRAMES.get(key)
             if frame is None:
-                frame = TraceFrame(function, file, line, code)
-                if len(function) + len(file) + len(code or "") <= MAX_SHARED_TEXT:
+                frame = TraceFrame(function, file, line, code, call, args)
+                size = len(function) + len(file) + len(code or "") + len(args or "")
+                if size <= MAX_SHARED_TEXT:
                     if len(_FRAMES) >= MAX_SHARED_FRAMES:
                         _FRAMES.clear()
                     _FRAMES[key] = frame
@@ -226,6 +254,8 @@ def _frame(item: object) -> TraceFrame:
         file=_req(item, "file", str),
         line=_req(item, "line", int),
         code=_opt(item, "code", str),
+        call=_opt(item, "call", int),
+        args=_opt(item, "args", str),
     )
 
 

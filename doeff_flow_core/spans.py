@@ -5,9 +5,12 @@ so a trace of any length becomes spans in memory bounded by what is open at once
 calls on each task's stack, and at most ``max_events`` events per span).
 
 A record's stack says which calls were open when its effect ran. A call is the same one
-from record to record while its function and file stay at the same depth and its
-caller's line does not move (a caller that moved on has returned from it, even into a
-new call of the same function). A call's span starts at the first record that has it
+from record to record while its function and file stay at the same depth and, when the
+frames carry ``call`` ids, its id does not change: a loop calling one function from one
+line gives a span per call. Frames without ids (older traces) cannot say that: there the
+call is the same while its caller's line does not move (a caller that moved on has
+returned from it, even into a new call of the same function), and frames whose ``args``
+differ are different calls. A call's span starts at the first record that has it
 on the stack and ends at the first record of its task without it, when its task
 finishes (``finished_tasks``), or at the run's terminal record; a run with no terminal
 record ends at its last record with its open spans marked ``incomplete``.
@@ -93,12 +96,15 @@ class Span(NamedTuple):
     depth: int = 0  # 0 for the workflow span, 1 for a task's outermost call
     pid: int | None = None
     host: str | None = None
+    args: str | None = None  # the call's arguments, when its frame carried them
 
 
 class _Open:
     """A span still open: mutable while records arrive."""
 
     __slots__ = (
+        "args",
+        "call",
         "depth",
         "dropped",
         "events",
@@ -129,6 +135,8 @@ class _Open:
         self.function = frame.function if frame else ""
         self.file = frame.file if frame else None
         self.line = frame.line if frame else None
+        self.call = frame.call if frame else None
+        self.args = frame.args if frame else None
         self.task = task
         self.start = start
         self.first_step = step
@@ -206,6 +214,7 @@ class _Run:
             depth=span.depth,
             pid=self.pid,
             host=self.host,
+            args=span.args,
         )
 
     def close_task(self, task: int | None, keep: int, end: float, out: list[Span]) -> None:
@@ -378,11 +387,14 @@ def _common_calls(
     depth = len(stack)
     if depth and len(frames) >= depth:
         # The usual record: the same calls as before, the innermost at another line.
-        # Parsed frames are shared objects, so equal callers compare by identity here.
+        # Parsed frames are shared objects, so equal callers compare by identity here
+        # (equal frames have equal call ids and args too).
         inner, before = frames[depth - 1], previous[depth - 1]
         if (
             inner.function == before.function
             and inner.file == before.file
+            and inner.call == before.call
+            and inner.args == before.args
             and frames[: depth - 1] == previous[: depth - 1]
         ):
             return depth
@@ -390,7 +402,12 @@ def _common_calls(
     for span, frame in zip(stack, frames):  # noqa: B905 - the shorter one ends it
         if span.function != frame.function or span.file != frame.file:
             break
-        if kept and previous[kept - 1].line != frames[kept - 1].line:
+        if span.call is not None and frame.call is not None:
+            if span.call != frame.call:
+                break  # another invocation, from the same line or not
+        elif span.args is not None and frame.args is not None and span.args != frame.args:
+            break  # other arguments: another invocation
+        elif kept and previous[kept - 1].line != frames[kept - 1].line:
             break  # the caller moved on: this is a new call
         kept += 1
     return kept

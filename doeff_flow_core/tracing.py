@@ -1,6 +1,11 @@
 """The doeff observer: one ``running`` record per effect, a terminal record at the end.
 
-Two doeff 0.8 hooks work together. ``WithObserve`` sees every effect performed in its
+On Python 3.12+ effects and their exact stacks come from the interpreter's generator
+events (``monitor``): every effect the workflow performs, wherever it is answered, at
+the cost of a few attribute reads per effect. ``DOEFF_FLOW_TRACER=hooks`` or a busy
+``sys.monitoring`` selects the fallback below, which Python 3.11 always uses.
+
+Fallback: two doeff 0.8 hooks work together. ``WithObserve`` sees every effect performed in its
 scope, including those the workflow's own inner handlers answer, but gets no stack; a
 pass-through handler installed innermost sees the effects that reach it and asks for
 their stack with ``GetTraceback``.
@@ -42,19 +47,47 @@ from doeff_flow_core.encode import (
 from doeff_flow_core.ids import validate_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME, resolve_trace_dir
 from doeff_flow_core.liveness import process_start_ticks, this_host
+from doeff_flow_core.monitor import (
+    MAX_BUFFERED,
+    Context,
+    StackText,
+    dispatcher,
+    monitoring_available,
+)
 from doeff_flow_core.records import COMPLETED, FAILED
 from doeff_flow_core.registry import register_trace_dir
 from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
 from doeff_flow_core.writer import FLUSH_INTERVAL, Flusher, Rotation, TraceFile, WriterLock
 
-# Past this many buffered effects the workflow's own thread encodes them (while its
-# caches are warm) and wakes the flusher thread to write them.
-MAX_BUFFERED = 1024
 # How far back the handler looks for its effect when others were observed after it.
 CLAIM_WINDOW = 16
 
 _INTERNAL_PATHS = ("/doeff/", "/doeff_vm/", "/doeff_core_effects/", "/doeff_flow_core/")
 Program = Any
+TRACER_VARIABLE = "DOEFF_FLOW_TRACER"  # "hooks": the fallback tracer even on 3.12+
+ARGS_VARIABLE = "DOEFF_FLOW_ARGS"  # "0": no arguments in records
+
+
+def _args_wanted(capture_args: bool | None) -> bool:
+    if capture_args is not None:
+        return capture_args
+    return os.environ.get(ARGS_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _exact_context_possible() -> bool:
+    """Whether this thread can be traced from generator events, saying why not once."""
+    if not monitoring_available() or os.environ.get(TRACER_VARIABLE) == "hooks":
+        return False
+    events = dispatcher()
+    if events.busy_here():
+        return False  # a traced run inside a traced run: the inner one uses the hooks
+    if not events.claim():
+        print(
+            "doeff-flow: every sys.monitoring tool id is taken; tracing with doeff's hooks",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 class TraceObserver:
@@ -65,7 +98,8 @@ class TraceObserver:
     before anything runs; ``observe(program)`` wraps a program; ``close()`` writes the
     terminal record and releases the lock. ``max_trace_bytes`` and ``keep_rotated`` set
     rotation (default ``$DOEFF_FLOW_MAX_TRACE_BYTES`` or 64 MiB, ``$DOEFF_FLOW_KEEP_ROTATED``
-    or 3).
+    or 3). ``capture_args=False`` (or ``$DOEFF_FLOW_ARGS=0``) leaves each call's
+    arguments out of the records, for workflows whose arguments are secrets.
     """
 
     def __init__(
@@ -76,6 +110,7 @@ class TraceObserver:
         max_trace_bytes: int | None = None,
         keep_rotated: int | None = None,
         flush_interval: float = FLUSH_INTERVAL,
+        capture_args: bool | None = None,
     ) -> None:
         self.workflow_id = validate_workflow_id(workflow_id)
         rotation = Rotation.from_environment(max_trace_bytes, keep_rotated)
@@ -91,6 +126,8 @@ class TraceObserver:
         from doeff_core_effects import SlogEffect
 
         self.run_id = uuid.uuid4().hex[:12]
+        self._context: Context | None = None
+        self.exact = _exact_context_possible()
         self._encoder = RecordEncoder(
             workflow_id=self.workflow_id,
             run=self.run_id,
@@ -99,6 +136,7 @@ class TraceObserver:
             host=this_host(),
             pid_start=process_start_ticks(os.getpid()),
             slog_type=SlogEffect,
+            stacks=StackText() if self.exact else None,
         )
         self._slog_type: type = SlogEffect
         self._stacks = StackCache()
@@ -113,9 +151,19 @@ class TraceObserver:
         self._write_lock = threading.Lock()
         self._outcome: tuple[str, str | None, str | None, list[Frame]] | None = None
         self._closed = False
+        if self.exact:
+            self._context = Context(
+                self._buffer, self._hand_over, SlogEffect, _args_wanted(capture_args)
+            )
         self._flusher = Flusher(self.flush, flush_interval)
         self._flusher.start()
         _task_routing.attach(self)
+
+    def enter_task(self, task: int | None) -> None:
+        """The scheduler switched to ``task`` (None: the root)."""
+        self.task = task
+        if self._context is not None:
+            self._context.enter_task(task)
 
     # -- hot path -------------------------------------------------------------------
 
@@ -185,18 +233,28 @@ class TraceObserver:
         from doeff import WithObserve, do, with_handlers
         from doeff.program import handler
 
-        traced = with_handlers(handlers, handler(_stack_handler(self))(program))
+        context = self._context
+        if context is not None:
+            traced = with_handlers(handlers, program)
+        else:
+            traced = with_handlers(handlers, handler(_stack_handler(self))(program))
 
         @do  # type: ignore[untyped-decorator]
         def traced_by_doeff_flow() -> Any:
+            active = context is not None and dispatcher().activate(context)
             try:
                 value = yield traced
             except BaseException as exc:
                 self.record_failure(exc)
                 raise
+            finally:
+                if context is not None and active:
+                    dispatcher().deactivate(context)
             self.record_success(value)
             return value
 
+        if context is not None:
+            return traced_by_doeff_flow()
         return WithObserve(self._buffer.append, traced_by_doeff_flow())
 
     def record_success(self, value: object) -> None:
@@ -211,6 +269,8 @@ class TraceObserver:
         if self._closed:
             return
         self._closed = True
+        if self._context is not None:
+            dispatcher().deactivate(self._context)
         _task_routing.detach(self)
         self._flusher.stop()
         self.flush(final=True)
@@ -321,7 +381,7 @@ class _TaskRouting:
             stack = self._by_thread.get(threading.get_ident())
             if stack:
                 tid = event.get("tid")
-                stack[-1].task = tid if isinstance(tid, int) else None
+                stack[-1].enter_task(tid if isinstance(tid, int) else None)
         elif kind == "spawned" or (kind == "task-leave" and event.get("effect") == "TaskCompleted"):
             # In the buffer, in order among the effects: timelines link a task to the call
             # that spawned it and end its calls when it finishes.
@@ -349,6 +409,7 @@ def trace_observer(
     *,
     max_trace_bytes: int | None = None,
     keep_rotated: int | None = None,
+    capture_args: bool | None = None,
 ) -> Iterator[Callable[[Program], Program]]:
     """Yield ``observe(program) -> program``; the terminal record is written on exit.
 
@@ -356,7 +417,11 @@ def trace_observer(
     ...     value = doeff.run(my_handlers(observe(my_workflow())))
     """
     tracer = TraceObserver(
-        workflow_id, trace_dir, max_trace_bytes=max_trace_bytes, keep_rotated=keep_rotated
+        workflow_id,
+        trace_dir,
+        max_trace_bytes=max_trace_bytes,
+        keep_rotated=keep_rotated,
+        capture_args=capture_args,
     )
     try:
         yield tracer.observe

@@ -48,31 +48,63 @@ def run_workflow(
     handlers: Sequence[Any] = (),
     max_trace_bytes: int | None = None,
     keep_rotated: int | None = None,
+    capture_args: bool | None = None,
 ) -> WorkflowResult[Any]:
     """Run ``program`` traced to ``<trace_dir>/<workflow_id>/trace.jsonl``.
 
-    Installed, outermost first: the scheduler (Spawn, Gather, ...), Await, a reader over
-    ``env``, state over ``store``, slog capture, a memo and cache handler over
-    ``storage`` (a ``DurableStorage``, e.g. ``SQLiteStorage``) when given, then
-    ``handlers`` (first outermost), then the tracer. Effects performed by ``handlers``
-    are recorded; the internal traffic of the handlers installed here (the memo
-    handler's storage calls, say) is not.
+    Every effect ``doeff run`` answers for a program with no interpreter is answered
+    here too, so a program that runs under ``doeff run`` runs here. Installed, outermost
+    first, in the order ``doeff run`` uses:
+
+    1. the scheduler (Spawn, Wait, Gather, Race, Cancel, Discard, promises, semaphores);
+    2. ``lazy_ask`` over ``env`` (Ask and Local; a value that is a program is run once,
+       when first asked; a missing key raises ``MissingEnvKeyError`` at the Ask);
+    3. ``state`` over ``store`` (Get, Put);
+    4. ``writer`` (Tell; ``writer_log()`` reads what was told);
+    5. ``try_handler`` (Try);
+    6. ``slog_discard_handler`` (slog is recorded in the trace, not printed; ``doeff run``
+       prints it to stderr);
+    7. ``listen_handler`` (Listen);
+    8. ``await_handler`` (Await);
+    9. a memo and cache handler over ``storage`` (a ``DurableStorage``, e.g.
+       ``SQLiteStorage``) when given;
+
+    then ``handlers`` (first outermost), then the tracer. Effects performed by
+    ``handlers`` are recorded; the internal traffic of the handlers installed here (the
+    memo handler's storage calls, say) is not.
 
     An exception from the workflow is returned as ``result.error``, never raised;
     ``KeyboardInterrupt`` and ``SystemExit`` are recorded and re-raised. Invalid ids,
     unwritable trace directories and a workflow id another process is tracing now raise
-    before the workflow starts. ``max_trace_bytes`` / ``keep_rotated``: see
-    ``TraceObserver``.
+    before the workflow starts. ``max_trace_bytes`` / ``keep_rotated`` /
+    ``capture_args``: see ``TraceObserver``.
     """
     import doeff
-    from doeff_core_effects import await_handler, reader, slog_discard_handler, state
+    from doeff_core_effects import (
+        await_handler,
+        lazy_ask,
+        listen_handler,
+        slog_discard_handler,
+        state,
+        try_handler,
+        writer,
+    )
     from doeff_core_effects.scheduler import scheduled
 
+    # The order matters where one handler performs or observes another's effects:
+    # writer keeps its log with Get/Put, so state is outside it; Listen observes only
+    # what reaches the handlers outside listen_handler, so writer and the slog sink are
+    # outside it; lazy_ask and await_handler use the scheduler's semaphores and promises.
+    # lazy_ask answers Local itself: a local_handler inside it would answer Local first
+    # and let a lazy value computed under the override stay cached after the scope ends.
     runtime: list[Any] = [
-        await_handler(),
-        reader(dict(env or {})),
+        lazy_ask(dict(env or {}), strict=True),
         state(dict(store or {})),
+        writer,
+        try_handler,
         slog_discard_handler,
+        listen_handler,
+        await_handler(),
     ]
     if storage is not None:
         from doeff_core_effects.cache_handlers import cache_handler
@@ -81,7 +113,11 @@ def run_workflow(
         runtime += [memo_handler(storage), cache_handler(storage)]
 
     tracer = TraceObserver(
-        workflow_id, trace_dir, max_trace_bytes=max_trace_bytes, keep_rotated=keep_rotated
+        workflow_id,
+        trace_dir,
+        max_trace_bytes=max_trace_bytes,
+        keep_rotated=keep_rotated,
+        capture_args=capture_args,
     )
     try:
         traced = tracer.instrument(program, handlers)

@@ -42,7 +42,10 @@ class Command:
     name: str
     summary: str
     run: Callable[[Session, Request, Source], int]
-    uses_source: bool = True  # False: acts on files, never asks flowd (prune)
+    uses_source: bool = True  # False: never asks flowd (prune acts on files; run writes)
+    # False: not offered in the shell (run would hold the prompt for the whole workflow,
+    # and import the program's modules into the shell's process).
+    in_shell: bool = True
 
 
 def warn(session: Session, message: str) -> None:
@@ -179,6 +182,12 @@ def run_export(session: Session, request: Request, source: Source) -> int:
     return exitcodes.OK
 
 
+def run_run(session: Session, request: Request, source: Source) -> int:
+    from flowctl.runprogram import run_program
+
+    return run_program(session, request)
+
+
 def run_shell(session: Session, request: Request, source: Source) -> int:
     if session.in_shell:
         warn(session, "already in the shell")
@@ -188,7 +197,7 @@ def run_shell(session: Session, request: Request, source: Source) -> int:
     return run_shell_session(request.options, source)
 
 
-COMMANDS: Final = {
+ALL_COMMANDS: Final = {
     command.name: command
     for command in (
         Command("ps", "list workflows: status, step, age of the last update, last slog", run_ps),
@@ -205,16 +214,28 @@ COMMANDS: Final = {
             "a workflow's timeline: --format chrome (Perfetto), otlp or svg; -o FILE",
             run_export,
         ),
+        Command(
+            "run",
+            "run a doeff program traced: run pkg.mod:program [--id ID]; prints its value",
+            run_run,
+            uses_source=False,
+            in_shell=False,
+        ),
         Command("shell", "the interactive shell", run_shell),
     )
 }
+# The commands the shell offers, completes and lists in its help.
+COMMANDS: Final = {name: command for name, command in ALL_COMMANDS.items() if command.in_shell}
 
 
 def dispatch(session: Session, request: Request, source: Source | None = None) -> int:
     """Run ``request``; failures become one line on ``session.err`` and an exit code."""
-    command = COMMANDS.get(request.command or "")
+    command = ALL_COMMANDS.get(request.command or "")
     if command is None:
         warn(session, f"unknown command {request.command!r}")
+        return exitcodes.USAGE
+    if session.in_shell and not command.in_shell:
+        warn(session, f"{command.name} is not available in the shell; run it from the command line")
         return exitcodes.USAGE
     try:
         if not command.uses_source:  # the files themselves, whatever source is open

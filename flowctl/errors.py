@@ -111,3 +111,58 @@ class DaemonError(FlowctlError):
         self.message = message
         self.data = data
         super().__init__(f"flowd answered {method} with error {code}: {message}")
+
+
+class BadProgramReference(FlowctlError):
+    """``run``: a reference that is malformed or names something that is not a program."""
+
+    exit_code = exitcodes.USAGE
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+class ProgramNotFound(FlowctlError):
+    """``run``: a program whose module or attribute does not exist."""
+
+    exit_code = exitcodes.NOT_FOUND
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+class ProgramImportFailed(FlowctlError):
+    """``run``: the program's module raised while it was imported; nothing was traced."""
+
+    exit_code = exitcodes.WORKFLOW_FAILED
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+class WorkflowRunFailed(FlowctlError):
+    """``run``: the workflow ended with an exception (its trace says ``failed``)."""
+
+    exit_code = exitcodes.WORKFLOW_FAILED
+
+    def __init__(self, workflow_id: str, error: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"workflow {workflow_id} failed: {error}")
+
+
+class TraceNotWritable(FlowctlError):
+    """``run``: the trace cannot be created; the workflow did not start."""
+
+    exit_code = exitcodes.CANNOT_WRITE
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+class WorkflowInUse(FlowctlError):
+    """``run``: another process is tracing that workflow id now; the workflow did not start."""
+
+    exit_code = exitcodes.UNAVAILABLE
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)

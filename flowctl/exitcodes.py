@@ -6,17 +6,21 @@ code  name             meaning
 0     OK               success; also leaving ``watch`` with ``q`` or Ctrl-C when
                        ``--exit-on-complete`` was not given
 1     WORKFLOW_FAILED  ``watch --exit-on-complete``: the workflow failed or was lost
-                       (with no WF: some workflow failed or was lost)
+                       (with no WF: some workflow failed or was lost); ``run``: the
+                       program failed, or its module raised on import
 2     USAGE            bad arguments, an invalid workflow id, no command when not
-                       on a terminal
-3     NOT_FOUND        an unknown workflow, a missing trace directory
+                       on a terminal; ``run``: a malformed program reference or one
+                       that names no program
+3     NOT_FOUND        an unknown workflow, a missing trace directory; ``run``: no
+                       such module or attribute
 4     BAD_TRACE        a trace with no readable record, or malformed lines skipped
                        (the readable records and the other workflows are still shown)
 5     UNAVAILABLE      the trace directory or a trace cannot be read (permissions,
-                       I/O error)
+                       I/O error); ``run``: another process traces that workflow id
 70    INTERNAL         a bug in flowctl; one line on stderr (``--verbose``: traceback)
 73    CANNOT_WRITE     ``export -o FILE``: FILE cannot be written (no such directory,
-                       permissions, a directory in the way, disk full); nothing is left
+                       permissions, a directory in the way, disk full); nothing is left;
+                       ``run``: the trace cannot be created, the program does not start
 130   INTERRUPTED      Ctrl-C in a one-shot command; or the user left
                        ``watch --exit-on-complete`` before the workflow ended
 ====  ===============  ==========================================================

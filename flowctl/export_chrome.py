@@ -118,6 +118,8 @@ class ChromeWriter:
             args["file"] = span.file
         if span.line is not None:
             args["line"] = span.line
+        if span.args is not None:
+            args["args"] = span.args
         if span.error is not None:
             args["error"] = span.error
         if span.result is not None:

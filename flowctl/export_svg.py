@@ -296,6 +296,8 @@ def _tooltip(span: Span) -> str:
     lines = [span.name if span.kind != WORKFLOW else f"workflow {span.workflow_id}"]
     if span.file is not None:
         lines.append(f"{os.path.basename(span.file) or span.file}:{span.line}")
+    if span.args is not None:
+        lines.append(f"args: {span.args}")
     steps = f"step {span.first_step}"
     if span.last_step != span.first_step:
         steps = f"steps {span.first_step}-{span.last_step}"

@@ -16,7 +16,7 @@ from doeff_flow_core.records import ALL_STATUSES
 from flowctl.errors import UsageError
 from flowctl.source import EMPTY, UNREADABLE
 
-COMMANDS: Final = ("ps", "history", "watch", "prune", "export", "shell")
+COMMANDS: Final = ("ps", "history", "watch", "prune", "export", "run", "shell")
 EXPORT_FORMATS: Final = ("chrome", "otlp", "svg")
 STATUS_CHOICES: Final = (*ALL_STATUSES, EMPTY, UNREADABLE)
 DEFAULT_LAST: Final = 10
@@ -53,6 +53,7 @@ class Request:
     dry_run: bool = False
     format: str | None = None  # export --format; None: from -o's suffix, else chrome
     output: str | None = None  # export -o FILE; None: stdout
+    program: str | None = None  # run: pkg.mod:program
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,7 +116,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
         description=(
-            "See where running doeff workflows are: ps, history, watch, prune, export, shell."
+            "See where running doeff workflows are: ps, history, watch, prune, export, "
+            "shell; run a doeff program traced: run."
         ),
         epilog="Run without a command on a terminal to open the interactive shell.",
     )
@@ -205,6 +207,25 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     _add_global_options(export)
 
+    run = commands.add_parser(
+        "run",
+        help="run a doeff program traced (pkg.mod:program), print its value",
+        description=(
+            "Import PROGRAM (pkg.mod:program or pkg.mod.program; the current directory is "
+            "importable) and run it with the handlers doeff run gives a program, traced to "
+            "<trace dir>/<ID>/trace.jsonl. Prints the value; a failure is one line on "
+            "stderr and exit code 1."
+        ),
+    )
+    run.add_argument("program", metavar="PROGRAM", help="pkg.mod:program or pkg.mod.program")
+    run.add_argument(
+        "--id",
+        dest="workflow_id",
+        metavar="ID",
+        help="workflow id (default: the program's name and the UTC time, report-20261207T020102Z)",
+    )
+    _add_global_options(run)
+
     shell = commands.add_parser("shell", help="interactive shell with the same commands")
     _add_global_options(shell)
     return parser
@@ -238,4 +259,5 @@ def parse(
         dry_run=values.get("dry_run", False),
         format=values.get("format"),
         output=values.get("output"),
+        program=values.get("program"),
     )

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from doeff_core_effects import reader, scheduled, slog_discard_handler, state
 from doeff_flow_core import parse_record, run_workflow, trace_observer
 
 HERE = os.path.abspath(__file__)
+EXACT_TRACER = sys.version_info >= (3, 12)
 
 # -- workflows under test ---------------------------------------------------------------
 
@@ -295,20 +297,24 @@ def test_spawned_tasks_carry_task_ids(tmp_path: Path, run: Runner) -> None:
 
 
 @runners
-def test_effects_answered_inside_the_workflow_are_recorded_inexact(
-    tmp_path: Path, run: Runner
-) -> None:
+def test_effects_answered_inside_the_workflow_are_recorded(tmp_path: Path, run: Runner) -> None:
     outcome = run(self_handled(), tmp_path, {"x": 1})
     assert outcome.value == 14
     check_run(outcome.records)
     records = running(outcome)
+    # The fallback tracer cannot know their stacks; the exact one (3.12+) can.
+    exact = EXACT_TRACER
     assert [(r["current_effect"], r["trace_exact"]) for r in records] == [
         ("Get('x')", True),
-        ("Ping(x=3)", False),
-        ("Ping(x=4)", False),
+        ("Ping(x=3)", exact),
+        ("Ping(x=4)", exact),
         ("Put('x', 15)", True),
     ]
     assert frames(records[3]) == [("self_handled", HERE, line_of(self_handled, "yield Put("))]
+    if exact:
+        caller = ("self_handled", HERE, line_of(self_handled, "with_handlers([ping_handler]"))
+        assert frames(records[1]) == [caller, ("pinged", HERE, line_of(pinged, "Ping(3)"))]
+        assert frames(records[2]) == [caller, ("pinged", HERE, line_of(pinged, "Ping(4)"))]
 
 
 @runners

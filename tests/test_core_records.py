@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from test_core_recording import carry_handler, carrying, fail_top, fan_out, self_handled
 
 from doeff_flow_core import LiveTrace, SlogLine, TraceFrame, parse_record, run_workflow
+from doeff_flow_core import records as record_model
 from doeff_flow_core.clock import IsoClock, parse_timestamp
 from doeff_flow_core.errors import MalformedRecord
 from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
@@ -96,6 +98,8 @@ frames = st.builds(
     file=texts,
     line=st.integers(min_value=0, max_value=10**6),
     code=st.none() | texts,
+    call=st.none() | st.integers(min_value=0, max_value=2**63),
+    args=st.none() | texts,
 )
 # To the millisecond, as the tracer writes them.
 times = st.datetimes(
@@ -157,6 +161,102 @@ def test_equal_frames_are_parsed_into_one_object_and_wrong_types_are_still_refus
     for wrong in ("true", "1.0"):
         with pytest.raises(MalformedRecord, match="'line' must be int"):
             parse_record(line.replace('"line":1,', f'"line":{wrong},'))
+
+
+def frame_line(*frames: TraceFrame) -> str:
+    return LiveTrace(
+        workflow_id="wf",
+        step=1,
+        status="running",
+        current_effect=None,
+        trace=frames,
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+    ).to_json()
+
+
+def test_call_and_args_round_trip_after_code_and_only_when_known() -> None:
+    both = TraceFrame("fetch_page", "/w/pages.py", 20, None, call=7, args="region='apac', pages=4")
+    call_only = TraceFrame("fetch_page", "/w/pages.py", 21, "yield Get('k')", call=8)
+    neither = TraceFrame("main", "/w/pages.py", 12, "yield fetch_page()")
+    line = frame_line(neither, both, call_only)
+    assert (
+        '"trace":[{"function":"main","file":"/w/pages.py","line":12,"code":"yield fetch_page()"},'
+        '{"function":"fetch_page","file":"/w/pages.py","line":20,"code":null,"call":7,'
+        '"args":"region=\'apac\', pages=4"},'
+        '{"function":"fetch_page","file":"/w/pages.py","line":21,"code":"yield Get(\'k\')",'
+        '"call":8}]'
+    ) in line
+    record = parse_record(line)
+    assert record.trace == (neither, both, call_only)
+    assert (record.trace[1].call, record.trace[1].args) == (7, "region='apac', pages=4")
+    assert (record.trace[2].call, record.trace[2].args) == (8, None)
+    assert record.to_json() == line
+    # args alone (call unknown) is kept too, and a call of 0 is a call
+    alone = parse_record(frame_line(TraceFrame("f", "/w.py", 1, args="x=1", call=0))).trace[0]
+    assert (alone.call, alone.args) == (0, "x=1")
+
+
+def test_frames_without_call_or_args_are_written_as_before() -> None:
+    seed = {"function": "main", "file": "flow.py", "line": 3, "code": None}
+    line = frame_line(TraceFrame("main", "flow.py", 3))
+    assert '"trace":[' + json.dumps(seed, separators=(",", ":")) + "]" in line
+    (frame,) = parse_record(line).trace
+    assert frame.to_dict() == seed and (frame.call, frame.args) == (None, None)
+    # the seed's own frames, code missing or null, without any added field
+    for item in ({"function": "main", "file": "flow.py", "line": 3}, seed):
+        data = json.loads(line)
+        data["trace"] = [item]
+        (parsed,) = LiveTrace.from_dict(data).trace
+        assert parsed == TraceFrame("main", "flow.py", 3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("call", "true", "'call' must be int, got bool"),
+        ("call", "7.0", "'call' must be int, got float"),
+        ("call", '"7"', "'call' must be int, got str"),
+        ("call", "[7]", "'call' must be int, got list"),
+        ("args", "5", "'args' must be str, got int"),
+        ("args", '["x=1"]', "'args' must be str, got list"),
+        ("args", "{}", "'args' must be str, got dict"),
+    ],
+)
+def test_call_and_args_of_the_wrong_type_are_refused(field: str, value: str, message: str) -> None:
+    line = frame_line(TraceFrame("fetch", "/w.py", 2, None, call=1, args="a=1"))
+    # parsed once the right way first: a shared frame must not stand in for a wrong one
+    parse_record(line)
+    right = {"call": '"call":1', "args": '"args":"a=1"'}[field]
+    wrong = line.replace(right, f'"{field}":{value}')
+    assert wrong != line
+    with pytest.raises(MalformedRecord, match=re.escape(message)):
+        parse_record(wrong)
+
+
+def test_frames_of_different_calls_are_not_shared_and_sharing_stays_bounded() -> None:
+    first = frame_line(TraceFrame("f", "/w.py", 2, None, call=1, args="a=1"))
+    one, again = parse_record(first).trace[0], parse_record(first).trace[0]
+    assert one is again  # one call's frame, repeated record after record: shared
+    others = [
+        TraceFrame("f", "/w.py", 2, None, call=2, args="a=1"),
+        TraceFrame("f", "/w.py", 2, None, call=1, args="a=2"),
+        TraceFrame("f", "/w.py", 2, None, call=1),
+        TraceFrame("f", "/w.py", 2, None, args="a=1"),
+        TraceFrame("f", "/w.py", 2, None, args=""),
+        TraceFrame("f", "/w.py", 2),
+    ]
+    parsed = [parse_record(frame_line(frame)).trace[0] for frame in others]
+    assert parsed == others and len({id(frame) for frame in [one, *parsed]}) == len(others) + 1
+    # huge arguments (a hostile trace) count against the text a shared frame may hold
+    huge = frame_line(
+        TraceFrame("f", "/w.py", 2, None, call=9, args="a" * record_model.MAX_SHARED_TEXT)
+    )
+    assert parse_record(huge).trace[0] is not parse_record(huge).trace[0]
+    # every call has frames of its own: however many calls, the table stays bounded
+    for call in range(record_model.MAX_SHARED_FRAMES + 10):
+        parse_record(frame_line(TraceFrame("f", "/w.py", 2, None, call=call, args="a=1")))
+        assert len(record_model._FRAMES) <= record_model.MAX_SHARED_FRAMES
 
 
 # -- rendering effects ------------------------------------------------------------------

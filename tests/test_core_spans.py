@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -215,15 +216,25 @@ def test_reruns_appended_to_one_trace_are_separate_traces(tmp_path: Path) -> Non
 
 
 def record(
-    step: int, *stack: str, status: str = "running", run: str = "r1", **kw: Any
+    step: int,
+    *stack: str,
+    status: str = "running",
+    run: str = "r1",
+    calls: tuple[int | None, ...] = (),
+    **kw: Any,
 ) -> LiveTrace:
+    """A record of ``stack`` (function names, outermost first); ``calls``: their call ids."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = calls + (None,) * (len(stack) - len(calls))
     return LiveTrace(
         workflow_id="wf",
         step=step,
         status=status,
         current_effect=kw.pop("effect", f"E{step}") if status == "running" else None,
-        trace=tuple(TraceFrame(name, "/w.py", 10 + i) for i, name in enumerate(stack)),
+        trace=tuple(
+            TraceFrame(name, "/w.py", 10 + i, call=call)
+            for i, (name, call) in enumerate(zip(stack, ids, strict=True))
+        ),
         started_at=start,
         updated_at=start + timedelta(seconds=step),
         run=run,
@@ -295,6 +306,127 @@ def test_open_tasks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(ended) >= 40  # the least recently active tasks were ended
     assert all(span.name == "work" for span in ended)
     assert [span.task for span in ended] == sorted(span.task for span in ended)
+
+
+# -- calls told apart by their ids ----------------------------------------------------------
+
+PAGES = 4
+PAGES_FILE = "/w/pages.py"
+
+
+def paged_records(
+    calls: bool = True, args: bool = True, workflow_id: str = "wf-pages"
+) -> list[LiveTrace]:
+    """``for page in range(4): yield fetch_page("apac", page)``: four calls of one function
+    from one line of ``main``, with no effect of main's own between them (two effects each,
+    at lines 20 and 21), then the run completes. Each call has its own ``call`` id and
+    ``args`` unless left out."""
+    start = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    main = TraceFrame(
+        "main",
+        PAGES_FILE,
+        12,
+        "yield fetch_page('apac', page)",
+        call=1 if calls else None,
+        args="region='apac'" if args else None,
+    )
+    out: list[LiveTrace] = []
+    for page in range(PAGES):
+        for line in (20, 21):
+            fetch = TraceFrame(
+                "fetch_page",
+                PAGES_FILE,
+                line,
+                None,
+                call=page + 2 if calls else None,
+                args=f"region='apac', page={page}" if args else None,
+            )
+            step = len(out) + 1
+            out.append(
+                LiveTrace(
+                    workflow_id=workflow_id,
+                    step=step,
+                    status="running",
+                    current_effect=f"Get('page-{page}-{line}')",
+                    trace=(main, fetch),
+                    started_at=start,
+                    updated_at=start + timedelta(seconds=step),
+                    run="r-pages",
+                )
+            )
+    end = start + timedelta(seconds=len(out) + 1)
+    out.append(
+        LiveTrace(workflow_id, len(out) + 1, "completed", None, (), start, end, run="r-pages")
+    )
+    return out
+
+
+def page_args(page: int) -> str:
+    return f"region='apac', page={page}"
+
+
+def test_calls_from_one_line_are_a_span_each_when_records_carry_call_ids() -> None:
+    records = paged_records()
+    spans = list(spans_of(records))
+    pages = by_name(spans, "fetch_page")
+    assert [s.args for s in pages] == [page_args(page) for page in range(PAGES)]
+    assert [(s.first_step, s.last_step) for s in pages] == [(1, 2), (3, 4), (5, 6), (7, 8)]
+    assert [[e.name for e in s.events] for s in pages] == [
+        [f"Get('page-{page}-20')", f"Get('page-{page}-21')"] for page in range(PAGES)
+    ]
+    main = only(spans, "main")
+    assert main.args == "region='apac'" and main.first_step == 1 and main.last_step == 8
+    assert all(s.parent_id == main.span_id and s.depth == 2 for s in pages)
+    assert len({s.span_id for s in spans}) == len(spans) == PAGES + 2
+    # each call ends when the next begins, at the record that first has the next call
+    for before, after in pairwise(pages):
+        assert before.end == after.start == records[after.first_step - 1].updated_at.timestamp()
+    assert only(spans, "wf-pages").args is None
+
+
+def test_without_call_ids_calls_from_one_line_are_one_span_as_before() -> None:
+    spans = list(spans_of(paged_records(calls=False, args=False)))
+    (pages,) = by_name(spans, "fetch_page")
+    assert (pages.first_step, pages.last_step, pages.args) == (1, 8, None)
+    assert len(pages.events) == 2 * PAGES
+    assert len(spans) == 3
+
+
+def test_without_call_ids_other_args_are_still_another_call() -> None:
+    pages = by_name(list(spans_of(paged_records(calls=False))), "fetch_page")
+    assert [s.args for s in pages] == [page_args(page) for page in range(PAGES)]
+
+
+def test_one_call_id_is_one_span_even_when_its_args_are_known_only_later() -> None:
+    records = paged_records(args=False)
+    # the first call's second record says its arguments: still the same call
+    first = records[1]
+    (main, fetch) = first.trace
+    records[1] = LiveTrace(
+        **{**first.__dict__, "trace": (main, TraceFrame(**{**fetch.__dict__, "args": "x=1"}))}
+    )
+    pages = by_name(list(spans_of(records)), "fetch_page")
+    assert [(s.first_step, s.last_step) for s in pages] == [(1, 2), (3, 4), (5, 6), (7, 8)]
+
+
+def test_calls_and_their_args_export_as_otlp_spans_of_their_own() -> None:
+    spans = list(spans_of(paged_records()))
+    received = otlp_spans(parse_request(export_request(spans)))
+    pages = [s for s in received if s.name == "fetch_page"]
+    values = [{a.key: a.value for a in s.attributes} for s in pages]
+    assert [v["doeff.args"].string_value for v in values] == [
+        page_args(page) for page in range(PAGES)
+    ]
+    assert len({s.span_id for s in received}) == len(received) == PAGES + 2
+    (main,) = [s for s in received if s.name == "main"]
+    assert all(s.parent_span_id == main.span_id for s in pages)
+    (workflow,) = [s for s in received if s.name == "wf-pages"]
+    assert "doeff.args" not in {a.key for a in workflow.attributes}
+    # untrusted arguments stay text, as valid UTF-8
+    hostile = spans[0]._replace(args='"},\ud800\x00')
+    (got,) = otlp_spans(parse_request(export_request([hostile])))
+    args = {a.key: a.value.string_value for a in got.attributes}["doeff.args"]
+    assert args == '"},\ufffd\x00'
 
 
 # -- OTLP/JSON ----------------------------------------------------------------------------
@@ -409,22 +541,26 @@ def test_an_empty_export_is_still_a_valid_request() -> None:
 names = st.sampled_from(["a", "b", "c"])
 stacks = st.lists(names, max_size=4)
 tasks = st.none() | st.integers(min_value=0, max_value=3)
+# call ids as a hostile trace may have them too: missing, repeated, reused at other depths
+call_ids = st.lists(st.none() | st.integers(min_value=0, max_value=3), max_size=4).map(tuple)
 steps_of = st.lists(
-    st.tuples(stacks, tasks, st.sampled_from(["running"] * 8 + ["completed", "failed"])),
+    st.tuples(stacks, tasks, st.sampled_from(["running"] * 8 + ["completed", "failed"]), call_ids),
     max_size=40,
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(steps_of, st.booleans())
-def test_any_records_give_well_formed_spans(steps: list[Any], spawn: bool) -> None:
+@given(steps_of, st.booleans(), st.booleans())
+def test_any_records_give_well_formed_spans(steps: list[Any], spawn: bool, ids: bool) -> None:
     records = []
-    for n, (stack, task, status) in enumerate(steps, start=1):
+    for n, (stack, task, status, calls) in enumerate(steps, start=1):
         extra: dict[str, Any] = {"task": task}
         if spawn and task is not None and n % 3 == 0:
             extra["spawned"] = ((task, None),)
         if status == "failed":
             extra["error"] = "KeyError: 'x'"
+        if ids:
+            extra["calls"] = calls[: len(stack)]
         records.append(record(n, *stack, status=status, run=f"r{n // 15}", **extra))
     spans = list(spans_of(records))
     segment: dict[int, Span] = {}  # one run's spans: its workflow span comes last

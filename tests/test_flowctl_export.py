@@ -28,6 +28,7 @@ from conftest import (
     run_python,
 )
 from otlp_schema import parse_request, spans_of
+from test_core_spans import PAGES, page_args, paged_records
 from test_flowctl_support import (
     assert_one_error_line,
     flowctl,
@@ -645,6 +646,58 @@ def test_hostile_text_stays_text_in_every_format(tmp_path: Path) -> None:
     assert name in {e["name"] for e in events} and "-- ]]> \x1b[2J" in {e["name"] for e in events}
     spans = spans_of(parse_request(exported(tmp_path, "wf-hostile", "--format", "otlp")))
     assert name.replace("\ud800", "\ufffd") in {span.name for span in spans}  # valid UTF-8
+
+
+def put_paged_trace(trace_dir: Path, workflow_id: str, **kw: Any) -> None:
+    records = paged_records(workflow_id=workflow_id, **kw)
+    put_trace(trace_dir, workflow_id, "".join(record.to_json() + "\n" for record in records))
+
+
+def test_calls_from_one_line_export_as_a_span_each_with_their_args(tmp_path: Path) -> None:
+    """Records that carry call ids: each of the four calls of a loop is a slice, an OTLP
+    span and a bar of its own, with its arguments."""
+    put_paged_trace(tmp_path, "wf-pages")
+    expected = [page_args(page) for page in range(PAGES)]
+    events = chrome(tmp_path, "wf-pages")
+    slices = {e["name"]: e for e in events if e["ph"] == "X"}
+    pages = [e for e in events if e["ph"] == "X" and e["name"] == "fetch_page"]
+    assert [e["args"]["args"] for e in pages] == expected
+    assert len({e["ts"] for e in pages}) == PAGES
+    assert slices["main"]["args"]["args"] == "region='apac'"
+    assert "args" not in slices["wf-pages"]["args"]
+    assert_slices_nest(events)
+    spans = spans_of(parse_request(exported(tmp_path, "wf-pages", "--format", "otlp")))
+    calls = [span for span in spans if span.name == "fetch_page"]
+    assert [attributes(span.attributes)["doeff.args"] for span in calls] == expected
+    assert len({span.span_id for span in spans}) == len(spans) == PAGES + 2
+    tips = [g.findtext(f"{SVG}title") or "" for g in bars(svg(tmp_path, "wf-pages"))]
+    drawn = [tip.split("\n") for tip in tips if tip.startswith("fetch_page\n")]
+    assert [lines[1:3] for lines in drawn] == [["pages.py:20", f"args: {a}"] for a in expected]
+    # the same loop written without call ids: one span, as before, and no args anywhere
+    put_paged_trace(tmp_path, "wf-merged", calls=False, args=False)
+    merged = [e for e in chrome(tmp_path, "wf-merged") if e["ph"] == "X"]
+    assert [e["name"] for e in merged].count("fetch_page") == 1
+    assert not [e for e in merged if "args" in e["args"]]
+
+
+def test_hostile_args_stay_text_in_every_format(tmp_path: Path) -> None:
+    args = '<b>&"x"</b>\ud800\ufffe\x1b[2J'
+    frames = [
+        {"function": "f", "file": "/w/a.py", "line": 1, "code": None, "call": 3, "args": args}
+    ]
+    put_trace(
+        tmp_path,
+        "wf-args",
+        record_line("wf-args", 1, trace=frames, updated_at=f"{MINUTE}01+00:00")
+        + record_line("wf-args", 2, trace=[], status="completed", updated_at=f"{MINUTE}02+00:00"),
+    )
+    (call,) = [e for e in chrome(tmp_path, "wf-args") if e["name"] == "f"]
+    assert call["args"]["args"] == args  # exact in JSON
+    spans = spans_of(parse_request(exported(tmp_path, "wf-args", "--format", "otlp")))
+    (otlp_call,) = [span for span in spans if span.name == "f"]
+    assert attributes(otlp_call.attributes)["doeff.args"] == args.replace("\ud800", "\ufffd")
+    tips = [g.findtext(f"{SVG}title") or "" for g in bars(svg(tmp_path, "wf-args"))]
+    assert 'args: <b>&"x"</b>\\ud800\\ufffe\\x1b[2J' in "\n".join(tips).split("\n")
 
 
 @pytest.mark.parametrize(

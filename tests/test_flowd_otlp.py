@@ -26,6 +26,7 @@ from conftest import python_command, python_env
 from doeff import Gather, Get, Spawn, do, slog
 from otlp_schema import parse_request
 from otlp_schema import spans_of as otlp_spans
+from test_core_spans import PAGES, page_args, paged_records
 from test_flowd_support import Flowd, flowd, wait_for
 
 from doeff_flow_core import run_workflow
@@ -357,6 +358,31 @@ def test_spans_of_a_run_reach_the_collector_with_names_parents_resource_and_stat
     assert count(daemon, "otlp: exporting spans to http://127.0.0.1") == 1
     assert count(daemon, "took the first") == 1
     assert "s3cret" not in daemon.log()
+
+
+def test_calls_from_one_line_reach_the_collector_as_spans_of_their_own_with_args(
+    tmp_path: Path, collector: Collector
+) -> None:
+    """A trace whose records carry call ids and args (written whole, then moved in)."""
+    traces = trace_dir(tmp_path)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    records = paged_records(workflow_id="wf-pages")
+    (staged / "trace.jsonl").write_text("".join(record.to_json() + "\n" for record in records))
+    expected = list(spans_of(records))
+    with exporting(tmp_path, collector.url):
+        os.rename(staged, traces / "wf-pages")
+        wait_for(lambda: len(collector.taken()) == len(expected), WAIT, "every span")
+    taken = collector.taken()
+    assert set(taken) == {hex_id(span) for span in expected}
+    pages = sorted(
+        (span for span in taken.values() if span.name == "fetch_page"),
+        key=lambda span: span.start_time_unix_nano,
+    )
+    assert [_attributes(span.attributes)["doeff.args"] for span in pages] == [
+        page_args(page) for page in range(PAGES)
+    ]
+    assert collector.invalid == []
 
 
 def test_a_collector_down_at_first_gets_the_spans_once_up_and_drops_are_counted(
