@@ -1,13 +1,19 @@
 """Tracer overhead, measured side by side in one run (ratios, not absolute times).
 
-    python bench/bench_tracer.py [--effects 30000] [--rounds 7]
+    python bench/bench_tracer.py [--effects 30000] [--rounds 7] [--quick]
 
-1. Effect-dense loop (Get/Put under three nested @do calls): traced / untraced, for
-   ``trace_observer`` and for ``run_workflow`` against the same handler stack untraced.
-2. A workflow whose effects each block 1 ms: traced / untraced.
-3. Latency: how long after an effect starts its record is readable by another reader,
+Every ratio is ``run_workflow`` against plain ``doeff.run`` of the same program under the
+same handlers (``standard_handlers`` inside the scheduler); traced and untraced runs
+alternate, and the best of each is kept (noise only ever adds time). On Python 3.12+
+the exact tracer is measured, and beside it the fallback tracer that 3.11 uses
+(``DOEFF_FLOW_TRACER=hooks``), in the same run.
+
+1. Effect-dense loop (Get/Put in a leaf under a 3-frame stack), and under 8 frames.
+2. The same loop with 100 plain Python calls between effects.
+3. A workflow whose effects each block 1 ms.
+4. Latency: how long after an effect starts its record is readable by another reader,
    while the effect blocks.
-4. Trace size: bytes per effect at a three-frame stack.
+5. Trace size: bytes per effect at a three-frame stack, with call ids and arguments.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -25,10 +32,12 @@ from typing import Any
 import doeff
 from doeff import Get, Put, do
 from doeff.program import handler
-from doeff_core_effects import reader, slog_discard_handler, state
 from doeff_core_effects.scheduler import scheduled
 
-from doeff_flow_core import read_latest, run_workflow, trace_file, trace_observer
+from doeff_flow_core import read_latest, run_workflow, trace_file
+from doeff_flow_core.workflow import standard_handlers
+
+EXACT = sys.version_info >= (3, 12)
 
 
 @do
@@ -38,66 +47,90 @@ def leaf(i: int) -> Any:
     return x
 
 
+def plain(i: int) -> int:
+    return i + 1
+
+
 @do
-def middle(n: int) -> Any:
+def busy_leaf(i: int) -> Any:
+    for _ in range(100):  # 100 plain calls before each of the two effects
+        plain(i)
+        plain(i)
+    x = yield Get("x")
+    yield Put("x", x + i)
+    return x
+
+
+@do
+def middle(n: int, depth: int, body: Any) -> Any:
+    """``depth`` frames from here down to the leaf: pass-through calls, then the loop."""
+    if depth > 2:
+        return (yield middle(n, depth - 1, body))
     for i in range(n):
-        yield leaf(i)
+        yield body(i)
     return n
 
 
 @do
-def top(rounds: int, n: int) -> Any:
+def top(rounds: int, n: int, depth: int, body: Any) -> Any:
     for _ in range(rounds):
-        yield middle(n)
+        yield middle(n, depth - 1, body)
     return (yield Get("x"))
 
 
-def dense(effects: int) -> Any:
+def dense(effects: int, depth: int = 3, body: Any = leaf) -> Any:
     per = 100
-    return top(effects // (2 * per), per)
+    return top(effects // (2 * per), per, depth, body)
 
 
-def run_untraced(effects: int) -> float:
-    program = state({"x": 0})(dense(effects))
+def untraced(program: Any, store: dict[str, Any], extra: tuple[Any, ...] = ()) -> float:
+    stack = [*standard_handlers(store=store), *extra]
     start = time.perf_counter()
-    doeff.run(program)
+    doeff.run(scheduled(doeff.with_handlers(stack, program)))
     return time.perf_counter() - start
 
 
-@do
-def stack_only(effect: Any, k: Any) -> Any:
-    yield doeff.GetTraceback(k)
-    return (yield doeff.Pass(effect, k))
-
-
-def run_hooks_only(effects: int) -> float:
-    """doeff's hooks alone, recording nothing: the floor any tracer of stacks pays."""
-    program = state({"x": 0})(doeff.WithObserve([].append, handler(stack_only)(dense(effects))))
+def traced(
+    program: Any, root: Path, name: str, store: dict[str, Any], extra: tuple[Any, ...] = ()
+) -> float:
+    trace_file(root, name).unlink(missing_ok=True)
     start = time.perf_counter()
-    doeff.run(program)
-    return time.perf_counter() - start
+    result = run_workflow(program, name, root, store=store, handlers=extra)
+    elapsed = time.perf_counter() - start
+    assert result.error is None, result.error
+    return elapsed
 
 
-def run_observed(effects: int, trace_dir: Path) -> float:
-    trace_file(trace_dir, "bench-dense").unlink(missing_ok=True)
-    start = time.perf_counter()
-    with trace_observer("bench-dense", trace_dir) as observe:
-        doeff.run(state({"x": 0})(observe(dense(effects))))
-    return time.perf_counter() - start
+def with_tracer(kind: str | None, run: Callable[[], float]) -> float:
+    """``run`` with ``DOEFF_FLOW_TRACER`` set to ``kind`` (None: unset)."""
+    before = os.environ.pop("DOEFF_FLOW_TRACER", None)
+    if kind is not None:
+        os.environ["DOEFF_FLOW_TRACER"] = kind
+    try:
+        return run()
+    finally:
+        os.environ.pop("DOEFF_FLOW_TRACER", None)
+        if before is not None:
+            os.environ["DOEFF_FLOW_TRACER"] = before
 
 
-def run_stack_untraced(effects: int) -> float:
-    program = scheduled(reader({})(state({"x": 0})(slog_discard_handler(dense(effects)))))
-    start = time.perf_counter()
-    doeff.run(program)
-    return time.perf_counter() - start
-
-
-def run_workflow_traced(effects: int, trace_dir: Path) -> float:
-    trace_file(trace_dir, "bench-wf").unlink(missing_ok=True)
-    start = time.perf_counter()
-    run_workflow(dense(effects), "bench-wf", trace_dir, store={"x": 0})
-    return time.perf_counter() - start
+def ratios(
+    make: Callable[[], Any], root: Path, name: str, rounds: int, extra: tuple[Any, ...] = ()
+) -> tuple[float, float | None, float]:
+    """(traced / untraced, fallback tracer / untraced on 3.12+, untraced seconds)."""
+    plain_times: list[float] = []
+    exact_times: list[float] = []
+    hook_times: list[float] = []
+    for _ in range(rounds):
+        plain_times.append(untraced(make(), {"x": 0}, extra))
+        exact_times.append(with_tracer(None, lambda: traced(make(), root, name, {"x": 0}, extra)))
+        if EXACT:
+            hook_times.append(
+                with_tracer("hooks", lambda: traced(make(), root, name, {"x": 0}, extra))
+            )
+    best = min(plain_times)
+    hooks = min(hook_times) / best if hook_times else None
+    return min(exact_times) / best, hooks, best
 
 
 @do
@@ -105,23 +138,6 @@ def sleeper(effect: Any, k: Any) -> Any:
     if isinstance(effect, Get):
         time.sleep(0.001)
     return (yield doeff.Pass(effect, k))
-
-
-@do
-def blocking(n: int) -> Any:
-    for _ in range(n):
-        yield leaf(1)
-    return n
-
-
-def run_blocking(n: int, trace_dir: Path | None) -> float:
-    start = time.perf_counter()
-    if trace_dir is None:
-        doeff.run(state({"x": 0})(handler(sleeper)(blocking(n))))
-    else:
-        with trace_observer("bench-blocking", trace_dir) as observe:
-            doeff.run(state({"x": 0})(handler(sleeper)(observe(blocking(n)))))
-    return time.perf_counter() - start
 
 
 @do
@@ -163,64 +179,58 @@ def latency_once(trace_dir: Path, index: int) -> float:
 
     reader_thread = threading.Thread(target=watch)
     reader_thread.start()
-    with trace_observer(workflow_id, trace_dir) as observe:
-        doeff.run(
-            state({"x": 0})(handler(slow_effect)(doeff.WithObserve(note, observe(one_slow()))))
-        )
+    run_workflow(
+        doeff.WithObserve(note, one_slow()),
+        workflow_id,
+        trace_dir,
+        store={"x": 0},
+        handlers=[handler(slow_effect)],
+    )
     reader_thread.join(timeout=5)
     return seen[0] - started[0] if seen and started else float("nan")
 
 
-def best_ratio(
-    traced: Callable[[], float], untraced: Callable[[], float], rounds: int
-) -> tuple[float, float, float]:
-    """Alternate the two, take the best of each (noise only ever adds time)."""
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(rounds):
-        b.append(untraced())
-        a.append(traced())
-    return min(a) / min(b), min(a), min(b)
+def line(label: str, ratio: float, hooks: float | None, best: float, effects: int) -> None:
+    extra = f"  (fallback tracer {hooks:.2f}x)" if hooks is not None else ""
+    print(f"{label:<34} {ratio:5.2f}x{extra}  [untraced {best / effects * 1e6:.2f} us/effect]")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--effects", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="a fast pass (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.effects, args.rounds = min(args.effects, 6_000), min(args.rounds, 3)
+    n = args.effects
+    tracer = "exact (sys.monitoring)" if EXACT else "fallback (doeff hooks)"
+    print(f"Python {sys.version.split()[0]}, tracer: {tracer}, {n} effects x {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="doeff-flow-bench-") as tmp:
         root = Path(tmp)
         os.environ.setdefault("XDG_STATE_HOME", str(root / "state"))
-        n = args.effects
-        ratio, traced, plain = best_ratio(
-            lambda: run_observed(n, root), lambda: run_untraced(n), args.rounds
+        line("dense loop, 3 frames:", *ratios(lambda: dense(n), root, "d3", args.rounds), n)
+        line("dense loop, 8 frames:", *ratios(lambda: dense(n, 8), root, "d8", args.rounds), n)
+        busy = ratios(lambda: dense(n, 3, busy_leaf), root, "busy", args.rounds)
+        line("100 plain calls between effects:", *busy, n)
+        blocking = 200 if not args.quick else 100  # sleeping effects, as many others
+        ratio, hooks, best = ratios(
+            lambda: dense(blocking * 2, 3),
+            root,
+            "blocking",
+            3 if not args.quick else 1,
+            (handler(sleeper),),
         )
+        line("1 ms effects:", ratio, hooks, best, blocking * 2)
+        samples = [latency_once(root, i) for i in range(10 if not args.quick else 3)]
         print(
-            f"dense loop, trace_observer: {ratio:.2f}x  "
-            f"(traced {traced / n * 1e6:.2f} us/effect, untraced {plain / n * 1e6:.2f})"
+            f"{'record readable after:':<34} median {statistics.median(samples) * 1e3:.1f} ms,"
+            f" max {max(samples) * 1e3:.1f} ms (effect blocking 300 ms)"
         )
-        floor, _, _ = best_ratio(lambda: run_hooks_only(n), lambda: run_untraced(n), args.rounds)
-        print(f"  of which doeff's hooks:   {floor:.2f}x  (WithObserve + handler + GetTraceback)")
-        ratio, traced, plain = best_ratio(
-            lambda: run_workflow_traced(n, root), lambda: run_stack_untraced(n), args.rounds
-        )
-        print(
-            f"dense loop, run_workflow:   {ratio:.2f}x  "
-            f"(traced {traced / n * 1e6:.2f} us/effect, untraced {plain / n * 1e6:.2f})"
-        )
-        ratio, traced, plain = best_ratio(
-            lambda: run_blocking(200, root), lambda: run_blocking(200, None), 3
-        )
-        print(f"1 ms effects:               {ratio:.3f}x  (400 effects, 200 of them sleeping)")
-        samples = [latency_once(root, i) for i in range(10)]
-        print(
-            f"record readable after:      median {statistics.median(samples) * 1e3:.1f} ms, "
-            f"max {max(samples) * 1e3:.1f} ms (effect blocking 300 ms, 10 runs)"
-        )
-        path = trace_file(root, "bench-dense")
+        path = trace_file(root, "d3")
         size = path.stat().st_size
         lines = sum(1 for _ in path.open("rb"))
-        print(f"trace size:                 {size / lines:.0f} bytes/effect (3-frame stack)")
+        print(f"{'trace size, 3 frames:':<34} {size / lines:.0f} bytes/effect (with call, args)")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,9 @@ class RecordEncoder:
         effect_json = self._effect_json
         if len(effect_json) > _EFFECT_JSON_LIMIT:
             effect_json.clear()
+        suffix = ""
+        suffix_task: int | None = None
+        suffix_tail = ""
         for entry in batch:
             if type(entry) is tuple:
                 if len(entry) == 6:
@@ -196,20 +199,26 @@ class RecordEncoder:
                     # The stack inline: callers (once per call), the yield's frame up to
                     # its source (once per instruction), the call's id and arguments.
                     else:
+                        stack = None
                         outer = call.outer
                         if outer is None:
-                            outer = stacks.outer(call)
+                            # Usually a sibling of the last call from the same place.
+                            below = call.parent.below if call.parent is not None else None
+                            if below is not None and below[0] == call.parent_offset:
+                                outer = call.outer = below[1]
+                            else:
+                                outer = stacks.outer(call)
                         site = sites.get((id(call.code), offset))  # type: ignore[union-attr]
                         if site is None or site[0] is not call.code:
                             site = stacks.site_entry(call.code, offset)
                         closing = call.tail
                         if closing is None:
                             closing = stacks.tail(call)
-                        stack = f"[{outer}{site[1]}{closing}]"
+                    tail = exact if call.exact else inexact
                 else:
                     text, ts, task, stack, slog = entry
                     last_stack[task] = stack
-                tail = exact
+                    tail = exact
             elif type(entry) is TaskEvent:
                 self._note_task(entry)
                 continue
@@ -220,21 +229,36 @@ class RecordEncoder:
                 tail = inexact
             if slog is not None:
                 self._note_slog(slog)
+                suffix = ""
             if int(ts * 1000) != millisecond:  # records are stamped to the millisecond
                 millisecond = int(ts * 1000)
                 stamp = self._clock.format(ts)
+                suffix = ""
             step += 1
             if self._spawned or self._finished:
                 tail = tail[:-2] + self._task_fields() + "}\n"
+            # What follows the stack changes only with the millisecond, the slog, the
+            # task and exactness: built once for a run of records that share them.
+            if task != suffix_task or tail is not suffix_tail or not suffix:
+                suffix_task, suffix_tail = task, tail
+                suffix = (
+                    f',"started_at":{started},"updated_at":"{stamp}",'
+                    f'"error":null,"result":null,"last_slog":{self._slog},'
+                    f'"task":{"null" if task is None else task}{tail}'
+                )
             quoted = effect_json.get(text)
             if quoted is None:
                 quoted = effect_json[text] = _json_str(text)
-            out.append(
-                f'{head}{step},"status":"running","current_effect":{quoted},'
-                f'"trace":{stack},"started_at":{started},"updated_at":"{stamp}",'
-                f'"error":null,"result":null,"last_slog":{self._slog},'
-                f'"task":{"null" if task is None else task}{tail}'
-            )
+            if stack is None:
+                out.append(
+                    f'{head}{step},"status":"running","current_effect":{quoted},'
+                    f'"trace":[{outer}{site[1]}{closing}]{suffix}'
+                )
+            else:
+                out.append(
+                    f'{head}{step},"status":"running","current_effect":{quoted},'
+                    f'"trace":{stack}{suffix}'
+                )
         self.last_step = step
         self._last_ts = ts
         self._last_task = task

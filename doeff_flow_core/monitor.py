@@ -1,23 +1,27 @@
 """Exact stacks from the interpreter's own generator events (Python 3.12+, PEP 669).
 
 doeff 0.8 drives each ``@do`` body as a generator of its own, from Rust: the VM starts
-it (``PY_START``), it yields effects and programs (``PY_YIELD``), and it returns or
-raises (``PY_RETURN`` / ``PY_UNWIND``). A body's callers stay suspended at the yield
-that started it, so a call's chain of callers is fixed for its whole life: it is kept
-once per call (``Call``), and each effect records only which call yielded it and at
-which instruction. Lines and JSON are worked out later, in batches (``StackText``).
+it (``PY_START``), it yields effects and programs (``PY_YIELD``), and it returns
+(``PY_RETURN``). A body's callers stay suspended at the yield that started it, so a
+call's chain of callers is fixed for its whole life: it is kept once per call
+(``Call``), and each effect records only which call yielded it and at which
+instruction. Lines and JSON are worked out later, in batches (``StackText``).
 
-Which call is a new body's caller is decided by one rule per thread: the call that
-last yielded a program or an effect. That is the ``@do`` call that yielded the
-``Call`` node, the frame whose ``Try``/``Local``/``Listen`` runs the program in place,
-or the frame whose effect a handler body answers. Handing control back (``Resume``,
-``Pass``, ``Transfer``) does not change it; a call that ends hands it to its caller; a
-scheduler task switch clears it, so a spawned task starts its own chain.
+A new body's caller is, per thread, the call that last yielded an effect or a program:
+the ``@do`` call that yielded the ``Call`` node, the frame whose ``Try``/``Local``/
+``Listen`` runs the carried program in place, or the frame whose effect a handler body
+answers. Handing control on (``Resume``, ``Pass``, ``Transfer``, ``GetTraceback``) does
+not change it, and nothing starts between a body's resumption and its next yield. A
+scheduler task switch clears it, so a spawned task starts a chain of its own.
 
-One dispatcher serves the process: the events are global, each thread's traced run
-has its own ``Context``, and the events are switched off when the last run ends. Code
-that is not a ``@do`` body is switched off where it starts (``DISABLE``), so plain
-Python pays nothing after its first call.
+doeff's own programs (``@cache``'s wrapper, ``try_handler``'s helper) are followed for
+the effects they perform but not shown; doeff's handler bodies (called with a
+continuation) are not followed. Code that is not a generator driven by the VM is
+switched off where it starts (``DISABLE``), so plain Python pays nothing after its first
+call.
+
+One dispatcher serves the process: the events are global, each thread's traced run has
+its own ``Context``, and the events are switched off when the last run ends.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Call:
         "below",
         "call_id",
         "code",
+        "exact",
         "offset",
         "outer",
         "parent",
@@ -73,8 +78,12 @@ class Call:
         parent: Call | None,
         task: int | None,
         args: str | None,
+        exact: bool = True,
     ) -> None:
         self.call_id = call_id
+        # False: met mid-way, its callers unknown (its start was before the run, or it
+        # was forgotten when the table was full).
+        self.exact = exact
         self.code = code
         self.parent = parent
         # Where the caller was suspended when this call started: fixed for its life.
@@ -106,48 +115,81 @@ class Context:
         self.capture_args = capture_args
         self.calls: dict[int, Call] = {}  # id(frame) -> Call
         self.last: Call | None = None
+        self.pending: object = None  # the program ``last`` yielded, until a body starts
         self.task: int | None = None
         self.next_id = 1
 
-    def forget_oldest(self) -> None:
-        """Bound the table: ended calls stay in it until their frame's address is reused."""
+    def forget_idle(self) -> None:
+        """Bound the table of live calls (bodies that raised or were dropped stay in it
+        until their frame's address is reused): keep the calls that yielded since the
+        last time, and their callers; failing that, the newest 90%."""
         calls = self.calls
-        for key in list(calls)[: MAX_LIVE_CALLS // 10]:
-            del calls[key]
+        wanted: set[int] = set()
+        for call in calls.values():
+            node: Call | None = call if call.offset != -1 else None
+            while node is not None and id(node) not in wanted:
+                wanted.add(id(node))
+                node = node.parent
+        keep: dict[int, Call] = {}
+        for key, call in calls.items():
+            if id(call) in wanted:
+                keep[key] = call
+                call.offset = -1  # "yielded since" starts again
+        if len(keep) > MAX_LIVE_CALLS * 9 // 10:
+            keep = dict(list(keep.items())[-(MAX_LIVE_CALLS * 9 // 10) :])
+        self.calls = keep
 
     def enter_task(self, task: int | None) -> None:
         self.task = task
         self.last = None
+        self.pending = None
 
 
 class _ArgNames:
     """Which locals of a body are its arguments (``co_varnames`` builds a new tuple on
-    every access, so this is worked out once per code object)."""
+    every access, so this is worked out once per code object), and their defaults."""
 
-    __slots__ = ("code", "names", "varargs", "varkw")
+    __slots__ = ("code", "defaults", "names", "positional", "varargs", "varkw")
 
     def __init__(self, code: CodeType) -> None:
         count = code.co_argcount + code.co_kwonlyargcount
         names = code.co_varnames
         self.code = code
         self.names = names[:count]
+        self.positional = code.co_argcount
         flags = code.co_flags
         self.varargs = names[count] if flags & _CO_VARARGS else None
         count += 1 if flags & _CO_VARARGS else 0
         self.varkw = names[count] if flags & _CO_VARKEYWORDS else None
+        self.defaults: dict[str, object] | None = None  # from the function, when first seen
+
+    def defaults_of(self, function: Any) -> dict[str, object]:
+        defaults = self.defaults
+        if defaults is None:
+            positional = self.names[: self.positional]
+            values = tuple(getattr(function, "__defaults__", None) or ())
+            defaults = dict(zip(positional[len(positional) - len(values) :], values, strict=True))
+            defaults.update(getattr(function, "__kwdefaults__", None) or {})
+            self.defaults = defaults
+        return defaults
 
 
 _arg_names: dict[int, _ArgNames] = {}
 
 
-def _args_of(code: CodeType, frame: FrameType) -> str:
-    """The arguments as they were passed: at the body's start its locals are just them."""
+def _plan(code: CodeType) -> _ArgNames:
     plan = _arg_names.get(id(code))
     if plan is None or plan.code is not code:
         plan = _ArgNames(code)
         if len(_arg_names) >= MAX_KNOWN_CODES:
             _arg_names.clear()
         _arg_names[id(code)] = plan
+    return plan
+
+
+def _args_of(code: CodeType, frame: FrameType) -> str:
+    """The arguments as they were passed: at the body's start its locals are just them."""
+    plan = _plan(code)
     local = frame.f_locals
     names = plan.names
     if plan.varargs is None and plan.varkw is None:
@@ -160,6 +202,40 @@ def _args_of(code: CodeType, frame: FrameType) -> str:
         pairs.extend((None, value) for value in local[plan.varargs])
     if plan.varkw is not None:
         pairs.extend(local[plan.varkw].items())
+    return render_args(pairs)
+
+
+def _args_of_call(code: CodeType, node: Any) -> str | None:
+    """The same text from the ``Call`` node the caller yielded (cheaper than reading a
+    new frame's locals), or None when the node does not say (then the frame is read)."""
+    function = node.function.function
+    if getattr(function, "__code__", None) is not code:
+        return None
+    plan = _plan(code)
+    names = plan.names
+    args: tuple[Any, ...] = node.args
+    kwargs: dict[str, Any] = node.kwargs
+    if not kwargs and plan.varargs is None and plan.varkw is None and len(args) == len(names):
+        if len(names) == 1:
+            return f"{names[0]}={render_arg(args[0])}"
+        return render_args(zip(names, args, strict=True))
+    defaults = plan.defaults_of(function)
+    pairs: list[tuple[str | None, object]] = []
+    for index, name in enumerate(names):
+        if index < plan.positional and index < len(args):
+            pairs.append((name, args[index]))
+        elif name in kwargs:
+            pairs.append((name, kwargs[name]))
+        elif name in defaults:
+            pairs.append((name, defaults[name]))
+        else:
+            return None
+    if len(args) > plan.positional:
+        if plan.varargs is None:
+            return None
+        pairs.extend((None, value) for value in args[plan.positional :])
+    if plan.varkw is not None:
+        pairs.extend((key, value) for key, value in kwargs.items() if key not in names)
     return render_args(pairs)
 
 
@@ -234,24 +310,15 @@ class _Dispatcher:
                 except ValueError:  # taken meanwhile
                     continue
                 events = monitoring.events
-                monitoring.register_callback(tool, events.PY_START, self._on_start)
-                monitoring.register_callback(tool, events.PY_YIELD, self._on_yield)
+                on_start, on_yield, on_return = self._callbacks()
+                monitoring.register_callback(tool, events.PY_START, on_start)
+                monitoring.register_callback(tool, events.PY_YIELD, on_yield)
+                monitoring.register_callback(tool, events.PY_RETURN, on_return)
                 self.tool = tool
                 return True
         return False
 
     # -- events -----------------------------------------------------------------------
-
-    def _on_start(self, code: CodeType, offset: int) -> Any:
-        known = self._known.get(id(code))
-        if known is None or known[0] is not code:
-            return self._first_start(code, sys._getframe(1))
-        # A body already known to be driven by the VM is not checked again: its frame's
-        # caller would have to be materialised for that.
-        context = self.contexts.get(threading.get_ident())
-        if context is not None:
-            _begin(context, code, sys._getframe(1), known[1])
-        return None
 
     def _first_start(self, code: CodeType, frame: FrameType) -> Any:
         """Classify a code object the first time it starts under a traced run: a ``@do``
@@ -273,41 +340,75 @@ class _Dispatcher:
         _begin(context, code, frame, not internal)
         return None
 
-    def _on_yield(self, code: CodeType, offset: int, value: object) -> Any:
-        context = self.contexts.get(threading.get_ident())
-        if context is None:
+    def _callbacks(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        """The two event callbacks, as closures over the tables they read: they run for
+        every call and every effect, so every lookup saved counts."""
+        contexts = self.contexts
+        known = self._known
+        kinds = self._effect_kinds
+        get_ident = threading.get_ident
+        getframe = sys._getframe
+        first_start = self._first_start
+        kind_of = self._kind_of
+
+        def on_start(code: CodeType, offset: int) -> Any:
+            hit = known.get(id(code))
+            if hit is None or hit[0] is not code:
+                return first_start(code, getframe(1))
+            # A body already known to be driven by the VM is not checked again: its
+            # frame's caller would have to be materialised for that.
+            context = contexts.get(get_ident())
+            if context is not None:
+                _begin(context, code, getframe(1), hit[1])
             return None
-        call = context.calls.get(id(sys._getframe(1)))
-        if call is None:
-            return None
-        call.offset = offset
-        kind = self._effect_kinds.get(type(value))
-        if kind is None:
-            kind = self._kind_of(type(value))
-        if kind == _EFFECT:
-            context.last = call
-            try:
-                text = repr(value)
-                if len(text) > MAX_EFFECT_CHARS or " at 0x" in text:
-                    text = render_effect(value)
-                buffer = context.buffer
-                buffer.append(
-                    (
-                        text,
-                        _now(),
-                        call.task,
-                        call,
-                        offset,
-                        value if type(value) is context.slog_type else None,
+
+        def on_yield(code: CodeType, offset: int, value: object) -> Any:
+            context = contexts.get(get_ident())
+            if context is None:
+                return None
+            call = context.calls.get(id(getframe(1)))
+            if call is None:
+                call = _met_midway(context, code, getframe(1))
+                if call is None:
+                    return None
+            call.offset = offset
+            kind = kinds.get(type(value))
+            if kind is None:
+                kind = kind_of(type(value))
+            if kind == _EFFECT:
+                context.last = call
+                context.pending = None
+                try:
+                    text = repr(value)
+                    if len(text) > MAX_EFFECT_CHARS or " at 0x" in text:
+                        text = render_effect(value)
+                    buffer = context.buffer
+                    buffer.append(
+                        (
+                            text,
+                            _now(),
+                            call.task,
+                            call,
+                            offset,
+                            value if type(value) is context.slog_type else None,
+                        )
                     )
-                )
-                if len(buffer) > MAX_BUFFERED:
-                    context.on_full()
-            except Exception:  # tracing must never hurt the workflow
-                pass
-        elif kind == _PROGRAM:
-            context.last = call
-        return None
+                    if len(buffer) > MAX_BUFFERED:
+                        context.on_full()
+                except Exception:  # tracing must never hurt the workflow
+                    pass
+            elif kind == _PROGRAM:
+                context.last = call
+                context.pending = value  # a Call node says the arguments of what starts
+            return None
+
+        def on_return(code: CodeType, offset: int, value: object) -> Any:
+            context = contexts.get(get_ident())
+            if context is not None:
+                context.calls.pop(id(getframe(1)), None)
+            return None
+
+        return on_start, on_yield, on_return
 
     def _kind_of(self, kind: type) -> int:
         import doeff_vm
@@ -347,21 +448,48 @@ _CONTROL: Final = 3
 def _begin(context: Context, code: CodeType, frame: FrameType, shown: bool) -> None:
     """A body starts: its caller is the call that yielded last on this thread."""
     try:
-        calls = context.calls
-        if len(calls) >= MAX_LIVE_CALLS:
-            context.forget_oldest()
         if shown:
             call_id = context.next_id
             context.next_id = call_id + 1
-            args = _args_of(code, frame) if context.capture_args else None
+            args = None
+            if context.capture_args:
+                node = context.pending
+                if node is not None and type(node) is _CALL_NODE:
+                    args = _args_of_call(code, node)
+                if args is None:
+                    args = _args_of(code, frame)
+        elif context.pending is None:
+            # One of doeff's own programs started by a handler for an effect (the memo
+            # handler's storage calls, say), not called by the workflow: not followed.
+            return
         else:
             call_id, args = 0, None
         # The new call does not become ``last`` until it yields an effect or a program:
         # a handler body that only passes or resumes must not be taken for the caller
         # of what runs next for the same effect.
-        calls[id(frame)] = Call(call_id, code, context.last, context.task, args)
+        context.pending = None
+        call = Call(call_id, code, context.last, context.task, args)
+        if len(context.calls) >= MAX_LIVE_CALLS:
+            context.forget_idle()
+        context.calls[id(frame)] = call
     except Exception:  # tracing must never hurt the workflow
         pass
+
+
+def _met_midway(context: Context, code: CodeType, frame: FrameType) -> Call | None:
+    """A known body yields whose start was not seen: it is followed from here on, with
+    its callers unknown (records from it say ``trace_exact: false``)."""
+    try:
+        known = dispatcher()._known.get(id(code))
+        if known is None or known[0] is not code or not known[1]:
+            return None
+        call_id = context.next_id
+        context.next_id = call_id + 1
+        call = Call(call_id, code, None, context.task, None, exact=False)
+        context.calls[id(frame)] = call
+        return call
+    except Exception:
+        return None
 
 
 def _is_handler_body(code: CodeType, frame: FrameType) -> bool:
@@ -374,6 +502,7 @@ def _is_handler_body(code: CodeType, frame: FrameType) -> bool:
 
 
 _VM_ENTRY: CodeType
+_CALL_NODE: type
 _DISABLE: object
 _LOCAL_EVENTS: int
 _dispatcher: _Dispatcher | None = None
@@ -381,16 +510,20 @@ _dispatcher: _Dispatcher | None = None
 
 def dispatcher() -> _Dispatcher:
     """The process's dispatcher (created on first use: it imports doeff)."""
-    global _dispatcher, _VM_ENTRY, _DISABLE, _LOCAL_EVENTS
+    global _dispatcher, _VM_ENTRY, _DISABLE, _LOCAL_EVENTS, _CALL_NODE
     if _dispatcher is None:
         import importlib
+
+        import doeff_vm
+
+        _CALL_NODE = doeff_vm.Call
 
         # The function that hands programs to the VM: every generator the VM starts
         # or resumes has its frame as the caller.
         _VM_ENTRY = importlib.import_module("doeff.run").run.__code__
         _DISABLE = _monitoring().DISABLE
         events = _monitoring().events
-        _LOCAL_EVENTS = events.PY_YIELD
+        _LOCAL_EVENTS = events.PY_YIELD | events.PY_RETURN
         _dispatcher = _Dispatcher()
     return _dispatcher
 
@@ -430,7 +563,7 @@ class StackText:
             return hit
         line = self.line(code, offset)
         text = (
-            f"{frame_head(code.co_name, code.co_filename)}{line},"
+            f"{frame_head(code.co_qualname, code.co_filename)}{line},"
             f'"code":{source_line_json(code.co_filename, line)}'
         )
         if len(self.sites) >= MAX_KNOWN_CODES:

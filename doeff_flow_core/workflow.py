@@ -37,6 +37,46 @@ class WorkflowResult(Generic[T]):
         return self.value  # type: ignore[return-value]
 
 
+def standard_handlers(
+    env: Mapping[Any, Any] | None = None,
+    store: Mapping[Any, Any] | None = None,
+    storage: Any = None,
+) -> list[Any]:
+    """The handlers ``run_workflow`` installs inside the scheduler, outermost first
+    (see ``run_workflow``): for running the same stack untraced, or elsewhere."""
+    from doeff_core_effects import (
+        await_handler,
+        lazy_ask,
+        listen_handler,
+        slog_discard_handler,
+        state,
+        try_handler,
+        writer,
+    )
+
+    # The order matters where one handler performs or observes another's effects:
+    # writer keeps its log with Get/Put, so state is outside it; Listen observes only
+    # what reaches the handlers outside listen_handler, so writer and the slog sink are
+    # outside it; lazy_ask and await_handler use the scheduler's semaphores and promises.
+    # lazy_ask answers Local itself: a local_handler inside it would answer Local first
+    # and let a lazy value computed under the override stay cached after the scope ends.
+    runtime: list[Any] = [
+        lazy_ask(dict(env or {}), strict=True),
+        state(dict(store or {})),
+        writer,
+        try_handler,
+        slog_discard_handler,
+        listen_handler,
+        await_handler(),
+    ]
+    if storage is not None:
+        from doeff_core_effects.cache_handlers import cache_handler
+        from doeff_core_effects.memo_handlers import memo_handler
+
+        runtime += [memo_handler(storage), cache_handler(storage)]
+    return runtime
+
+
 def run_workflow(
     program: Any,
     workflow_id: str,
@@ -80,38 +120,9 @@ def run_workflow(
     ``capture_args``: see ``TraceObserver``.
     """
     import doeff
-    from doeff_core_effects import (
-        await_handler,
-        lazy_ask,
-        listen_handler,
-        slog_discard_handler,
-        state,
-        try_handler,
-        writer,
-    )
     from doeff_core_effects.scheduler import scheduled
 
-    # The order matters where one handler performs or observes another's effects:
-    # writer keeps its log with Get/Put, so state is outside it; Listen observes only
-    # what reaches the handlers outside listen_handler, so writer and the slog sink are
-    # outside it; lazy_ask and await_handler use the scheduler's semaphores and promises.
-    # lazy_ask answers Local itself: a local_handler inside it would answer Local first
-    # and let a lazy value computed under the override stay cached after the scope ends.
-    runtime: list[Any] = [
-        lazy_ask(dict(env or {}), strict=True),
-        state(dict(store or {})),
-        writer,
-        try_handler,
-        slog_discard_handler,
-        listen_handler,
-        await_handler(),
-    ]
-    if storage is not None:
-        from doeff_core_effects.cache_handlers import cache_handler
-        from doeff_core_effects.memo_handlers import memo_handler
-
-        runtime += [memo_handler(storage), cache_handler(storage)]
-
+    runtime = standard_handlers(env, store, storage)
     tracer = TraceObserver(
         workflow_id,
         trace_dir,

@@ -565,10 +565,13 @@ def test_ask_and_a_local_program_are_traced_in_place(tmp_path: Path) -> None:
     result = run_workflow(scoped(), "wf", tmp_path, env={"k": 1})
     assert result.value == 2
     records = running(read_jsonl(result.trace_path))
+    # Named as GetTraceback names them: by qualified name.
+    scoped_name = scoped.__qualname__
     assert [[f["function"] for f in r["trace"]] for r in records] == [
-        ["scoped"],
-        ["scoped", "reads"],
+        [scoped_name],
+        [scoped_name, reads.__qualname__],
     ]
+    assert reads.__qualname__.endswith("<locals>.reads")
 
 
 def test_a_generator_in_a_body_is_not_a_frame(tmp_path: Path) -> None:
@@ -588,7 +591,7 @@ def test_a_generator_in_a_body_is_not_a_frame(tmp_path: Path) -> None:
     result = run_workflow(namespace["body"](), "wf", tmp_path, store={"x": 1})
     assert result.value == 13
     [record] = running(read_jsonl(result.trace_path))
-    assert [f["function"] for f in record["trace"]] == ["body"]
+    assert [f["function"] for f in record["trace"]] == ["body"]  # not "<genexpr>", not "gen"
 
 
 def test_an_outer_observe_handler_stack_still_sees_effects(tmp_path: Path) -> None:
@@ -601,3 +604,55 @@ def test_an_outer_observe_handler_stack_still_sees_effects(tmp_path: Path) -> No
     [record] = running(read_jsonl(tmp_path / "wf" / "trace.jsonl"))
     assert record["current_effect"] == "Get('x')"
     assert record["trace"][0]["args"] == "i=1"
+
+
+@do
+def raises_after_get(i: int) -> Any:
+    yield GetEffect("x")
+    raise ValueError(i)
+
+
+@do
+def churn(n: int) -> Any:
+    kept = []  # the errors keep the raising frames alive, so no address is reused
+    for i in range(n):
+        kept.append((yield Try(raises_after_get(i))))  # each leaves its entry behind
+    return len(kept)
+
+
+@do
+def waits_through_churn() -> Any:
+    yield GetEffect("x")
+    done = yield Wait((yield Spawn(churn(300))))
+    after = yield GetEffect("x")
+    return done + after
+
+
+def test_the_table_of_live_calls_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the cap, calls that did not yield lately are forgotten; one that yields
+    again is followed on with its callers unknown, never dropped."""
+    from doeff_flow_core import monitor
+
+    monkeypatch.setattr(monitor, "MAX_LIVE_CALLS", 50)
+    sizes: list[int] = []
+    original = monitor.Context.forget_idle
+
+    def forget_idle(self: monitor.Context) -> None:
+        original(self)
+        sizes.append(len(self.calls))
+
+    monkeypatch.setattr(monitor.Context, "forget_idle", forget_idle)
+    result = run_workflow(waits_through_churn(), "wf", tmp_path, store={"x": 1})
+    assert result.value == 301
+    assert sizes and max(sizes) <= 45
+    records = running(read_jsonl(result.trace_path))
+    inside = [r for r in records if r["trace"] and r["trace"][-1]["function"] == "raises_after_get"]
+    assert len(inside) == 300 and all(r["trace_exact"] for r in inside)
+    last = records[-1]
+    assert last["current_effect"] == "Get('x')"
+    assert frames(last) == [
+        ("waits_through_churn", HERE, line_of(waits_through_churn, "after = yield"))
+    ]
+    assert last["trace_exact"] is False  # forgotten while it waited: callers unknown
