@@ -1,10 +1,12 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
+# PYTHON makes the venv, VENV names it (its stamp follows):
+# `make VENV=.venv-x PYTHON=python3.13 unit`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit fault fault-quick bench timeline clean
+.PHONY: demo test test-newest lint typecheck unit fault fault-quick bench timeline clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +37,17 @@ fault-quick: $(STAMP)
 
 test: lint typecheck unit fault-quick
 
+# The unit suite and the tracer bench's quick mode on Python 3.12+, where the exact tracer
+# (sys.monitoring) runs; .ci/run does this with the newest it finds. In its own venv,
+# .venv-3.N: `make test-newest PYTHON=python3.13`.
+test-newest:
+	@v=$$($(PYTHON) -c 'import sys; v = sys.version_info; print("%d.%d" % v[:2]) if v >= (3, 12) else sys.exit(1)') || \
+	  { echo "make test-newest: PYTHON=$(PYTHON) is not a working Python 3.12+ (the exact tracer needs sys.monitoring); pass one, e.g. PYTHON=/path/to/python3.13" >&2; exit 1; }; \
+	echo "test-newest: $(PYTHON) (Python $$v), venv .venv-$$v"; \
+	$(MAKE) --no-print-directory VENV=.venv-$$v PYTHON=$(PYTHON) unit && \
+	echo ".venv-$$v/bin/python bench/bench_tracer.py --quick" && \
+	.venv-$$v/bin/python bench/bench_tracer.py --quick
+
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
@@ -45,4 +58,4 @@ timeline: $(STAMP)
 	$(PY) -m flowctl --trace-dir .doeff-flow export wf-timeline -o docs/timeline.svg
 
 clean:
-	rm -rf $(VENV) .doeff-flow .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* .doeff-flow .pytest_cache .mypy_cache .ruff_cache
