@@ -5,28 +5,30 @@ it (``PY_START``), it yields effects and programs (``PY_YIELD``), and it returns
 (``PY_RETURN``). A body's callers stay suspended at the yield that started it, so a
 call's chain of callers is fixed for its whole life: it is kept once per call
 (``Call``), and each effect records only which call yielded it and at which
-instruction. Lines and JSON are worked out later, in batches (``StackText``).
+instruction. Lines and JSON are worked out later, in batches (``stacktext``).
 
-A new body's caller is, per thread, the call that last yielded an effect or a program:
+A new body's caller is the call that last yielded an effect or a program in its task:
 the ``@do`` call that yielded the ``Call`` node, the frame whose ``Try``/``Local``/
 ``Listen`` runs the carried program in place, or the frame whose effect a handler body
 answers. Handing control on (``Resume``, ``Pass``, ``Transfer``, ``GetTraceback``) does
 not change it, and nothing starts between a body's resumption and its next yield. A
-scheduler task switch clears it, so a spawned task starts a chain of its own.
+switch to another task clears it, so a spawned task starts a chain of its own.
 
-doeff's own programs (``@cache``'s wrapper, ``try_handler``'s helper) are followed for
-the effects they perform but not shown; doeff's handler bodies (called with a
-continuation) are not followed. Code that is not a generator driven by the VM is
-switched off where it starts (``DISABLE``), so plain Python pays nothing after its first
-call.
+A traced program owns the task it starts in and the tasks spawned from those; the
+caller tells the dispatcher which context owns the task running now (``set_current``),
+and only bodies that its run's VM starts in those tasks are followed. doeff's own
+programs (``@cache``'s wrapper, ``try_handler``'s helper) are followed for the effects
+they perform when the workflow calls them, but not shown; doeff's handler bodies (called
+with a continuation) are not followed. Code that is not a generator is switched off
+where it starts (``DISABLE``), so plain Python pays nothing after its first call.
 
-One dispatcher serves the process: the events are global, each thread's traced run has
-its own ``Context``, and the events are switched off when the last run ends.
+One dispatcher serves the process; its events are switched off when the last traced
+run ends.
 """
 
 from __future__ import annotations
 
-import bisect
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -34,24 +36,42 @@ from time import time as _now
 from types import CodeType, FrameType
 from typing import Any, Final
 
-from doeff_flow_core.args import render_arg, render_args
-from doeff_flow_core.encode import frame_head, json_str, source_line_json
+from doeff_flow_core.args import args_of_call, args_of_frame
 from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
 
 # Past this many buffered effects the workflow's own thread encodes them (while its
 # caches are warm) and wakes the flusher thread to write them.
 MAX_BUFFERED: Final = 1024
-MAX_LIVE_CALLS: Final = 100_000  # calls tracked per thread; the oldest are forgotten past it
-MAX_KNOWN_CODES: Final = 100_000
+# Calls tracked per traced run. A body that raises leaves its entry behind until its
+# frame's address is reused; past this, calls that have not yielded lately are forgotten
+# (one that yields again is followed on, its callers unknown).
+MAX_LIVE_CALLS: Final = 100_000
+MAX_KNOWN_CODES: Final = 100_000  # code objects remembered as @do bodies
 _CO_GENERATOR: Final = 0x20
-_CO_VARARGS: Final = 0x04
-_CO_VARKEYWORDS: Final = 0x08
-# Code of these packages is the machinery, not the workflow.
-INTERNAL_PATHS: Final = ("/doeff/", "/doeff_vm/", "/doeff_core_effects/", "/doeff_flow_core/")
 # sys.monitoring tool ids, in order of preference (0, 1, 2 and 5 are named for
 # debuggers, coverage, profilers and optimizers).
 _TOOL_PREFERENCE: Final = (4, 3, 2, 1, 0, 5)
 TOOL_NAME: Final = "doeff-flow"
+# What a handler yields to hand control on or ask the VM something: nothing starts on
+# its behalf.
+_CONTROLS: Final = frozenset(
+    {
+        "Pass",
+        "Resume",
+        "ResumeThrow",
+        "Transfer",
+        "TransferThrow",
+        "GetTraceback",
+        "GetHandlers",
+        "GetOuterHandlers",
+        "GetBoundaries",
+        "GetExecutionContext",
+    }
+)
+_EFFECT: Final = 1
+_PROGRAM: Final = 2
+_CONTROL: Final = 3
+_CARRIER: Final = 4  # an effect whose handler runs the program it carries
 
 
 class Call:
@@ -62,6 +82,7 @@ class Call:
         "below",
         "call_id",
         "code",
+        "done",
         "exact",
         "offset",
         "outer",
@@ -81,15 +102,15 @@ class Call:
         exact: bool = True,
     ) -> None:
         self.call_id = call_id
-        # False: met mid-way, its callers unknown (its start was before the run, or it
-        # was forgotten when the table was full).
-        self.exact = exact
         self.code = code
         self.parent = parent
         # Where the caller was suspended when this call started: fixed for its life.
         self.parent_offset = parent.offset if parent is not None else -1
         self.task = task
         self.args = args
+        # False: met mid-way, its callers unknown (forgotten when the table was full).
+        self.exact = exact
+        self.done = False  # returned (a handler body may outlive the call it answered)
         self.offset: int = -1  # the instruction of this call's latest yield
         # Built when first needed: the callers as JSON frames; this call's identity and
         # arguments closing its JSON frame; the frames of a call it made (where, text).
@@ -99,8 +120,8 @@ class Call:
 
 
 class Context:
-    """One thread's traced run: the live calls, where the next new body belongs, and
-    the buffer its effects go to as ``(text, time, task, call, instruction, slog)``."""
+    """One traced run: its live calls, where the next new body belongs, and the buffer
+    its effects go to as ``(text, time, task, call, instruction, slog)``."""
 
     def __init__(
         self,
@@ -115,14 +136,27 @@ class Context:
         self.capture_args = capture_args
         self.calls: dict[int, Call] = {}  # id(frame) -> Call
         self.last: Call | None = None
-        self.pending: object = None  # the program ``last`` yielded, until a body starts
+        # What ``last`` yielded that may start a body: a Call node (it says the new
+        # call's arguments), an effect carrying a program, or _TASK_ROOT.
+        self.pending: object = None
         self.task: int | None = None
+        self.new_tasks: set[int | None] = set()  # spawned, not yet entered
+        self.entry: FrameType | None = None  # the frame that runs this run's VM
         self.next_id = 1
 
+    def enter_task(self, task: int | None) -> None:
+        if task != self.task:
+            self.task = task
+            self.last = None
+            if task in self.new_tasks:
+                self.new_tasks.discard(task)
+                self.pending = _TASK_ROOT  # its program is followed, even doeff's own
+            else:
+                self.pending = None
+
     def forget_idle(self) -> None:
-        """Bound the table of live calls (bodies that raised or were dropped stay in it
-        until their frame's address is reused): keep the calls that yielded since the
-        last time, and their callers; failing that, the newest 90%."""
+        """Bound the table of calls: keep those that yielded since the last time, and
+        their callers; if that is still too many, the callers and the newest others."""
         calls = self.calls
         wanted: set[int] = set()
         for call in calls.values():
@@ -130,176 +164,95 @@ class Context:
             while node is not None and id(node) not in wanted:
                 wanted.add(id(node))
                 node = node.parent
-        keep: dict[int, Call] = {}
-        for key, call in calls.items():
-            if id(call) in wanted:
-                keep[key] = call
-                call.offset = -1  # "yielded since" starts again
-        if len(keep) > MAX_LIVE_CALLS * 9 // 10:
-            keep = dict(list(keep.items())[-(MAX_LIVE_CALLS * 9 // 10) :])
+        keep = {key: call for key, call in calls.items() if id(call) in wanted}
+        room = MAX_LIVE_CALLS * 9 // 10
+        if len(keep) > room:
+            # The chain that is running now first, then the newest.
+            running: set[int] = set()
+            node = self.last
+            while node is not None:
+                running.add(id(node))
+                node = node.parent
+            first = [(k, c) for k, c in keep.items() if id(c) in running]
+            rest = [(k, c) for k, c in keep.items() if id(c) not in running]
+            keep = dict(first + rest[len(rest) - max(room - len(first), 0) :])
+        for call in keep.values():
+            call.offset = -1  # "yielded since" starts again
         self.calls = keep
 
-    def enter_task(self, task: int | None) -> None:
-        self.task = task
-        self.last = None
-        self.pending = None
 
-
-class _ArgNames:
-    """Which locals of a body are its arguments (``co_varnames`` builds a new tuple on
-    every access, so this is worked out once per code object), and their defaults."""
-
-    __slots__ = ("code", "defaults", "names", "positional", "varargs", "varkw")
-
-    def __init__(self, code: CodeType) -> None:
-        count = code.co_argcount + code.co_kwonlyargcount
-        names = code.co_varnames
-        self.code = code
-        self.names = names[:count]
-        self.positional = code.co_argcount
-        flags = code.co_flags
-        self.varargs = names[count] if flags & _CO_VARARGS else None
-        count += 1 if flags & _CO_VARARGS else 0
-        self.varkw = names[count] if flags & _CO_VARKEYWORDS else None
-        self.defaults: dict[str, object] | None = None  # from the function, when first seen
-
-    def defaults_of(self, function: Any) -> dict[str, object]:
-        defaults = self.defaults
-        if defaults is None:
-            positional = self.names[: self.positional]
-            values = tuple(getattr(function, "__defaults__", None) or ())
-            defaults = dict(zip(positional[len(positional) - len(values) :], values, strict=True))
-            defaults.update(getattr(function, "__kwdefaults__", None) or {})
-            self.defaults = defaults
-        return defaults
-
-
-_arg_names: dict[int, _ArgNames] = {}
-
-
-def _plan(code: CodeType) -> _ArgNames:
-    plan = _arg_names.get(id(code))
-    if plan is None or plan.code is not code:
-        plan = _ArgNames(code)
-        if len(_arg_names) >= MAX_KNOWN_CODES:
-            _arg_names.clear()
-        _arg_names[id(code)] = plan
-    return plan
-
-
-def _args_of(code: CodeType, frame: FrameType) -> str:
-    """The arguments as they were passed: at the body's start its locals are just them."""
-    plan = _plan(code)
-    local = frame.f_locals
-    names = plan.names
-    if plan.varargs is None and plan.varkw is None:
-        if len(names) == 1:
-            name = names[0]
-            return f"{name}={render_arg(local[name])}"
-        return render_args([(name, local[name]) for name in names])
-    pairs: list[tuple[str | None, object]] = [(name, local[name]) for name in names]
-    if plan.varargs is not None:
-        pairs.extend((None, value) for value in local[plan.varargs])
-    if plan.varkw is not None:
-        pairs.extend(local[plan.varkw].items())
-    return render_args(pairs)
-
-
-def _args_of_call(code: CodeType, node: Any) -> str | None:
-    """The same text from the ``Call`` node the caller yielded (cheaper than reading a
-    new frame's locals), or None when the node does not say (then the frame is read)."""
-    function = node.function.function
-    if getattr(function, "__code__", None) is not code:
-        return None
-    plan = _plan(code)
-    names = plan.names
-    args: tuple[Any, ...] = node.args
-    kwargs: dict[str, Any] = node.kwargs
-    if not kwargs and plan.varargs is None and plan.varkw is None and len(args) == len(names):
-        if len(names) == 1:
-            return f"{names[0]}={render_arg(args[0])}"
-        return render_args(zip(names, args, strict=True))
-    defaults = plan.defaults_of(function)
-    pairs: list[tuple[str | None, object]] = []
-    for index, name in enumerate(names):
-        if index < plan.positional and index < len(args):
-            pairs.append((name, args[index]))
-        elif name in kwargs:
-            pairs.append((name, kwargs[name]))
-        elif name in defaults:
-            pairs.append((name, defaults[name]))
-        else:
-            return None
-    if len(args) > plan.positional:
-        if plan.varargs is None:
-            return None
-        pairs.extend((None, value) for value in args[plan.positional :])
-    if plan.varkw is not None:
-        pairs.extend((key, value) for key, value in kwargs.items() if key not in names)
-    return render_args(pairs)
+_TASK_ROOT: Final = object()
 
 
 class _Dispatcher:
-    """The process's one set of ``sys.monitoring`` callbacks, routed per thread."""
+    """The process's one set of ``sys.monitoring`` callbacks, routed per thread to the
+    context that owns the task running there."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.contexts: dict[int, Context] = {}
+        self.contexts: dict[int, Context] = {}  # thread -> the context running there
+        self._active: set[Context] = set()
         self.tool: int | None = None
         # @do bodies seen (their local events are on), by id: hashing a code object
-        # hashes its bytecode, constants and names every time.
-        # The value says whether its frames are shown (False: doeff's own programs).
-        self._known: dict[int, tuple[CodeType, bool]] = {}
-        self._effect_kinds: dict[type, int] = {}
+        # hashes its bytecode, constants and names every time. The value says whether
+        # its frames are shown (False: doeff's own programs).
+        self.known: dict[int, tuple[CodeType, bool]] = {}
+        self._kinds: dict[type, int] = {}
 
     # -- activation -------------------------------------------------------------------
-
-    def busy_here(self) -> bool:
-        """Whether this thread has a traced run now."""
-        return threading.get_ident() in self.contexts
 
     def claim(self) -> bool:
         """Hold a tool id for the process; False if another tool holds every id."""
         with self._lock:
-            return self.tool is not None or self._claim_tool()
+            return self._tool_is_ours() or self._claim_tool()
 
     def activate(self, context: Context) -> bool:
-        """Route this thread's events to ``context``; False if monitoring is unavailable
-        (another tool holds every id) or this thread already has a traced run."""
+        """Switch the events on for ``context``'s run; False if no tool id is ours."""
         monitoring = _monitoring()
         with self._lock:
-            ident = threading.get_ident()
-            if ident in self.contexts:
-                return False
-            if self.tool is None and not self._claim_tool():
+            if not (self._tool_is_ours() or self._claim_tool()):
                 return False
             tool = self.tool
-            assert tool is not None
-            if not self.contexts:
-                events = monitoring.events
-                monitoring.set_events(tool, events.PY_START)
-                for code, _shown in self._known.values():
-                    monitoring.set_local_events(tool, code, _LOCAL_EVENTS)
-            self.contexts[ident] = context
+            try:
+                if not self._active:
+                    monitoring.set_events(tool, monitoring.events.PY_START)
+                    for code, _shown in self.known.values():
+                        monitoring.set_local_events(tool, code, _LOCAL_EVENTS)
+            except ValueError:  # the id was taken from us meanwhile
+                return False
+            self._active.add(context)
             return True
 
     def deactivate(self, context: Context) -> None:
-        monitoring = _monitoring()
+        """The run ended: stop routing to it; the last one switches the events off."""
         with self._lock:
-            ident = threading.get_ident()
-            if self.contexts.get(ident) is not context:
-                for key, value in list(self.contexts.items()):  # ended from another thread
-                    if value is context:
-                        ident = key
-                        break
-                else:
-                    return
-            del self.contexts[ident]
-            if not self.contexts and self.tool is not None:
+            for ident, current in list(self.contexts.items()):
+                if current is context:
+                    del self.contexts[ident]
+            if context not in self._active:
+                return
+            self._active.discard(context)
+            context.entry = None
+            if not self._active and self._tool_is_ours():
+                monitoring = _monitoring()
                 tool = self.tool
-                monitoring.set_events(tool, 0)
-                for code, _shown in self._known.values():
-                    monitoring.set_local_events(tool, code, 0)
+                try:
+                    monitoring.set_events(tool, 0)
+                    for code, _shown in self.known.values():
+                        monitoring.set_local_events(tool, code, 0)
+                except ValueError:
+                    pass
+
+    def set_current(self, context: Context | None) -> None:
+        """The task running now on this thread belongs to ``context`` (None: to none)."""
+        ident = threading.get_ident()
+        if context is None or context not in self._active:
+            self.contexts.pop(ident, None)
+        else:
+            self.contexts[ident] = context
+
+    def _tool_is_ours(self) -> bool:
+        return self.tool is not None and _monitoring().get_tool(self.tool) == TOOL_NAME
 
     def _claim_tool(self) -> bool:
         monitoring = _monitoring()
@@ -321,31 +274,45 @@ class _Dispatcher:
     # -- events -----------------------------------------------------------------------
 
     def _first_start(self, code: CodeType, frame: FrameType) -> Any:
-        """Classify a code object the first time it starts under a traced run: a ``@do``
+        """Classify a code object the first time it starts in a traced run: a ``@do``
         body of the workflow (shown), one of doeff's own programs such as ``@cache``'s
         wrapper (followed for its effects, not shown), or neither (switched off)."""
         if not code.co_flags & _CO_GENERATOR or code.co_name == "<genexpr>":
             return _DISABLE
         context = self.contexts.get(threading.get_ident())
-        if context is None:
-            return None
-        if frame.f_back is None or frame.f_back.f_code is not _VM_ENTRY:
-            return None  # a generator iterated by Python code
-        internal = any(part in code.co_filename for part in INTERNAL_PATHS)
+        if context is None or frame.f_back is not context.entry:
+            return None  # not started by this run's VM (iterated by Python code, say)
+        internal = code.co_filename.startswith(_INTERNAL_DIRS)
         if internal and _is_handler_body(code, frame):
             return _DISABLE  # doeff's handlers: their effects are the machinery's own
-        if len(self._known) < MAX_KNOWN_CODES:
-            self._known[id(code)] = (code, not internal)
-            _monitoring().set_local_events(self.tool or 0, code, _LOCAL_EVENTS)
+        try:
+            _monitoring().set_local_events(self.tool, code, _LOCAL_EVENTS)
+        except ValueError:
+            return None
+        if len(self.known) < MAX_KNOWN_CODES:
+            self.known[id(code)] = (code, not internal)
         _begin(context, code, frame, not internal)
         return None
 
+    def _kind_of(self, kind: type) -> int:
+        import doeff_vm
+
+        if issubclass(kind, doeff_vm.EffectBase):
+            answer = _CARRIER if getattr(kind, "__doeff_runs_carried__", None) else _EFFECT
+        elif kind.__name__ in _CONTROLS and kind.__module__.startswith("doeff_vm"):
+            answer = _CONTROL
+        else:
+            answer = _PROGRAM
+        if len(self._kinds) < 4096:
+            self._kinds[kind] = answer
+        return answer
+
     def _callbacks(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-        """The two event callbacks, as closures over the tables they read: they run for
-        every call and every effect, so every lookup saved counts."""
+        """The event callbacks, as closures over the tables they read: they run for every
+        call and every effect, so every lookup saved counts."""
         contexts = self.contexts
-        known = self._known
-        kinds = self._effect_kinds
+        known = self.known
+        kinds = self._kinds
         get_ident = threading.get_ident
         getframe = sys._getframe
         first_start = self._first_start
@@ -355,11 +322,11 @@ class _Dispatcher:
             hit = known.get(id(code))
             if hit is None or hit[0] is not code:
                 return first_start(code, getframe(1))
-            # A body already known to be driven by the VM is not checked again: its
-            # frame's caller would have to be materialised for that.
             context = contexts.get(get_ident())
             if context is not None:
-                _begin(context, code, getframe(1), hit[1])
+                frame = getframe(1)
+                if frame.f_back is context.entry:  # this run's VM, not a nested one
+                    _begin(context, code, frame, hit[1])
             return None
 
         def on_yield(code: CodeType, offset: int, value: object) -> Any:
@@ -367,7 +334,7 @@ class _Dispatcher:
             if context is None:
                 return None
             call = context.calls.get(id(getframe(1)))
-            if call is None:
+            if call is None or call.code is not code:
                 call = _met_midway(context, code, getframe(1))
                 if call is None:
                     return None
@@ -375,28 +342,18 @@ class _Dispatcher:
             kind = kinds.get(type(value))
             if kind is None:
                 kind = kind_of(type(value))
-            if kind == _EFFECT:
+            if kind in (_EFFECT, _CARRIER):
                 context.last = call
-                context.pending = None
-                try:
-                    text = repr(value)
-                    if len(text) > MAX_EFFECT_CHARS or " at 0x" in text:
-                        text = render_effect(value)
-                    buffer = context.buffer
-                    buffer.append(
-                        (
-                            text,
-                            _now(),
-                            call.task,
-                            call,
-                            offset,
-                            value if type(value) is context.slog_type else None,
-                        )
-                    )
-                    if len(buffer) > MAX_BUFFERED:
-                        context.on_full()
-                except Exception:  # tracing must never hurt the workflow
-                    pass
+                context.pending = value if kind == _CARRIER else None
+                parent = call.parent
+                if parent is not None and parent.done:
+                    _reparent(call)
+                _record(context, call, offset, value)
+                if kind == _CARRIER:  # a carried effect is performed in place, at once
+                    carried = getattr(value, "program", None)
+                    carried_kind = kinds.get(type(carried)) or kind_of(type(carried))
+                    if carried_kind in (_EFFECT, _CARRIER):
+                        _record(context, call, offset, carried)
             elif kind == _PROGRAM:
                 context.last = call
                 context.pending = value  # a Call node says the arguments of what starts
@@ -405,62 +362,57 @@ class _Dispatcher:
         def on_return(code: CodeType, offset: int, value: object) -> Any:
             context = contexts.get(get_ident())
             if context is not None:
-                context.calls.pop(id(getframe(1)), None)
+                call = context.calls.pop(id(getframe(1)), None)
+                if call is not None:
+                    call.done = True
             return None
 
         return on_start, on_yield, on_return
 
-    def _kind_of(self, kind: type) -> int:
-        import doeff_vm
 
-        if issubclass(kind, doeff_vm.EffectBase):
-            answer = _EFFECT
-        elif kind.__name__ in _CONTROLS and kind.__module__.startswith("doeff_vm"):
-            answer = _CONTROL
-        else:
-            answer = _PROGRAM
-        if len(self._effect_kinds) < 4096:
-            self._effect_kinds[kind] = answer
-        return answer
-
-
-# What a handler yields to hand control on or ask the VM something: nothing starts
-# on its behalf.
-_CONTROLS: Final = frozenset(
-    {
-        "Pass",
-        "Resume",
-        "ResumeThrow",
-        "Transfer",
-        "TransferThrow",
-        "GetTraceback",
-        "GetHandlers",
-        "GetOuterHandlers",
-        "GetBoundaries",
-        "GetExecutionContext",
-    }
-)
-_EFFECT: Final = 1
-_PROGRAM: Final = 2
-_CONTROL: Final = 3
+def _record(context: Context, call: Call, offset: int, effect: object) -> None:
+    """Buffer one performed effect; never raises."""
+    try:
+        try:
+            text = repr(effect)
+        except Exception:
+            text = " at 0x"  # rendered from its fields below
+        if len(text) > MAX_EFFECT_CHARS or " at 0x" in text:
+            text = render_effect(effect)
+        buffer = context.buffer
+        buffer.append(
+            (
+                text,
+                _now(),
+                call.task,
+                call,
+                offset,
+                effect if type(effect) is context.slog_type else None,
+            )
+        )
+        if len(buffer) > MAX_BUFFERED:
+            context.on_full()
+    except Exception:  # tracing must never hurt the workflow
+        pass
 
 
 def _begin(context: Context, code: CodeType, frame: FrameType, shown: bool) -> None:
-    """A body starts: its caller is the call that yielded last on this thread."""
+    """A body starts: its caller is the call that yielded last in this task."""
     try:
+        pending = context.pending
         if shown:
             call_id = context.next_id
             context.next_id = call_id + 1
             args = None
             if context.capture_args:
-                node = context.pending
-                if node is not None and type(node) is _CALL_NODE:
-                    args = _args_of_call(code, node)
+                if pending is not None and type(pending) is _CALL_NODE:
+                    args = args_of_call(code, pending)
                 if args is None:
-                    args = _args_of(code, frame)
-        elif context.pending is None:
+                    args = args_of_frame(code, frame)
+        elif pending is None:
             # One of doeff's own programs started by a handler for an effect (the memo
-            # handler's storage calls, say), not called by the workflow: not followed.
+            # handler's storage calls, say), not by the workflow: not followed.
+            context.calls.pop(id(frame), None)
             return
         else:
             call_id, args = 0, None
@@ -477,12 +429,14 @@ def _begin(context: Context, code: CodeType, frame: FrameType, shown: bool) -> N
 
 
 def _met_midway(context: Context, code: CodeType, frame: FrameType) -> Call | None:
-    """A known body yields whose start was not seen: it is followed from here on, with
-    its callers unknown (records from it say ``trace_exact: false``)."""
+    """A known body of this run yields whose start was not seen (it was forgotten when
+    the table was full): it is followed from here on, its callers unknown."""
     try:
-        known = dispatcher()._known.get(id(code))
+        known = _dispatcher.known.get(id(code)) if _dispatcher is not None else None
         if known is None or known[0] is not code or not known[1]:
             return None
+        if frame.f_back is not context.entry:
+            return None  # a body of another VM, or driven by Python code
         call_id = context.next_id
         context.next_id = call_id + 1
         call = Call(call_id, code, None, context.task, None, exact=False)
@@ -490,6 +444,18 @@ def _met_midway(context: Context, code: CodeType, frame: FrameType) -> Call | No
         return call
     except Exception:
         return None
+
+
+def _reparent(call: Call) -> None:
+    """A handler body that outlived the call whose effect it answered (it resumed it,
+    and that call returned): its callers are the nearest that are still running."""
+    parent = call.parent
+    while parent is not None and parent.done:
+        call.parent_offset = parent.parent_offset
+        parent = parent.parent
+    call.parent = parent
+    call.outer = None
+    call.below = None
 
 
 def _is_handler_body(code: CodeType, frame: FrameType) -> bool:
@@ -501,114 +467,33 @@ def _is_handler_body(code: CodeType, frame: FrameType) -> bool:
     return any(type(local.get(name)) is K for name in code.co_varnames[:count])
 
 
-_VM_ENTRY: CodeType
 _CALL_NODE: type
 _DISABLE: object
 _LOCAL_EVENTS: int
+_INTERNAL_DIRS: tuple[str, ...]  # doeff's packages and this one: the machinery
 _dispatcher: _Dispatcher | None = None
 
 
 def dispatcher() -> _Dispatcher:
     """The process's dispatcher (created on first use: it imports doeff)."""
-    global _dispatcher, _VM_ENTRY, _DISABLE, _LOCAL_EVENTS, _CALL_NODE
+    global _dispatcher, _DISABLE, _LOCAL_EVENTS, _CALL_NODE, _INTERNAL_DIRS
     if _dispatcher is None:
-        import importlib
-
+        import doeff
+        import doeff_core_effects
         import doeff_vm
 
-        _CALL_NODE = doeff_vm.Call
+        import doeff_flow_core
 
-        # The function that hands programs to the VM: every generator the VM starts
-        # or resumes has its frame as the caller.
-        _VM_ENTRY = importlib.import_module("doeff.run").run.__code__
-        _DISABLE = _monitoring().DISABLE
-        events = _monitoring().events
-        _LOCAL_EVENTS = events.PY_YIELD | events.PY_RETURN
+        _CALL_NODE = doeff_vm.Call
+        _INTERNAL_DIRS = tuple(
+            os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep
+            for module in (doeff, doeff_vm, doeff_core_effects, doeff_flow_core)
+        )
+        monitoring = _monitoring()
+        _DISABLE = monitoring.DISABLE
+        _LOCAL_EVENTS = monitoring.events.PY_YIELD | monitoring.events.PY_RETURN
         _dispatcher = _Dispatcher()
     return _dispatcher
-
-
-class StackText:
-    """Turns (call, instruction) into the record's ``trace`` JSON, caching what repeats:
-    each instruction's frame text up to its line's source, each call's identity and
-    arguments, and each caller's frames (once per call and calling instruction).
-
-    Caches are keyed by ``id(code)`` (hashing a code object hashes its contents) and
-    keep the code object, so an id is never taken for a freed object's."""
-
-    def __init__(self) -> None:
-        self._lines: dict[int, tuple[CodeType, list[int], list[int]]] = {}
-        self.sites: dict[tuple[int, int], tuple[CodeType, str]] = {}
-
-    def line(self, code: CodeType, offset: int) -> int:
-        table = self._lines.get(id(code))
-        if table is None or table[0] is not code:
-            starts: list[int] = []
-            numbers: list[int] = []
-            for start, _end, number in code.co_lines():
-                starts.append(start)
-                numbers.append(number if number is not None else code.co_firstlineno)
-            table = (code, starts, numbers)
-            if len(self._lines) >= MAX_KNOWN_CODES:
-                self._lines.clear()
-            self._lines[id(code)] = table
-        index = bisect.bisect_right(table[1], offset) - 1
-        return table[2][index] if index >= 0 else code.co_firstlineno
-
-    def site_entry(self, code: CodeType, offset: int) -> tuple[CodeType, str]:
-        """A frame's JSON up to and including its ``code`` member, with its code object."""
-        key = (id(code), offset)
-        hit = self.sites.get(key)
-        if hit is not None and hit[0] is code:
-            return hit
-        line = self.line(code, offset)
-        text = (
-            f"{frame_head(code.co_qualname, code.co_filename)}{line},"
-            f'"code":{source_line_json(code.co_filename, line)}'
-        )
-        if len(self.sites) >= MAX_KNOWN_CODES:
-            self.sites.clear()
-        hit = self.sites[key] = (code, text)
-        return hit
-
-    def tail(self, call: Call) -> str:
-        """The end of a call's JSON frame: its id and arguments."""
-        tail = call.tail
-        if tail is None:
-            args = "" if call.args is None else f',"args":{json_str(call.args)}'
-            tail = call.tail = f',"call":{call.call_id}{args}}}'
-        return tail
-
-    def frame(self, call: Call, offset: int) -> str:
-        return self.site_entry(call.code, offset)[1] + self.tail(call)
-
-    def outer(self, call: Call) -> str:
-        """The call's callers, outermost first, each followed by a comma."""
-        if call.outer is not None:
-            return call.outer
-        pending: list[Call] = []  # callers whose text is not built yet, innermost first
-        node: Call | None = call
-        while node is not None and node.outer is None:
-            pending.append(node)
-            node = node.parent
-        for item in reversed(pending):
-            parent = item.parent
-            if parent is None:
-                item.outer = ""
-            elif not parent.call_id:  # doeff's own program: not shown
-                item.outer = parent.outer
-            elif parent.below is not None and parent.below[0] == item.parent_offset:
-                item.outer = parent.below[1]  # a sibling called from the same place
-            else:
-                text = f"{parent.outer}{self.frame(parent, item.parent_offset)},"
-                parent.below = (item.parent_offset, text)
-                item.outer = text
-        return call.outer or ""
-
-    def stack(self, call: Call, offset: int) -> str:
-        if not call.call_id:  # performed by doeff's own program: its callers' stack
-            return f"[{self.outer(call)[:-1]}]"
-        return f"[{self.outer(call)}{self.frame(call, offset)}]"
 
 
 def _monitoring() -> Any:

@@ -47,16 +47,11 @@ from doeff_flow_core.encode import (
 from doeff_flow_core.ids import validate_workflow_id
 from doeff_flow_core.layout import TRACE_FILE_NAME, resolve_trace_dir
 from doeff_flow_core.liveness import process_start_ticks, this_host
-from doeff_flow_core.monitor import (
-    MAX_BUFFERED,
-    Context,
-    StackText,
-    dispatcher,
-    monitoring_available,
-)
+from doeff_flow_core.monitor import MAX_BUFFERED, Context, dispatcher, monitoring_available
 from doeff_flow_core.records import COMPLETED, FAILED
 from doeff_flow_core.registry import register_trace_dir
 from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
+from doeff_flow_core.stacktext import StackText
 from doeff_flow_core.writer import FLUSH_INTERVAL, Flusher, Rotation, TraceFile, WriterLock
 
 # How far back the handler looks for its effect when others were observed after it.
@@ -75,13 +70,10 @@ def _args_wanted(capture_args: bool | None) -> bool:
 
 
 def _exact_context_possible() -> bool:
-    """Whether this thread can be traced from generator events, saying why not once."""
+    """Whether runs can be traced from generator events, saying why not once."""
     if not monitoring_available() or os.environ.get(TRACER_VARIABLE) == "hooks":
         return False
-    events = dispatcher()
-    if events.busy_here():
-        return False  # a traced run inside a traced run: the inner one uses the hooks
-    if not events.claim():
+    if not dispatcher().claim():
         print(
             "doeff-flow: every sys.monitoring tool id is taken; tracing with doeff's hooks",
             file=sys.stderr,
@@ -241,13 +233,21 @@ class TraceObserver:
 
         @do  # type: ignore[untyped-decorator]
         def traced_by_doeff_flow() -> Any:
-            active = context is not None and dispatcher().activate(context)
+            active = False
+            # This run's VM drives its bodies from the frame that resumes this one.
+            entry = sys._getframe().f_back
+            if context is not None:
+                context.entry = entry
+                active = dispatcher().activate(context)
+            _task_routing.claim(self, entry)
+            del entry
             try:
                 value = yield traced
             except BaseException as exc:
                 self.record_failure(exc)
                 raise
             finally:
+                _task_routing.release(self)
                 if context is not None and active:
                     dispatcher().deactivate(context)
             self.record_success(value)
@@ -339,22 +339,48 @@ def raise_site(error: BaseException) -> list[Frame]:
     return frames
 
 
+class _Scope:
+    """One VM's scheduler on a thread: the task running now, and which traced runs own
+    which tasks (the innermost last). A traced run inside another one's body runs a VM
+    of its own, with tasks numbered from the start again: a scope of its own."""
+
+    def __init__(self, entry: object) -> None:
+        self.entry = entry  # the frame that runs this VM
+        self.task: int | None = None
+        self.owners: dict[int | None, list[TraceObserver]] = {}
+        self.runs = 0
+
+    def owner(self, task: int | None) -> TraceObserver | None:
+        owners = self.owners.get(task)
+        return owners[-1] if owners else None
+
+
+class _Thread:
+    def __init__(self) -> None:
+        self.attached: list[TraceObserver] = []
+        self.scopes: list[_Scope] = []
+        self.task: int | None = None  # the last task entered before any run started
+
+
 class _TaskRouting:
-    """Routes the scheduler's task-enter events to the observer running on that thread.
+    """Routes the scheduler's task events to the traced run that owns the task: the
+    task a run starts in and every task spawned from its tasks.
 
     doeff's scheduler trace sink is one per process; a sink installed before ours is
     still called.
     """
 
     def __init__(self) -> None:
-        self._by_thread: dict[int, list[TraceObserver]] = {}
+        self._threads: dict[int, _Thread] = {}
         self._previous: Callable[[dict[str, object]], None] | None = None
         self._installed = False
         self._lock = threading.Lock()
 
     def attach(self, observer: TraceObserver) -> None:
+        """Before the run: from now on this thread's task events are followed."""
         with self._lock:
-            self._by_thread.setdefault(threading.get_ident(), []).append(observer)
+            thread = self._threads.setdefault(threading.get_ident(), _Thread())
+            thread.attached.append(observer)
             if not self._installed:
                 from doeff_core_effects import scheduler
 
@@ -364,39 +390,98 @@ class _TaskRouting:
 
     def detach(self, observer: TraceObserver) -> None:
         with self._lock:
-            stack = self._by_thread.get(threading.get_ident(), [])
-            if observer in stack:
-                stack.remove(observer)
-            if not stack:
-                self._by_thread.pop(threading.get_ident(), None)
-            if not self._by_thread and self._installed:
+            for ident, thread in list(self._threads.items()):
+                if observer in thread.attached:
+                    thread.attached.remove(observer)
+                    if not thread.attached:
+                        del self._threads[ident]
+            if not self._threads and self._installed:
                 from doeff_core_effects import scheduler
 
                 scheduler.set_scheduler_trace(self._previous)
                 self._installed = False
 
+    def claim(self, observer: TraceObserver, entry: object) -> None:
+        """The run starts, in the VM run from ``entry``: it owns the task running now."""
+        thread = self._threads.get(threading.get_ident())
+        if thread is None:
+            return
+        if not thread.scopes or thread.scopes[-1].entry is not entry:
+            # The first run here starts in the task entered last; a VM run inside a
+            # traced body starts in its own root task (None).
+            scope = _Scope(entry)
+            if not thread.scopes:
+                scope.task = thread.task
+            thread.scopes.append(scope)
+        scope = thread.scopes[-1]
+        scope.runs += 1
+        scope.owners.setdefault(scope.task, []).append(observer)
+        self._enter(scope, scope.task)
+
+    def release(self, observer: TraceObserver) -> None:
+        """The run ended: its tasks are nobody's; a VM with no traced run left is gone."""
+        thread = self._threads.get(threading.get_ident())
+        if thread is None or not thread.scopes:
+            return
+        scope = thread.scopes[-1]
+        for owners in scope.owners.values():
+            while observer in owners:
+                owners.remove(observer)
+        scope.runs -= 1
+        if scope.runs <= 0:
+            thread.scopes.pop()
+        if thread.scopes:
+            outer = thread.scopes[-1]
+            self._enter(outer, outer.task)
+        elif monitoring_available():
+            dispatcher().set_current(None)
+
+    def _enter(self, scope: _Scope, task: int | None) -> None:
+        owner = scope.owner(task)
+        if owner is not None:
+            owner.enter_task(task)
+        if monitoring_available():
+            dispatcher().set_current(owner._context if owner is not None else None)
+
     def _sink(self, event: dict[str, object]) -> None:
+        try:
+            self._route(event)
+        finally:
+            previous = self._previous
+            if previous is not None:
+                previous(event)
+
+    def _route(self, event: dict[str, object]) -> None:
+        thread = self._threads.get(threading.get_ident())
+        if thread is None:
+            return
         kind = event.get("event")
+        tid = event.get("tid")
+        task = tid if type(tid) is int else None
+        if not thread.scopes:
+            if kind == "task-enter":
+                thread.task = task
+            return
+        scope = thread.scopes[-1]  # the innermost VM is the one running
         if kind == "task-enter":
-            stack = self._by_thread.get(threading.get_ident())
-            if stack:
-                tid = event.get("tid")
-                stack[-1].enter_task(tid if isinstance(tid, int) else None)
-        elif kind == "spawned" or (kind == "task-leave" and event.get("effect") == "TaskCompleted"):
-            # In the buffer, in order among the effects: timelines link a task to the call
-            # that spawned it and end its calls when it finishes.
-            stack = self._by_thread.get(threading.get_ident())
-            tid = event.get("tid")
-            if stack and type(tid) is int:
-                if kind == "spawned":
-                    parent = event.get("parent")
-                    task_event = TaskEvent(tid, parent if type(parent) is int else None)
-                else:
-                    task_event = TaskEvent(tid, finished_at=time.time())
-                stack[-1]._buffer.append(task_event)
-        previous = self._previous
-        if previous is not None:
-            previous(event)
+            scope.task = task
+            self._enter(scope, task)
+        elif kind == "spawned" and type(tid) is int:
+            parent = event.get("parent")
+            parent_task = parent if type(parent) is int else None
+            owner = scope.owner(parent_task)
+            if owner is not None:
+                scope.owners.setdefault(task, []).append(owner)
+                if owner._context is not None:
+                    owner._context.new_tasks.add(task)
+                # In the buffer, in order among the effects: timelines link a task to the
+                # call that spawned it.
+                owner._buffer.append(TaskEvent(tid, parent_task))
+        elif kind == "task-leave" and event.get("effect") == "TaskCompleted":
+            owner = scope.owner(task)
+            if owner is not None and type(tid) is int:
+                owner._buffer.append(TaskEvent(tid, finished_at=time.time()))
+            scope.owners.pop(task, None)
 
 
 _task_routing = _TaskRouting()

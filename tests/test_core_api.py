@@ -159,15 +159,16 @@ from doeff_core_effects.storage import SQLiteStorage
 from doeff_flow_core import run_workflow
 
 base, block_at, go = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-storage = SQLiteStorage(base / "memo.sqlite")
 
-# Warm up (doeff's @cache and memo handler are Hy, compiled on import: seconds), then wait
-# for the go.
+# Warm up (doeff's @cache and memo handler are Hy, compiled on import: seconds) on a
+# storage of this process's own, then wait for the go: the shared storage is opened only
+# then, so the two runs never open it at once (SQLite would say "database is locked").
 from doeff_core_effects.cache import cache
 from doeff_core_effects.memo_handlers import memo_handler
-memo_handler(storage)
+memo_handler(SQLiteStorage(base / f"warm-{os.getpid()}.sqlite"))
 while go != "-" and not Path(go).exists():
     time.sleep(0.005)
+storage = SQLiteStorage(base / "memo.sqlite")
 
 @cache()
 @do
@@ -199,7 +200,8 @@ def test_rerun_after_kill_answers_finished_steps_from_storage(
     # The second run starts warming up now, and runs once the first is killed.
     second = start_python(DURABLE_WORKFLOW, tmp_path, -1, go)
     first = start_python(DURABLE_WORKFLOW, tmp_path, 2, "-")
-    assert wait_until(lambda: (tmp_path / "blocked").exists() or first.poll() is not None, 30)
+    # Both processes compile doeff's Hy modules first: ~15 s each of a core here.
+    assert wait_until(lambda: (tmp_path / "blocked").exists() or first.poll() is not None, 120)
     if not (tmp_path / "blocked").exists():
         _, stderr = first.communicate()
         raise AssertionError(f"the first run never reached step 2: {stderr[-2000:]}")

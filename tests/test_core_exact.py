@@ -36,6 +36,7 @@ from doeff import Get as GetEffect
 from doeff import Put as PutEffect
 from doeff_core_effects import scheduled, slog_discard_handler, state
 from doeff_core_effects.handlers import try_handler
+from doeff_core_effects.scheduler import CompletePromise, CreatePromise
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -345,12 +346,24 @@ def takes(value: Any, *rest: Any, **named: Any) -> Any:
     ("value", "expected"),
     [
         (Explodes(), "value=<unrepresentable>"),
+        (b"\x00" * 10_000_000, None),
+        ({str(i): i for i in range(300_000)}, None),
+        (set(range(300_000)), None),
         (Opaque(), "value=Opaque"),
         ("x" * 10_000, None),
         (list(range(100_000)), None),
         ({"k": "v" * 1000}, None),
     ],
-    ids=["raises", "default-repr", "huge-str", "huge-list", "big-dict"],
+    ids=[
+        "raises",
+        "huge-bytes",
+        "huge-dict",
+        "huge-set",
+        "default-repr",
+        "huge-str",
+        "huge-list",
+        "big-dict",
+    ],
 )
 def test_arguments_are_bounded_and_never_fail(
     tmp_path: Path, value: object, expected: str | None
@@ -656,3 +669,266 @@ def test_the_table_of_live_calls_is_bounded(
         ("waits_through_churn", HERE, line_of(waits_through_churn, "after = yield"))
     ]
     assert last["trace_exact"] is False  # forgotten while it waited: callers unknown
+
+
+# -- a traced run's scope: its own tasks, its own VM ----------------------------------------
+
+
+@do
+def job(name: str, mine: Any, other: Any) -> Any:
+    yield PutEffect(name, 0)
+    yield CompletePromise(other, 1)
+    yield Wait(mine.future)
+    yield PutEffect(name, 1)
+    return name
+
+
+def test_two_observed_programs_on_one_thread_keep_to_their_own_tasks(tmp_path: Path) -> None:
+    with trace_observer("wf-a", tmp_path) as observe_a, trace_observer("wf-b", tmp_path) as b:
+
+        @do
+        def app() -> Any:
+            pa = yield CreatePromise()
+            pb = yield CreatePromise()
+            first = yield Spawn(observe_a(job("a", pa, pb)))
+            second = yield Spawn(b(job("b", pb, pa)))
+            noise = yield Spawn(tiny(-1))  # a task nobody traces
+            return (yield Wait(first)), (yield Wait(second)), (yield Wait(noise)) + 1
+
+        assert doeff.run(scheduled(state({"x": 0})(app()))) == ("a", "b", 0)
+    for name in ("a", "b"):
+        records = running(read_jsonl(tmp_path / f"wf-{name}" / "trace.jsonl"))
+        effects = [r["current_effect"] for r in records]
+        assert effects[0] == f"Put('{name}', 0)" and effects[-1] == f"Put('{name}', 1)"
+        assert all(
+            [f["function"] for f in r["trace"]] == ["job"]
+            and r["trace"][0]["args"].startswith(f"name='{name}'")
+            for r in records
+        )
+        assert len({r["task"] for r in records}) == 1
+
+
+@do
+def private_lookup() -> Any:
+    return (yield GetEffect("cfg"))
+
+
+@do
+def runs_its_own_vm() -> Any:
+    a = yield GetEffect("x")
+    cfg = doeff.run(state({"cfg": 42})(private_lookup()))  # another VM, untraced
+    b = yield GetEffect("x")
+    return a + cfg + b
+
+
+def test_a_private_run_inside_a_body_is_not_in_the_trace(tmp_path: Path) -> None:
+    result = run_workflow(runs_its_own_vm(), "wf", tmp_path, store={"x": 1})
+    assert result.value == 44
+    records = running(read_jsonl(result.trace_path))
+    assert [(r["current_effect"], frames(r)) for r in records] == [
+        ("Get('x')", [("runs_its_own_vm", HERE, line_of(runs_its_own_vm, "a = yield"))]),
+        ("Get('x')", [("runs_its_own_vm", HERE, line_of(runs_its_own_vm, "b = yield"))]),
+    ]
+
+
+@do
+def step_of(n: int) -> Any:
+    v = yield GetEffect("x")
+    yield PutEffect("x", v + n)
+    return v
+
+
+@do
+def drives_a_body_itself() -> Any:
+    yield step_of(1)
+    yield from step_of.__wrapped__(2)  # the body's generator, driven by this frame
+    return (yield GetEffect("x"))
+
+
+def test_a_body_driven_by_python_code_is_not_a_call(tmp_path: Path) -> None:
+    result = run_workflow(drives_a_body_itself(), "wf", tmp_path, store={"x": 1})
+    assert result.value == 4
+    records = running(read_jsonl(result.trace_path))
+    line = line_of(drives_a_body_itself, "yield from")
+    assert [frames(r)[-1][0] for r in records] == [
+        "step_of",
+        "step_of",
+        *["drives_a_body_itself"] * 3,
+    ]
+    assert [frames(r)[-1][2] for r in records[2:4]] == [line, line]
+
+
+@do(non_tail=True)
+def resumes_then_works(effect: Ping, k: Any) -> Any:
+    value = yield Resume(k, effect.x)
+    yield PutEffect("after", value)  # the call it answered has returned by now
+    return value
+
+
+@do
+def handled_twice() -> Any:
+    return (yield handler(resumes_then_works)(pinger()))
+
+
+def test_a_handler_body_that_outlives_its_caller_shows_the_live_callers(tmp_path: Path) -> None:
+    result = run_workflow(handled_twice(), "wf", tmp_path)
+    assert result.value == 1
+    records = running(read_jsonl(result.trace_path))
+    outer = ("handled_twice", HERE, line_of(handled_twice, "handler(resumes_then_works)"))
+    assert [(r["current_effect"], frames(r)) for r in records] == [
+        ("Ping(1)", [outer, ("pinger", HERE, line_of(pinger, "yield Ping(1)"))]),
+        (
+            "Put('after', 1)",
+            [outer, ("resumes_then_works", HERE, line_of(resumes_then_works, '"after"'))],
+        ),
+    ]
+
+
+class Unprintable(EffectBase):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = 5
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@do
+def answers_unprintable(effect: Unprintable, k: Any) -> Any:
+    return (yield Resume(k, effect.x))
+
+
+@do
+def performs_unprintable() -> Any:
+    return (yield Unprintable())
+
+
+def test_an_effect_whose_repr_raises_is_recorded_from_its_fields(tmp_path: Path) -> None:
+    result = run_workflow(
+        performs_unprintable(), "wf", tmp_path, handlers=[handler(answers_unprintable)]
+    )
+    assert result.value == 5
+    [record] = running(read_jsonl(result.trace_path))
+    assert record["current_effect"] == "Unprintable(x=5)"
+
+
+def make_fetcher(region: str) -> Any:
+    @do
+    def fetch(page: int, region: str = region) -> Any:
+        return (yield GetEffect("x"))
+
+    return fetch
+
+
+def test_defaults_belong_to_the_function_not_its_code(tmp_path: Path) -> None:
+    emea, apac = make_fetcher("emea"), make_fetcher("apac")
+
+    @do
+    def both() -> Any:
+        return (yield emea(1)) + (yield apac(2))
+
+    result = run_workflow(both(), "wf", tmp_path, store={"x": 1})
+    assert result.value == 2
+    records = running(read_jsonl(result.trace_path))
+    assert [r["trace"][-1]["args"] for r in records] == [
+        "page=1, region='emea'",
+        "page=2, region='apac'",
+    ]
+
+
+def test_a_project_in_a_directory_named_doeff_is_traced(tmp_path: Path) -> None:
+    project = tmp_path / "work" / "doeff"
+    project.mkdir(parents=True)
+    (project / "etl_flow.py").write_text(
+        "from doeff import Get, do\n\n@do\ndef load():\n    return (yield Get('x'))\n"
+    )
+    sys.path.insert(0, str(project))
+    try:
+        import etl_flow  # type: ignore[import-not-found]
+
+        result = run_workflow(etl_flow.load(), "wf", tmp_path / "traces", store={"x": 3})
+    finally:
+        sys.path.remove(str(project))
+        sys.modules.pop("etl_flow", None)
+    assert result.value == 3
+    [record] = running(read_jsonl(result.trace_path))
+    assert [f["function"] for f in record["trace"]] == ["load"]
+
+
+@do
+def carries_effects() -> Any:
+    a = yield Try(GetEffect("x"))
+    b = yield Local({"k": 1}, GetEffect("x"))
+    return a.value + b
+
+
+def test_an_effect_carried_by_try_or_local_is_recorded(tmp_path: Path) -> None:
+    result = run_workflow(carries_effects(), "wf", tmp_path, store={"x": 2})
+    assert result.value == 4
+    records = running(read_jsonl(result.trace_path))
+    assert [r["current_effect"].split("(")[0] for r in records] == ["Try", "Get", "Local", "Get"]
+    assert frames(records[1]) == frames(records[0])  # performed in place, at once
+
+
+FREES_OUR_TOOL = """
+import sys
+from pathlib import Path
+from doeff import Get, do
+from doeff_flow_core import run_workflow
+
+@do
+def frees():
+    a = yield Get("x")
+    for tool in range(6):
+        if sys.monitoring.get_tool(tool) == "doeff-flow":
+            sys.monitoring.free_tool_id(tool)
+    return a + (yield Get("x"))
+
+@do
+def plain():
+    return (yield Get("x"))
+
+first = run_workflow(frees(), "a", Path(sys.argv[1]), store={"x": 1})
+second = run_workflow(plain(), "b", Path(sys.argv[1]), store={"x": 1})
+print(first.value, repr(first.error), second.value, repr(second.error))
+print([sys.monitoring.get_events(t) for t in range(6)])
+"""
+
+
+def test_another_tool_freeing_our_id_hurts_no_run(tmp_path: Path) -> None:
+    done = run_script(FREES_OUR_TOOL, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["2 None 1 None", "[0, 0, 0, 0, 0, 0]"]
+    assert [r["current_effect"] for r in read_jsonl(tmp_path / "b" / "trace.jsonl")] == [
+        "Get('x')",
+        None,
+    ]
+
+
+@do
+def inner_workflow() -> Any:
+    y = yield GetEffect("y")
+    yield PutEffect("y", y + 1)
+    return y
+
+
+@do
+def runs_a_traced_workflow(trace_dir: str) -> Any:
+    a = yield GetEffect("x")
+    inner = run_workflow(inner_workflow(), "inner", trace_dir, store={"y": 100})
+    b = yield GetEffect("x")
+    return a + b + inner.value
+
+
+def test_a_traced_run_inside_a_traced_body_has_a_trace_of_its_own(tmp_path: Path) -> None:
+    result = run_workflow(runs_a_traced_workflow(str(tmp_path)), "outer", tmp_path, store={"x": 1})
+    assert result.value == 102
+    outer = running(read_jsonl(result.trace_path))
+    inner = running(read_jsonl(tmp_path / "inner" / "trace.jsonl"))
+    assert [r["current_effect"] for r in outer] == ["Get('x')", "Get('x')"]
+    assert [(r["current_effect"], [f["function"] for f in r["trace"]]) for r in inner] == [
+        ("Get('y')", ["inner_workflow"]),
+        ("Put('y', 101)", ["inner_workflow"]),
+    ]
+    assert all(r["trace_exact"] for r in outer + inner)
+    assert set(monitoring_events().values()) == {0}
