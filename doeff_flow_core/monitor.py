@@ -348,12 +348,38 @@ class _Dispatcher:
                 parent = call.parent
                 if parent is not None and parent.done:
                     _reparent(call)
-                _record(context, call, offset, value)
-                if kind == _CARRIER:  # a carried effect is performed in place, at once
-                    carried = getattr(value, "program", None)
-                    carried_kind = kinds.get(type(carried)) or kind_of(type(carried))
-                    if carried_kind in (_EFFECT, _CARRIER):
-                        _record(context, call, offset, carried)
+                effect = value
+                while True:  # once, or twice for an effect carrying an effect
+                    try:
+                        try:
+                            text = repr(effect)
+                        except Exception:
+                            text = " at 0x"  # rendered from its fields below
+                        if len(text) > MAX_EFFECT_CHARS or " at 0x" in text:
+                            text = render_effect(effect)
+                        buffer = context.buffer
+                        buffer.append(
+                            (
+                                text,
+                                _now(),
+                                call.task,
+                                call,
+                                offset,
+                                effect if type(effect) is context.slog_type else None,
+                            )
+                        )
+                        if len(buffer) > MAX_BUFFERED:
+                            context.on_full()
+                    except Exception:  # tracing must never hurt the workflow
+                        pass
+                    if kind != _CARRIER:
+                        break
+                    # The effect it carries is performed in place, at once.
+                    effect = getattr(value, "program", None)
+                    kind = kinds.get(type(effect)) or kind_of(type(effect))
+                    if kind not in (_EFFECT, _CARRIER):
+                        break
+                    kind = _EFFECT
             elif kind == _PROGRAM:
                 context.last = call
                 context.pending = value  # a Call node says the arguments of what starts
@@ -368,32 +394,6 @@ class _Dispatcher:
             return None
 
         return on_start, on_yield, on_return
-
-
-def _record(context: Context, call: Call, offset: int, effect: object) -> None:
-    """Buffer one performed effect; never raises."""
-    try:
-        try:
-            text = repr(effect)
-        except Exception:
-            text = " at 0x"  # rendered from its fields below
-        if len(text) > MAX_EFFECT_CHARS or " at 0x" in text:
-            text = render_effect(effect)
-        buffer = context.buffer
-        buffer.append(
-            (
-                text,
-                _now(),
-                call.task,
-                call,
-                offset,
-                effect if type(effect) is context.slog_type else None,
-            )
-        )
-        if len(buffer) > MAX_BUFFERED:
-            context.on_full()
-    except Exception:  # tracing must never hurt the workflow
-        pass
 
 
 def _begin(context: Context, code: CodeType, frame: FrameType, shown: bool) -> None:
