@@ -646,17 +646,18 @@ def test_the_table_of_live_calls_is_bounded(
 ) -> None:
     """Past the cap, calls that did not yield lately are forgotten; one that yields
     again is followed on with its callers unknown, never dropped."""
-    from doeff_flow_core import monitor
+    from doeff_flow_core.tracing import monitor, shadow
 
     monkeypatch.setattr(monitor, "MAX_LIVE_CALLS", 50)
+    monkeypatch.setattr(shadow, "MAX_LIVE_CALLS", 50)
     sizes: list[int] = []
-    original = monitor.Context.forget_idle
+    original = shadow.Context.forget_idle
 
-    def forget_idle(self: monitor.Context) -> None:
+    def forget_idle(self: shadow.Context) -> None:
         original(self)
         sizes.append(len(self.calls))
 
-    monkeypatch.setattr(monitor.Context, "forget_idle", forget_idle)
+    monkeypatch.setattr(shadow.Context, "forget_idle", forget_idle)
     result = run_workflow(waits_through_churn(), "wf", tmp_path, store={"x": 1})
     assert result.value == 301
     assert sizes and max(sizes) <= 45
