@@ -169,7 +169,7 @@ class _Dispatcher:
         context = self.contexts.get(threading.get_ident())
         if context is None or frame.f_back is not context.entry:
             return None  # not started by this run's VM (iterated by Python code, say)
-        internal = code.co_filename.startswith(_INTERNAL_DIRS)
+        internal = code.co_filename.startswith(internal_dirs())
         if internal and _is_handler_body(code, frame):
             return _DISABLE  # doeff's handlers: their effects are the machinery's own
         try:
@@ -357,30 +357,41 @@ def _is_handler_body(code: CodeType, frame: FrameType) -> bool:
 _CALL_NODE: type
 _DISABLE: object
 _LOCAL_EVENTS: int
-_INTERNAL_DIRS: tuple[str, ...]  # doeff's packages and this one: the machinery
+_INTERNAL_DIRS: tuple[str, ...] = ()
 _dispatcher: _Dispatcher | None = None
 
 
 def dispatcher() -> _Dispatcher:
     """The process's dispatcher (created on first use: it imports doeff)."""
-    global _dispatcher, _DISABLE, _LOCAL_EVENTS, _CALL_NODE, _INTERNAL_DIRS
+    global _dispatcher, _DISABLE, _LOCAL_EVENTS, _CALL_NODE
     if _dispatcher is None:
+        import doeff_vm
+
+        _CALL_NODE = doeff_vm.Call
+        monitoring = _monitoring()
+        _DISABLE = monitoring.DISABLE
+        _LOCAL_EVENTS = monitoring.events.PY_YIELD | monitoring.events.PY_RETURN
+        _dispatcher = _Dispatcher()
+    return _dispatcher
+
+
+def internal_dirs() -> tuple[str, ...]:
+    """The directories of doeff's packages and of this one: the machinery, whose frames
+    are not the workflow's (compared by path, so a project in a folder named ``doeff``
+    is still the workflow)."""
+    global _INTERNAL_DIRS
+    if not _INTERNAL_DIRS:
         import doeff
         import doeff_core_effects
         import doeff_vm
 
         import doeff_flow_core
 
-        _CALL_NODE = doeff_vm.Call
         _INTERNAL_DIRS = tuple(
             os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep
             for module in (doeff, doeff_vm, doeff_core_effects, doeff_flow_core)
         )
-        monitoring = _monitoring()
-        _DISABLE = monitoring.DISABLE
-        _LOCAL_EVENTS = monitoring.events.PY_YIELD | monitoring.events.PY_RETURN
-        _dispatcher = _Dispatcher()
-    return _dispatcher
+    return _INTERNAL_DIRS
 
 
 def _monitoring() -> Any:

@@ -49,7 +49,7 @@ from doeff_flow_core.liveness import process_start_ticks, this_host
 from doeff_flow_core.records import COMPLETED, FAILED
 from doeff_flow_core.registry import register_trace_dir
 from doeff_flow_core.tracing.hooks import _stack_handler
-from doeff_flow_core.tracing.monitor import dispatcher, monitoring_available
+from doeff_flow_core.tracing.monitor import dispatcher, internal_dirs, monitoring_available
 from doeff_flow_core.tracing.routing import _task_routing
 from doeff_flow_core.tracing.shadow import Context
 from doeff_flow_core.tracing.stacktext import StackText
@@ -58,7 +58,6 @@ from doeff_flow_core.writer import FLUSH_INTERVAL, Flusher, Rotation, TraceFile,
 # How far back the handler looks for its effect when others were observed after it.
 CLAIM_WINDOW = 16
 
-_INTERNAL_PATHS = ("/doeff/", "/doeff_vm/", "/doeff_core_effects/", "/doeff_flow_core/")
 Program = Any
 TRACER_VARIABLE = "DOEFF_FLOW_TRACER"  # "hooks": the fallback tracer even on 3.12+
 ARGS_VARIABLE = "DOEFF_FLOW_ARGS"  # "0": no arguments in records
@@ -291,10 +290,9 @@ class TraceObserver:
 def raise_site(error: BaseException) -> list[Frame]:
     """The workflow's frames from the outermost call to the raise, outermost first."""
     frames: list[Frame] = []
+    internal = internal_dirs()
     for summary in traceback.extract_tb(error.__traceback__):
-        if summary.name == "traced_by_doeff_flow" or any(
-            part in summary.filename for part in _INTERNAL_PATHS
-        ):
+        if summary.name == "traced_by_doeff_flow" or summary.filename.startswith(internal):
             continue
         frames.append((summary.name, summary.filename, summary.lineno or 0))
     return frames
