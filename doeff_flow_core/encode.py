@@ -117,7 +117,8 @@ class RecordEncoder:
         slog_type: type | None = None,
         stacks: Any = None,
     ) -> None:
-        # monitor.StackText for entries from generator events; its caches are read inline.
+        # tracing.stacktext.StackText for entries from generator events; its caches are read
+        # inline.
         self._stacks = stacks
         self._effect_json: dict[str, str] = {}  # effect text -> JSON string, bounded
         self._head = f'{{"workflow_id":{json_str(workflow_id)},"step":'
@@ -202,12 +203,7 @@ class RecordEncoder:
                         stack = None
                         outer = call.outer
                         if outer is None:
-                            # Usually a sibling of the last call from the same place.
-                            below = call.parent.below if call.parent is not None else None
-                            if below is not None and below[0] == call.parent_offset:
-                                outer = call.outer = below[1]
-                            else:
-                                outer = stacks.outer(call)
+                            outer = stacks.outer(call)
                         site = sites.get((id(call.code), offset))  # type: ignore[union-attr]
                         if site is None or site[0] is not call.code:
                             site = stacks.site_entry(call.code, offset)
