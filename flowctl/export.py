@@ -2,7 +2,7 @@
 
 The trace is found as ``history`` finds it (the trace directory, or flowd's index when a
 daemon answers) and read whole, rotated parts first, as a stream: records become spans
-(``doeff_flow_core.spans``) and spans become text as they end, so memory stays bounded
+(``doeff_flow_core.timeline.spans``) and spans become text as they end, so memory stays bounded
 however long the trace. The SVG needs the run's extent before it draws, so its trace is
 read twice, the second time up to the record the first stopped at.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from doeff_flow_core import LiveTrace
-from doeff_flow_core.otlp import write_export_request
 from doeff_flow_core.reader import NO_VALID_RECORDS, RecordStream
-from doeff_flow_core.spans import WORKFLOW, Span, spans_of
+from doeff_flow_core.timeline.otlp import write_export_request
+from doeff_flow_core.timeline.spans import WORKFLOW, Span, spans_of
 from flowctl.errors import TraceUnreadable, WorkflowNotFound
 from flowctl.export_chrome import write_chrome
 from flowctl.export_svg import survey, write_svg

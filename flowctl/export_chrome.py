@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Final, TextIO
 
-from doeff_flow_core.spans import EXCEPTION, SLOG, WORKFLOW, Span, SpanEvent
+from doeff_flow_core.timeline.spans import EXCEPTION, SLOG, WORKFLOW, Span, SpanEvent
 
 ROOT_TID: Final = 1
 # Spans remembered (per run) so that a task's first call, which often ends after the call

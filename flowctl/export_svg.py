@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Final, NamedTuple, TextIO
 from xml.sax.saxutils import escape
 
-from doeff_flow_core.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
+from doeff_flow_core.timeline.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
 from flowctl.escape import safe, safe_clip
 from flowctl.export_chrome import thread_name
 from flowctl.timeaxis import tick_label, ticks

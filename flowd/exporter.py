@@ -22,7 +22,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from doeff_flow_core.spans import Span
+from doeff_flow_core.timeline.spans import Span
 from flowd.errors import OtlpSettingError
 from flowd.export_health import Failed, Health, Notice, backoff
 from flowd.otlp_endpoint import OPTION, Endpoint, endpoint_from

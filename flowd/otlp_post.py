@@ -20,8 +20,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any, Final
 
-from doeff_flow_core.otlp import request_json
-from doeff_flow_core.spans import Span
+from doeff_flow_core.timeline.otlp import request_json
+from doeff_flow_core.timeline.spans import Span
 from flowd.export_health import Outcome, answer, no_answer
 from flowd.otlp_endpoint import Endpoint
 

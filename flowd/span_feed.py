@@ -29,7 +29,7 @@ from typing import Final
 from doeff_flow_core.errors import MalformedRecord
 from doeff_flow_core.reader import RecordStream
 from doeff_flow_core.records import LOST, RUNNING, LiveTrace
-from doeff_flow_core.spans import Span, SpanBuilder
+from doeff_flow_core.timeline.spans import Span, SpanBuilder
 from flowd.errors import SweepFailed
 from flowd.index import Entry, Liveness, Update, read_to_end
 from flowd.protocol import loads

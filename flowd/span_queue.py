@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
-from doeff_flow_core.spans import Span
+from doeff_flow_core.timeline.spans import Span
 
 QUEUE_LIMIT: Final = 20_000  # spans
 WEIGHT_LIMIT: Final = 200_000  # spans plus their events

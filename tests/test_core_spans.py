@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from otlp_schema import parse_request
 from otlp_schema import spans_of as otlp_spans
 
-from doeff_flow_core import LiveTrace, TraceFrame, otlp, run_workflow
-from doeff_flow_core import spans as spans_module
-from doeff_flow_core.otlp import export_request, span_id, trace_id, write_export_request
+from doeff_flow_core import LiveTrace, TraceFrame, run_workflow
 from doeff_flow_core.reader import RecordStream, read_all
-from doeff_flow_core.spans import (
+from doeff_flow_core.timeline import otlp
+from doeff_flow_core.timeline import spans as spans_module
+from doeff_flow_core.timeline.otlp import export_request, span_id, trace_id, write_export_request
+from doeff_flow_core.timeline.spans import (
     CALL,
     EFFECT,
     ERROR,

@@ -30,10 +30,10 @@ from test_core_spans import PAGES, page_args, paged_records
 from test_flowd_support import Flowd, flowd, wait_for
 
 from doeff_flow_core import run_workflow
-from doeff_flow_core.otlp import span_id, trace_id
 from doeff_flow_core.reader import RecordStream
 from doeff_flow_core.records import LiveTrace
-from doeff_flow_core.spans import (
+from doeff_flow_core.timeline.otlp import span_id, trace_id
+from doeff_flow_core.timeline.spans import (
     CALL,
     EFFECT,
     ERROR,

@@ -22,7 +22,7 @@ from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any, Final, TextIO
 
-from doeff_flow_core.spans import EFFECT, ERROR, INCOMPLETE, OK, WORKFLOW, Span
+from doeff_flow_core.timeline.spans import EFFECT, ERROR, INCOMPLETE, OK, WORKFLOW, Span
 
 SERVICE_NAME: Final = "doeff-flow"
 SCOPE_NAME: Final = "doeff_flow_core"
