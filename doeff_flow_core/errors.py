@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class InvalidWorkflowId(ValueError):
     """A workflow id that could not safely name a directory."""
@@ -61,3 +63,42 @@ class BadTraceSetting(ValueError):
     def __init__(self, name: str, value: object) -> None:
         self.name = name
         super().__init__(f"{name} must be a whole number >= 0, not {value!r}")
+
+
+class SymlinkRefused(OSError):
+    """A trace file, part, lock or workflow directory that is a symbolic link: it could
+    lead anywhere, so it is never followed."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(errno.ELOOP, "a symbolic link (not followed)", str(path))
+
+
+class NotRegularFile(OSError):
+    """A trace file, part or lock that is not a regular file (a FIFO would block a reader,
+    a device could be endless): reported, never read."""
+
+    def __init__(self, path: object, kind: str) -> None:
+        self.kind = kind
+        super().__init__(errno.EINVAL, f"not a regular file ({kind})", str(path))
+
+
+class ForeignOwner(OSError):
+    """A workflow directory or trace file owned by another user: tracing into it would
+    hand that user the workflow's records, or write into their files."""
+
+    def __init__(self, path: object, uid: int) -> None:
+        self.uid = uid
+        super().__init__(errno.EPERM, f"owned by another user (uid {uid})", str(path))
+
+
+class SharedTraceDir(OSError):
+    """A trace directory that other users can write and that has no sticky bit: any of
+    them could swap a workflow's files."""
+
+    def __init__(self, path: object, mode: int) -> None:
+        self.mode = mode
+        super().__init__(
+            errno.EPERM,
+            f"writable by other users without the sticky bit (mode {mode:o})",
+            str(path),
+        )

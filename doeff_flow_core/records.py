@@ -154,10 +154,28 @@ class LiveTrace:
         )
 
 
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Strict JSON: NaN and Infinity are refused (json.loads takes them, other readers do not).
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def loads(data: str | bytes) -> Any:
+    """Strict JSON: NaN and Infinity are refused; otherwise as ``json.loads``."""
+    if isinstance(data, bytes | bytearray):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    elif data.startswith("\ufeff"):
+        return json.loads(data)  # refused, as json.loads refuses it
+    return _DECODER.decode(data)
+
+
 def parse_record(line: str | bytes, line_number: int | None = None) -> LiveTrace:
-    """One line of a trace file as a record, or MalformedRecord saying why not."""
+    """One line of a trace file as a record, or MalformedRecord saying why not. The one
+    parser every reader uses: strict JSON (no NaN or Infinity), then the record's shape."""
     try:
-        data = json.loads(line)
+        data = loads(line)
     except (ValueError, RecursionError) as exc:
         raise MalformedRecord(f"not JSON ({exc.__class__.__name__})", line_number) from None
     try:

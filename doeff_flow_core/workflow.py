@@ -89,6 +89,7 @@ def run_workflow(
     max_trace_bytes: int | None = None,
     keep_rotated: int | None = None,
     capture_args: bool | None = None,
+    trace_mode: int | None = None,
 ) -> WorkflowResult[Any]:
     """Run ``program`` traced to ``<trace_dir>/<workflow_id>/trace.jsonl``.
 
@@ -117,7 +118,7 @@ def run_workflow(
     ``KeyboardInterrupt`` and ``SystemExit`` are recorded and re-raised. Invalid ids,
     unwritable trace directories and a workflow id another process is tracing now raise
     before the workflow starts. ``max_trace_bytes`` / ``keep_rotated`` /
-    ``capture_args``: see ``TraceObserver``.
+    ``capture_args`` / ``trace_mode``: see ``TraceObserver``.
     """
     import doeff
     from doeff_core_effects.scheduler import scheduled
@@ -129,6 +130,7 @@ def run_workflow(
         max_trace_bytes=max_trace_bytes,
         keep_rotated=keep_rotated,
         capture_args=capture_args,
+        trace_mode=trace_mode,
     )
     try:
         traced = tracer.instrument(program, handlers)

@@ -44,16 +44,17 @@ from doeff_flow_core.encode import (
     describe_result,
 )
 from doeff_flow_core.ids import validate_workflow_id
-from doeff_flow_core.layout import TRACE_FILE_NAME, resolve_trace_dir
 from doeff_flow_core.liveness import process_start_ticks, this_host
 from doeff_flow_core.records import COMPLETED, FAILED
 from doeff_flow_core.registry import register_trace_dir
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, resolve_trace_dir
+from doeff_flow_core.tracefiles.writing import Rotation, TraceWriter
+from doeff_flow_core.tracing.flusher import FLUSH_INTERVAL, Flusher
 from doeff_flow_core.tracing.hooks import _stack_handler
 from doeff_flow_core.tracing.monitor import dispatcher, internal_dirs, monitoring_available
 from doeff_flow_core.tracing.routing import _task_routing
 from doeff_flow_core.tracing.shadow import Context
 from doeff_flow_core.tracing.stacktext import StackText
-from doeff_flow_core.writer import FLUSH_INTERVAL, Flusher, Rotation, TraceFile, WriterLock
 
 # How far back the handler looks for its effect when others were observed after it.
 CLAIM_WINDOW = 16
@@ -92,6 +93,8 @@ class TraceObserver:
     rotation (default ``$DOEFF_FLOW_MAX_TRACE_BYTES`` or 64 MiB, ``$DOEFF_FLOW_KEEP_ROTATED``
     or 3). ``capture_args=False`` (or ``$DOEFF_FLOW_ARGS=0``) leaves each call's
     arguments out of the records, for workflows whose arguments are secrets.
+    ``trace_mode`` (default ``$DOEFF_FLOW_TRACE_MODE`` or 0600) is the files' mode:
+    ``0o640`` shares a team's traces with its group; directories follow (0750).
     """
 
     def __init__(
@@ -103,17 +106,13 @@ class TraceObserver:
         keep_rotated: int | None = None,
         flush_interval: float = FLUSH_INTERVAL,
         capture_args: bool | None = None,
+        trace_mode: int | None = None,
     ) -> None:
         self.workflow_id = validate_workflow_id(workflow_id)
         rotation = Rotation.from_environment(max_trace_bytes, keep_rotated)
         self.trace_dir = resolve_trace_dir(trace_dir).absolute()
         self.path = self.trace_dir / self.workflow_id / TRACE_FILE_NAME
-        self._writer_lock = WriterLock(self.path.parent, self.workflow_id)
-        try:
-            self._file = TraceFile(self.path, rotation)
-        except BaseException:
-            self._writer_lock.release()
-            raise
+        self._file = TraceWriter(self.trace_dir, self.workflow_id, rotation, trace_mode)
         register_trace_dir(self.trace_dir)
         from doeff_core_effects import SlogEffect
 
@@ -284,7 +283,6 @@ class TraceObserver:
                 )
                 self._file.write(line)
         self._file.close()
-        self._writer_lock.release()
 
 
 def raise_site(error: BaseException) -> list[Frame]:
@@ -306,6 +304,7 @@ def trace_observer(
     max_trace_bytes: int | None = None,
     keep_rotated: int | None = None,
     capture_args: bool | None = None,
+    trace_mode: int | None = None,
 ) -> Iterator[Callable[[Program], Program]]:
     """Yield ``observe(program) -> program``; the terminal record is written on exit.
 
@@ -318,6 +317,7 @@ def trace_observer(
         max_trace_bytes=max_trace_bytes,
         keep_rotated=keep_rotated,
         capture_args=capture_args,
+        trace_mode=trace_mode,
     )
     try:
         yield tracer.observe
