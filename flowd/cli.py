@@ -31,11 +31,11 @@ from anyio import CancelScope
 from doeff_flow_core.layout import default_socket_path
 from flowd.daemon import Daemon
 from flowd.errors import StartupError
-from flowd.exporter import TIMEOUT, Exporter, exporter_from
+from flowd.otlp.exporter import TIMEOUT, Exporter, exporter_from
+from flowd.otlp.queue import QUEUE_LIMIT
 from flowd.outbox import STALL_SECONDS
 from flowd.rpc import RpcInterface, version
 from flowd.server import Server, bind_socket, remove_socket, socket_inode
-from flowd.span_queue import QUEUE_LIMIT
 from flowd.systemd import Notifier, inherited_socket, watchdog_interval
 
 OK: Final = 0

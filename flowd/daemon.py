@@ -34,7 +34,7 @@ from flowd.discovery import (
 )
 from flowd.errors import WatcherUnavailable
 from flowd.index import Entry, Index, Root, Update, workflow_names
-from flowd.span_feed import SpanFeed
+from flowd.otlp.feed import SpanFeed
 from flowd.subscriptions import Hub
 from flowd.traces import ident_of
 from flowd.watching import (

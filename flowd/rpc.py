@@ -39,8 +39,8 @@ from flowd.errors import (
     UnknownSubscription,
     UnknownWorkflow,
 )
-from flowd.exporter import Exporter
 from flowd.index import Entry, Liveness
+from flowd.otlp.exporter import Exporter
 from flowd.protocol import RawJson, error_message, parse_request, result_message
 from flowd.subscriptions import After, Session, Subscription
 from flowd.traces import read_history

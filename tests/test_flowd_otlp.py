@@ -44,17 +44,17 @@ from doeff_flow_core.timeline.spans import (
     SpanEvent,
     spans_of,
 )
-from flowd import exporter as flowd_exporter
 from flowd import index as flowd_index
-from flowd import span_feed
 from flowd.errors import OtlpSettingError
-from flowd.export_health import Failed, Health, Rejected, Sent, answer
-from flowd.exporter import SWEEP_SECONDS, Exporter
 from flowd.index import Entry, Index, Update
-from flowd.otlp_endpoint import Endpoint, endpoint_from, shown
-from flowd.otlp_post import post
-from flowd.span_feed import Replay, SpanFeed, rebuild
-from flowd.span_queue import SpanQueue
+from flowd.otlp import exporter as flowd_exporter
+from flowd.otlp import feed as span_feed
+from flowd.otlp.endpoint import Endpoint, endpoint_from, shown
+from flowd.otlp.exporter import SWEEP_SECONDS, Exporter
+from flowd.otlp.feed import Replay, SpanFeed, rebuild
+from flowd.otlp.health import Failed, Health, Rejected, Sent, answer
+from flowd.otlp.post import post
+from flowd.otlp.queue import SpanQueue
 from flowd.traces import Line
 
 STATUS_OK, STATUS_ERROR = 1, 2

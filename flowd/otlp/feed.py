@@ -32,8 +32,8 @@ from doeff_flow_core.records import LOST, RUNNING, LiveTrace
 from doeff_flow_core.timeline.spans import Span, SpanBuilder
 from flowd.errors import SweepFailed
 from flowd.index import Entry, Liveness, Update, read_to_end
+from flowd.otlp.queue import WEIGHT_LIMIT, SpanQueue
 from flowd.protocol import loads
-from flowd.span_queue import WEIGHT_LIMIT, SpanQueue
 from flowd.traces import Line
 
 MAX_WAITING: Final = 10_000  # records kept while a run is rebuilt
@@ -84,7 +84,7 @@ def rebuild(
 ) -> Rebuilt:
     """Replay the run's records from its trace (blocking: call it in a worker thread;
     ``check`` is called now and then, and may raise to stop it). The spans ended are kept
-    within the export queue's bounds (``most`` spans, ``most_weight``: see span_queue)."""
+    within the export queue's bounds (``most`` spans, ``most_weight``: see queue.py)."""
     builder = SpanBuilder()
     ended = SpanQueue(most, most_weight)
     dropped = 0

@@ -1,7 +1,7 @@
 """flowd's OpenTelemetry exporter: every workflow's finished spans to a collector.
 
-The span feed (span_feed.py) turns the records the index reads into finished spans, on
-the event loop, and puts them in a bounded queue (span_queue.py). ``Exporter.run`` sends
+The span feed (feed.py) turns the records the index reads into finished spans, on
+the event loop, and puts them in a bounded queue (queue.py). ``Exporter.run`` sends
 them in batches (BATCH_SPANS, or what came within BATCH_WAIT of the first), each POSTed
 by ``post`` in a worker thread, so neither indexing nor clients ever wait on the
 network. A batch that gets no usable answer (no connection, a timeout, 429, 502, 503,
@@ -24,11 +24,11 @@ import anyio.to_thread
 
 from doeff_flow_core.timeline.spans import Span
 from flowd.errors import OtlpSettingError
-from flowd.export_health import Failed, Health, Notice, backoff
-from flowd.otlp_endpoint import OPTION, Endpoint, endpoint_from
-from flowd.otlp_post import post
-from flowd.span_feed import WHOLE_RUN, Rebuilt, Replay, SpanFeed, rebuild
-from flowd.span_queue import QUEUE_LIMIT, SpanQueue
+from flowd.otlp.endpoint import OPTION, Endpoint, endpoint_from
+from flowd.otlp.feed import WHOLE_RUN, Rebuilt, Replay, SpanFeed, rebuild
+from flowd.otlp.health import Failed, Health, Notice, backoff
+from flowd.otlp.post import post
+from flowd.otlp.queue import QUEUE_LIMIT, SpanQueue
 
 log = logging.getLogger("flowd")
 

@@ -22,8 +22,8 @@ from typing import Any, Final
 
 from doeff_flow_core.timeline.otlp import request_json
 from doeff_flow_core.timeline.spans import Span
-from flowd.export_health import Outcome, answer, no_answer
-from flowd.otlp_endpoint import Endpoint
+from flowd.otlp.endpoint import Endpoint
+from flowd.otlp.health import Outcome, answer, no_answer
 
 ANSWER_BYTES: Final = 64 * 1024  # read of a collector's answer, at most
 USER_AGENT: Final = "doeff-flow-flowd"
