@@ -14,14 +14,11 @@ from doeff_flow_core.errors import (
     WorkflowFailed,
 )
 from doeff_flow_core.ids import validate_workflow_id
-from doeff_flow_core.layout import (
-    default_socket_path,
-    default_trace_dir,
-    trace_file,
-    workflow_dir,
-)
 from doeff_flow_core.liveness import effective_status
-from doeff_flow_core.reader import (
+from doeff_flow_core.locations import default_socket_path
+from doeff_flow_core.records import LiveTrace, SlogLine, TraceFrame, parse_record
+from doeff_flow_core.tracefiles.layout import default_trace_dir, trace_file, workflow_dir
+from doeff_flow_core.tracefiles.reading import (
     Tail,
     WorkflowSummary,
     follow,
@@ -31,7 +28,6 @@ from doeff_flow_core.reader import (
     read_latest,
     scan_workflows,
 )
-from doeff_flow_core.records import LiveTrace, SlogLine, TraceFrame, parse_record
 from doeff_flow_core.tracing import TraceObserver, trace_observer
 from doeff_flow_core.transform import traced
 from doeff_flow_core.workflow import WorkflowResult, run_workflow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from doeff_flow_core.layout import state_dir
+from doeff_flow_core.locations import state_dir
 
 REGISTRY_NAME = "trace-dirs"
 

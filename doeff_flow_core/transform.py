@@ -27,7 +27,7 @@ from typing import Any
 
 from doeff_flow_core.errors import WorkflowBusy
 from doeff_flow_core.ids import MAX_ID_LENGTH
-from doeff_flow_core.layout import resolve_trace_dir
+from doeff_flow_core.tracefiles.layout import resolve_trace_dir
 from doeff_flow_core.tracing import TraceObserver
 
 WORKFLOW_ID_ENV = "DOEFF_FLOW_WORKFLOW_ID"

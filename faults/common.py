@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from doeff_flow_core.reader import Tail, read_all  # noqa: E402
+from doeff_flow_core.tracefiles.reading import Tail, read_all  # noqa: E402
 
 PY = sys.executable
 # The suite's own state and runtime directories: workers register their trace directories

@@ -21,7 +21,7 @@ from common import PY, Client, Flowd, env, tempdir
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from doeff_flow_core.reader import read_all
+from doeff_flow_core.tracefiles.reading import read_all
 
 HUGE_LINE = 10 * 1024 * 1024
 PARTS = ("trace.jsonl.2", "trace.jsonl.1", "trace.jsonl")  # three files per workflow

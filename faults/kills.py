@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common import PY, env, read_parts, tempdir, wait_until
 
-from doeff_flow_core.reader import read_history, read_latest
+from doeff_flow_core.tracefiles.reading import read_history, read_latest
 
 # An effect-dense workflow of nested calls, traced with a small rotation limit. A reader
 # thread writes the highest step of this process's run that read_latest has seen into a

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import TextIO
 
-from doeff_flow_core.layout import TRACE_DIR_ENV, default_socket_path, default_trace_dir
+from doeff_flow_core.locations import default_socket_path
+from doeff_flow_core.tracefiles.layout import TRACE_DIR_ENV, default_trace_dir
 from flowctl.daemonsource import DaemonSource
 from flowctl.errors import DaemonUnavailable
 from flowctl.filesource import FileSource

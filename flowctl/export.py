@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from doeff_flow_core import LiveTrace
-from doeff_flow_core.reader import NO_VALID_RECORDS, RecordStream
 from doeff_flow_core.timeline.otlp import write_export_request
 from doeff_flow_core.timeline.spans import WORKFLOW, Span, spans_of
+from doeff_flow_core.tracefiles.reading import NO_VALID_RECORDS, RecordStream
 from flowctl.errors import TraceUnreadable, WorkflowNotFound
 from flowctl.export_chrome import write_chrome
 from flowctl.export_svg import survey, write_svg

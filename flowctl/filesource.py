@@ -1,33 +1,31 @@
 """``FileSource``: the data-source interface over ``<trace_dir>/<workflow_id>/trace.jsonl``.
 
-Files are never read whole: the latest records come from the end (the core's
-``read_last``, and its rotated parts when asked for more: ``read_history``), new ones
-from a stored offset of an open file (``read_fd_from``), and a live feed costs one
-``stat`` per poll while nothing changes.
+Files are never read whole and never opened unsafely: everything goes through the core's
+``tracefiles`` (the latest records from the end, new ones from a cursor that reads on
+across rotation), and a live feed costs one ``lstat`` per poll while nothing changes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import time
 from pathlib import Path
-from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 from doeff_flow_core import InvalidWorkflowId, LiveTrace, effective_status
+from doeff_flow_core.errors import SymlinkRefused
 from doeff_flow_core.ids import is_workflow_id, validate_workflow_id
-from doeff_flow_core.layout import TRACE_FILE_NAME, rotated_path
-from doeff_flow_core.reader import (
+from doeff_flow_core.tracefiles.chain import chain_of
+from doeff_flow_core.tracefiles.cursor import Cursor, read_on, tail
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
+from doeff_flow_core.tracefiles.reading import (
     NO_VALID_RECORDS,
     WorkflowSummary,
-    read_fd_from,
-    read_fd_last,
+    parse_line,
     read_history,
-    rotated_parts,
     scan_workflows,
     summarize,
 )
+from doeff_flow_core.tracefiles.safeopen import Directory
 from flowctl.errors import (
     BadWorkflowId,
     SourceUnavailable,
@@ -128,9 +126,9 @@ class FileSource:
     def history(self, workflow_id: str, last: int) -> History:
         path = self._path(workflow_id)
         try:
-            if is_link(path.parent) or is_link(path):
-                raise WorkflowLinked(workflow_id, self.location)
             tail = read_history(path, last)
+        except SymlinkRefused:
+            raise WorkflowLinked(workflow_id, self.location) from None
         except FileNotFoundError:
             self._check_root()  # a missing trace directory is its own error
             raise WorkflowNotFound(workflow_id, self.location) from None
@@ -159,59 +157,24 @@ class FileSource:
         return TraceDirFeed(self._root)
 
 
-class _Open:
-    """An open trace file and its inode: a rotated part keeps being read through it."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.inode = os.fstat(fd).st_ino
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def open_trace(path: Path) -> _Open:
-    """``path`` opened for reading, never through a symbolic link (the workflow directory
-    or the file itself: WorkflowLinked / ELOOP), never a FIFO or device (ENXIO-like)."""
-    if is_link(path.parent):
-        raise WorkflowLinked(path.parent.name, str(path.parent.parent))
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-    fd = os.open(path, flags)
-    try:
-        mode = os.fstat(fd).st_mode
-        if S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return _Open(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def existing_trace(path: Path, location: str) -> Path | None:
     """``path`` when it or a rotated part of it exists, else None; never through a
     symbolic link (WorkflowLinked)."""
-    if is_link(path.parent) or is_link(path):
-        raise WorkflowLinked(path.parent.name, location)
-    return path if path.exists() or rotated_parts(path) else None
-
-
-def is_link(path: Path) -> bool:
     try:
-        return S_ISLNK(os.lstat(path).st_mode)
-    except OSError:
-        return False
+        with Directory.open(path.parent.parent) as root, root.subdirectory(path.parent.name) as wf:
+            return path if chain_of(wf).parts else None
+    except SymlinkRefused:
+        raise WorkflowLinked(path.parent.name, location) from None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 class TraceFeed:
     """A tail of one trace: a snapshot of its last records, then each new one.
 
-    The file being read stays open, so a rotation (``trace.jsonl`` renamed to
-    ``trace.jsonl.1`` and a fresh one opened) loses and repeats nothing: the old file is
-    read to its end through its descriptor, then any part rotated after it (a rotation
-    between two polls can happen more than once), then the new ``trace.jsonl`` from 0.
-    A trace replaced by something else, or truncated, starts again (``reset``).
+    A cursor (the core's ``tracefiles.cursor``) reads on across rotation, so a rotation
+    between two polls loses and repeats nothing; a trace replaced by something else, or
+    truncated, starts again (``reset``). A poll while nothing changed costs one ``lstat``.
     """
 
     def __init__(self, path: Path, workflow_id: str, snapshot: int, every_record: bool) -> None:
@@ -219,9 +182,8 @@ class TraceFeed:
         self._workflow_id = workflow_id
         self._snapshot = snapshot
         self._every_record = every_record
-        self._files: list[_Open] = []  # the file read at _offset first, the newest last
-        self._offset = 0
-        self._key: FileKey | None = None  # of the path when last looked at
+        self._cursor: Cursor | None = None  # None: no snapshot taken yet
+        self._key: FileKey | None = None  # of trace.jsonl when last read to its end
         self._present = False
 
     def poll(self, timeout: float) -> Update:
@@ -235,117 +197,80 @@ class TraceFeed:
         return interval
 
     def close(self) -> None:
-        self._forget()
+        self._cursor, self._key = None, None
 
-    def _forget(self) -> None:
-        for trace in self._files:
-            with contextlib.suppress(OSError):
-                trace.close()
-        self._files, self._offset, self._key = [], 0, None
+    def _open(self) -> Directory:
+        root = Directory.open(self._path.parent.parent)
+        try:
+            return root.subdirectory(self._path.parent.name)
+        finally:
+            root.close()
 
     def _check(self) -> Update | None:
         try:
-            if len(self._files) > 1:
-                return self._drain()
-            return self._look()
-        except WorkflowLinked:
+            with self._open() as directory:
+                return self._look(directory)
+        except SymlinkRefused:
             return self._gone()
         except FileNotFoundError:
-            return None  # removed while looked at: the next poll says so
+            return self._gone() if not self._path.parent.exists() else None
         except OSError as exc:
             raise TraceUnreadable(self._workflow_id, _strerror(exc), io_error=True) from None
 
     def _gone(self) -> Update | None:
-        if not self._present and not self._files:
+        if not self._present and self._cursor is None:
             return None
-        self._forget()
+        self.close()
         self._present = False
         return Update(present=False, reset=True)
 
-    def _look(self) -> Update | None:
+    def _look(self, directory: Directory) -> Update | None:
         try:
-            stat = os.stat(self._path)
+            key: FileKey | None = _key(directory.lstat(TRACE_FILE_NAME))
         except FileNotFoundError:
-            return self._gone()
-        key = _key(stat)
-        if key == self._key:
+            key = None
+        if self._cursor is None:
+            if key is None and not chain_of(directory).parts:
+                return self._gone()
+            return self._take_snapshot(directory, reset=False)
+        if key is not None and key == self._key:
             return None
-        if not self._files:
-            return self._start(reset=False)
-        current = self._files[0]
-        if key[0] == current.inode:
-            self._key = key
-            size = stat.st_size
-            if size < self._offset:
-                return self._start(reset=True)  # truncated: start again
-            if not self._every_record and size - self._offset > JUMP_BYTES:
-                return self._take_snapshot(current, reset=False)
-            return self._read_current(size)
-        followers = self._rotated_after(current.inode)
-        if followers is None:
-            return self._start(reset=True)  # replaced, not rotated: start again
-        self._files += followers
-        return self._drain()
+        if (
+            not self._every_record
+            and key is not None
+            and self._cursor.ident is not None
+            and self._cursor.ident[1] == key[0]
+            and key[1] - self._cursor.offset > JUMP_BYTES
+        ):
+            return self._take_snapshot(directory, reset=False)
+        step = read_on(directory, self._cursor, READ_LIMIT)
+        if step.reset:  # replaced or truncated: start again from its latest records
+            return self._take_snapshot(directory, reset=True)
+        self._key = None if step.behind else key  # more to read: do not wait for a change
+        records = tuple(record for raw, _ in step.lines if (record := parse_line(raw)) is not None)
+        skipped = step.skipped + sum(1 for raw, _ in step.lines if raw.data.strip()) - len(records)
+        if not (records or skipped):
+            return None
+        return Update(records, skipped=skipped)
 
-    def _start(self, reset: bool) -> Update:
-        self._forget()
-        trace = open_trace(self._path)
-        self._files, self._present = [trace], True
-        return self._take_snapshot(trace, reset)
+    def _ident(self) -> tuple[int, int] | None:
+        return None if self._cursor is None else self._cursor.ident
 
-    def _take_snapshot(self, trace: _Open, reset: bool) -> Update:
-        self._key = _key(os.fstat(trace.fd))
-        tail = read_fd_last(trace.fd, self._snapshot)
-        self._offset = tail.end
-        return Update(tail.records, reset=reset, skipped=tail.skipped)
-
-    def _read_current(self, size: int) -> Update:
-        chunk = read_fd_from(self._files[0].fd, self._offset, READ_LIMIT)
-        self._offset = chunk.offset
-        if chunk.offset < size and chunk.records:
-            self._key = None  # more to read (limited chunk): do not wait for a change
-        return Update(chunk.records, skipped=chunk.skipped)
-
-    def _rotated_after(self, inode: int) -> list[_Open] | None:
-        """The files written after the one of ``inode``, oldest first, opened: the parts
-        rotated after it and the new trace.jsonl; None if it is not a rotated part."""
-        index = 1
-        while True:
-            part = rotated_path(self._path, index)
-            try:
-                found = os.stat(part, follow_symlinks=False).st_ino == inode
-            except FileNotFoundError:
-                return None
-            if found:
-                break
-            index += 1
-        followers: list[_Open] = []
+    def _take_snapshot(self, directory: Directory, reset: bool) -> Update:
         try:
-            for newer in range(index - 1, 0, -1):
-                followers.append(open_trace(rotated_path(self._path, newer)))
-            followers.append(open_trace(self._path))
-        except BaseException:
-            for trace in followers:
-                trace.close()
-            raise
-        return followers
-
-    def _drain(self) -> Update:
-        """Records from the rotated file being finished, moving on to the next when it
-        has no more (at most READ_LIMIT bytes per poll)."""
-        records: list[LiveTrace] = []
-        skipped = 0
-        while len(self._files) > 1 and not records:
-            chunk = read_fd_from(self._files[0].fd, self._offset, READ_LIMIT)
-            records += chunk.records
-            skipped += chunk.skipped
-            if chunk.offset == self._offset or chunk.offset >= os.fstat(self._files[0].fd).st_size:
-                self._files.pop(0).close()  # finished (a torn last line stays torn)
-                self._offset = 0
-                self._key = None
-            else:
-                self._offset = chunk.offset
-        return Update(tuple(records), skipped=skipped)
+            found = tail(directory, self._snapshot, parse_line)
+        except FileNotFoundError:
+            return Update(present=False, reset=reset)
+        self._cursor = Cursor()
+        self._cursor.move(found.position)
+        self._present = True
+        try:
+            self._key = _key(directory.lstat(TRACE_FILE_NAME))
+        except FileNotFoundError:
+            self._key = None
+        if self._key is not None and (found.ident, found.end) != (self._ident(), self._key[1]):
+            self._key = None  # not read to trace.jsonl's end: look again
+        return Update(tuple(found.items), reset=reset, skipped=found.skipped)
 
 
 class TraceDirFeed:
@@ -410,7 +335,7 @@ class TraceDirFeed:
         for name in self._names:
             path = self._root / name / TRACE_FILE_NAME
             try:
-                key: FileKey | None = _key(os.stat(path))
+                key: FileKey | None = _key(os.lstat(path))
             except OSError:
                 key = None
             if name in self._keys and self._keys[name] == key:

@@ -23,9 +23,9 @@ from typing import Final
 
 from doeff_flow_core import effective_status
 from doeff_flow_core.ids import is_workflow_id
-from doeff_flow_core.layout import LOCK_FILE_NAME, TRACE_FILE_NAME, resolve_trace_dir
-from doeff_flow_core.reader import summarize
 from doeff_flow_core.records import COMPLETED, FAILED, LOST
+from doeff_flow_core.tracefiles.layout import LOCK_FILE_NAME, TRACE_FILE_NAME, resolve_trace_dir
+from doeff_flow_core.tracefiles.reading import summarize
 from flowctl.errors import SourceUnavailable, TraceDirMissing, UsageError
 from flowctl.timefmt import age, seconds_between
 

@@ -21,7 +21,7 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
-from doeff_flow_core.layout import state_dir
+from doeff_flow_core.locations import state_dir
 from flowctl import exitcodes
 from flowctl.commands import COMMANDS, Session, dispatch
 from flowctl.errors import FlowctlError, UsageError

@@ -28,7 +28,7 @@ from typing import Final
 import anyio
 from anyio import CancelScope
 
-from doeff_flow_core.layout import default_socket_path
+from doeff_flow_core.locations import default_socket_path
 from flowd.daemon import Daemon
 from flowd.errors import StartupError
 from flowd.otlp.exporter import TIMEOUT, Exporter, exporter_from

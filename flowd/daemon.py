@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 
 from doeff_flow_core.ids import is_workflow_id
-from doeff_flow_core.layout import TRACE_FILE_NAME
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
 from flowd.discovery import (
     ARGUMENT,
     REGISTRY,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from doeff_flow_core.layout import state_dir
+from doeff_flow_core.locations import state_dir
 from doeff_flow_core.registry import registered_trace_dirs, registry_path
 
 ARGUMENT: Final = "argument"

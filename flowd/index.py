@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from doeff_flow_core.ids import is_workflow_id
-from doeff_flow_core.layout import TRACE_FILE_NAME
 from doeff_flow_core.liveness import derive_status, process_alive
-from doeff_flow_core.reader import MAX_LINE_BYTES
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
+from doeff_flow_core.tracefiles.lines import MAX_LINE_BYTES
 from flowd.traces import (
     CHUNK,
     FileIdent,

@@ -30,8 +30,8 @@ from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO, Final
 
 from doeff_flow_core.errors import MalformedRecord
-from doeff_flow_core.reader import MAX_LINE_BYTES
 from doeff_flow_core.records import LiveTrace
+from doeff_flow_core.tracefiles.lines import MAX_LINE_BYTES
 from flowd.protocol import loads
 
 FIRST_BLOCK: Final = 8 * 1024

@@ -71,4 +71,11 @@ print(json.dumps([name.removeprefix(prefix) for name in mods]))
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     modules = json.loads(proc.stdout)
-    assert {"records", "reader", "writer", "tracing", "workflow", "timeline.spans"} <= set(modules)
+    assert {
+        "records",
+        "tracefiles.reading",
+        "tracefiles.writing",
+        "tracing",
+        "workflow",
+        "timeline.spans",
+    } <= set(modules)

@@ -23,11 +23,14 @@ from doeff_flow_core import (
     read_from,
     read_last,
     read_latest,
-    reader,
     scan_workflows,
 )
-from doeff_flow_core.reader import BLOCK_SIZE, MAX_LINE_BYTES, read_all
+from doeff_flow_core.tracefiles import lines as reader
+from doeff_flow_core.tracefiles import reading
+from doeff_flow_core.tracefiles.lines import MAX_LINE_BYTES
+from doeff_flow_core.tracefiles.reading import Tail, read_all
 
+BLOCK_SIZE = 64 * 1024  # the size a backward read has grown to by its fourth block
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 GARBAGE = [b"not json at all", b"[1, 2, 3]", b'{"status": "running"}', b"{" + b"x" * 50]
 
@@ -225,11 +228,12 @@ def test_read_from_in_small_pieces_reads_everything(tmp_path: Path) -> None:
 
 
 def test_follow_yields_records_as_they_land(tmp_path: Path) -> None:
-    path = tmp_path / "later.jsonl"  # does not exist yet: follow waits for it
+    path = tmp_path / "wf" / "trace.jsonl"  # does not exist yet: follow waits for it
 
     def writer() -> None:
         for i in range(1, 6):
             time.sleep(0.02)
+            path.parent.mkdir(exist_ok=True)
             with path.open("ab") as handle:
                 handle.write(record(i))
 
@@ -385,7 +389,7 @@ def test_read_last_stops_at_the_given_end(tmp_path: Path, monkeypatch: pytest.Mo
     bounded = read_last(path, 5, end=len(head) + 10)  # in the middle of the big line
     assert steps(bounded.records) == [1, 2]
     assert (bounded.end, bounded.torn) == (len(head), True)
-    assert read_last(path, 5, end=0) == reader.Tail(())
+    assert read_last(path, 5, end=0) == Tail(())
 
 
 def test_read_last_parses_only_the_records_it_returns(
@@ -398,7 +402,7 @@ def test_read_last_parses_only_the_records_it_returns(
         parsed.append(line)
         return parse_record(line, line_number)
 
-    monkeypatch.setattr(reader, "parse_record", counting)
+    monkeypatch.setattr(reading, "parse_record", counting)
     assert steps(read_last(path, 3).records) == [1998, 1999, 2000]
     assert len(parsed) == 3
 
@@ -410,19 +414,21 @@ def test_read_last_finds_the_end_when_asked_for_nothing(tmp_path: Path) -> None:
 
 
 def test_summarize_says_why_there_is_no_record(tmp_path: Path) -> None:
-    (tmp_path / "wf-none").mkdir()
-    write(tmp_path / "wf-ok.jsonl", record(1), record(2))
-    write(tmp_path / "empty.jsonl", b"")
-    write(tmp_path / "bad.jsonl", GARBAGE[0] + b"\n")
-    latest = reader.summarize("wf-ok", tmp_path / "wf-ok.jsonl").latest
+    for name in ("wf-ok", "wf-missing", "wf-empty", "wf-bad", "wf-dir"):
+        (tmp_path / name).mkdir()
+    write(tmp_path / "wf-ok" / "trace.jsonl", record(1), record(2))
+    write(tmp_path / "wf-empty" / "trace.jsonl", b"")
+    write(tmp_path / "wf-bad" / "trace.jsonl", GARBAGE[0] + b"\n")
+    (tmp_path / "wf-dir" / "trace.jsonl").mkdir()
+    latest = reading.summarize("wf-ok", tmp_path / "wf-ok" / "trace.jsonl").latest
     assert latest is not None and latest.step == 2
     problems = {
-        name: reader.summarize("wf", tmp_path / name).problem
-        for name in ("missing.jsonl", "empty.jsonl", "bad.jsonl", "wf-none")
+        name: reading.summarize(name, tmp_path / name / "trace.jsonl").problem
+        for name in ("wf-missing", "wf-empty", "wf-bad", "wf-dir")
     }
     assert problems == {
-        "missing.jsonl": reader.NO_TRACE,
-        "empty.jsonl": reader.EMPTY_TRACE,
-        "bad.jsonl": reader.NO_VALID_RECORDS,
-        "wf-none": "Is a directory",
+        "wf-missing": reading.NO_TRACE,
+        "wf-empty": reading.EMPTY_TRACE,
+        "wf-bad": reading.NO_VALID_RECORDS,
+        "wf-dir": "not a regular file (a directory)",
     }

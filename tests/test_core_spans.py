@@ -18,7 +18,6 @@ from otlp_schema import parse_request
 from otlp_schema import spans_of as otlp_spans
 
 from doeff_flow_core import LiveTrace, TraceFrame, run_workflow
-from doeff_flow_core.reader import RecordStream, read_all
 from doeff_flow_core.timeline import otlp
 from doeff_flow_core.timeline import spans as spans_module
 from doeff_flow_core.timeline.otlp import export_request, span_id, trace_id, write_export_request
@@ -34,6 +33,7 @@ from doeff_flow_core.timeline.spans import (
     Span,
     spans_of,
 )
+from doeff_flow_core.tracefiles.reading import RecordStream, read_all
 
 # -- workflows ----------------------------------------------------------------------------
 
@@ -261,7 +261,7 @@ def test_a_stream_reads_a_trace_larger_than_its_block(tmp_path: Path) -> None:
     with trace.open("w") as out:
         for step in range(1, count + 1):
             out.write(record(step, "main", "a").to_json() + "\n")
-    stream = RecordStream(trace, block=1)  # raised to the longest line a record may have
+    stream = RecordStream(trace)
     steps = [r.step for r in stream]
     assert steps == list(range(1, count + 1))
     assert stream.skipped == 0 and not stream.torn

@@ -18,7 +18,7 @@ from doeff_flow_core import (
     trace_file,
     trace_observer,
 )
-from doeff_flow_core.reader import read_all, read_history, scan_workflows
+from doeff_flow_core.tracefiles.reading import read_all, read_history, scan_workflows
 
 Start = Callable[..., subprocess.Popen[str]]
 

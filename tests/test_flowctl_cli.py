@@ -262,10 +262,12 @@ def test_a_trace_that_cannot_be_read(tmp_path: Path) -> None:
     put_trace(tmp_path, "wf-ok", record_line("wf-ok", 1))
     for args in (["history", "wf-dir"], ["watch", "wf-dir"]):
         done = flowctl("--trace-dir", tmp_path, *args)
-        assert_one_error_line(done, exitcodes.UNAVAILABLE, "wf-dir: Is a directory")
+        assert_one_error_line(
+            done, exitcodes.UNAVAILABLE, "wf-dir: not a regular file (a directory)"
+        )
         assert done.stdout == ""
     listed = flowctl("--trace-dir", tmp_path, "ps")
-    assert_one_error_line(listed, exitcodes.BAD_TRACE, "wf-dir: Is a directory")
+    assert_one_error_line(listed, exitcodes.BAD_TRACE, "wf-dir: not a regular file (a directory)")
     assert listed.stdout.splitlines()[1].startswith("wf-ok     running")
 
 

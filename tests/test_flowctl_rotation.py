@@ -86,7 +86,6 @@ def test_history_follow_through_rotations_loses_and_repeats_nothing(
 
 
 def test_feed_follows_several_rotations_between_two_polls(tmp_path: Path) -> None:
-    path = tmp_path / "wf-1" / "trace.jsonl"
     writer = TraceWriter(tmp_path, "wf-1", Rotation(max_bytes=3000, keep=50))
     writer.write(record_line("wf-1", 1))
     # history --follow (every record) and watch

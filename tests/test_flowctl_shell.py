@@ -21,7 +21,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from test_flowctl_support import Tmux, flowctl_command, start_workflow, write_traces
 
-from doeff_flow_core.layout import state_dir
+from doeff_flow_core.locations import state_dir
 from flowctl import exitcodes
 from flowctl.filesource import FileSource
 from flowctl.options import GlobalOptions

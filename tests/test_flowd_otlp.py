@@ -30,7 +30,6 @@ from test_core_spans import PAGES, page_args, paged_records
 from test_flowd_support import Flowd, flowd, wait_for
 
 from doeff_flow_core import run_workflow
-from doeff_flow_core.reader import RecordStream
 from doeff_flow_core.records import LiveTrace
 from doeff_flow_core.timeline.otlp import span_id, trace_id
 from doeff_flow_core.timeline.spans import (
@@ -44,6 +43,7 @@ from doeff_flow_core.timeline.spans import (
     SpanEvent,
     spans_of,
 )
+from doeff_flow_core.tracefiles.reading import RecordStream
 from flowd import index as flowd_index
 from flowd.errors import OtlpSettingError
 from flowd.index import Entry, Index, Update

@@ -11,12 +11,15 @@ reported in ``problems``, never opened.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as st
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
-from doeff_flow_core.tracefiles.layout import part_name, part_number
+from doeff_flow_core.errors import NotRegularFile, SymlinkRefused
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, part_name, part_number
 from doeff_flow_core.tracefiles.safeopen import Directory, kind_of
 
 FileId = tuple[int, int]  # (st_dev, st_ino)
@@ -40,10 +43,23 @@ class Part:
 
 @dataclass(frozen=True)
 class Chain:
-    """The parts newest first, and the names that were refused (``trace.jsonl: a FIFO``)."""
+    """The parts newest first, and the names that were refused with their modes."""
 
     parts: tuple[Part, ...] = ()
-    problems: tuple[str, ...] = ()
+    refused: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """``trace.jsonl: a FIFO (not read)`` for each name refused."""
+        return tuple(f"{name}: {kind_of(mode)} (not read)" for name, mode in self.refused)
+
+    def missing(self, directory: Path) -> OSError:
+        """Why there is no part to read: the first name refused, or no file at all."""
+        for name, mode in self.refused:
+            if st.S_ISLNK(mode):
+                return SymlinkRefused(directory / name)
+            return NotRegularFile(directory / name, kind_of(mode))
+        return FileNotFoundError(errno.ENOENT, "no trace", str(directory / TRACE_FILE_NAME))
 
     def index_of(self, ident: FileId) -> int | None:
         for index, part in enumerate(self.parts):
@@ -85,7 +101,7 @@ def look(directory: Directory) -> Chain:
         if number is not None:
             numbered.append((number, name))
     parts: list[Part] = []
-    problems: list[str] = []
+    refused: list[tuple[str, int]] = []
     for number, name in sorted(numbered):
         try:
             status = directory.lstat(name)
@@ -94,8 +110,8 @@ def look(directory: Directory) -> Chain:
         if st.S_ISREG(status.st_mode):
             parts.append(Part(number, file_id(status), status.st_size))
         else:
-            problems.append(f"{name}: {kind_of(status.st_mode)} (not read)")
-    return Chain(tuple(parts), tuple(problems))
+            refused.append((name, status.st_mode))
+    return Chain(tuple(parts), tuple(refused))
 
 
 def chain_of(directory: Directory) -> Chain:

@@ -196,6 +196,8 @@ def tail(directory: Directory, n: int, parse: Parse[T], until: Position | None =
     ``trace.jsonl``), reading older parts only while fewer were found.
     FileNotFoundError when the chain has no file."""
     chain = chain_of(directory)
+    if not chain.parts:
+        raise chain.missing(directory.path)
     items: list[T] = []
     skipped = 0
     first: Scan[T] | None = None

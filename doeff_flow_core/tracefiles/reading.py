@@ -181,7 +181,7 @@ class RecordStream:
             chain = chain_of(directory)
             self.problems = chain.problems
             if not chain.parts:
-                raise FileNotFoundError(errno.ENOENT, "no trace", str(self.path))
+                raise chain.missing(directory.path)
             # Every part is opened before any is read: a rotation meanwhile renames them,
             # and an open file is the same file whatever its name becomes.
             fds = [
@@ -279,11 +279,7 @@ def summarize_in(root: Directory, workflow_id: str) -> WorkflowSummary:
         with root.subdirectory(workflow_id) as directory:
             # Through the rotated parts: a writer killed just after a rotation leaves an
             # empty trace.jsonl, and its latest record in trace.jsonl.1.
-            try:
-                scan = tail(directory, 1, parse_line)
-            except FileNotFoundError:
-                problems = chain_of(directory).problems
-                return WorkflowSummary(workflow_id, trace, None, (*problems, NO_TRACE)[0])
+            scan = tail(directory, 1, parse_line)
             if not scan.items:
                 problems = chain_of(directory).problems
                 empty = NO_VALID_RECORDS if scan.skipped or scan.torn else EMPTY_TRACE

@@ -88,7 +88,11 @@ class Directory:
         opened, so nothing but a regular file is ever opened."""
         path = self.path / name
         if not flags & os.O_CREAT:
-            check_regular(self.lstat(name), path)
+            try:
+                status = self.lstat(name)
+            except OSError as exc:
+                raise _refused(exc, path, self) from None
+            check_regular(status, path)
         try:
             fd = os.open(name, flags | FILE_FLAGS, mode, dir_fd=self.fd)
         except OSError as exc:
@@ -121,7 +125,7 @@ def _refused(error: OSError, path: Path, parent: Directory | None = None) -> OSE
     """ELOOP from O_NOFOLLOW (and ENOTDIR from O_DIRECTORY, or ENXIO from a FIFO or
     socket opened for writing) said plainly: which kind of file stood in the way."""
     if error.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EMLINK):
-        return error
+        return type(error)(error.errno, error.strerror, str(path))  # the whole path, not a name
     try:
         status = parent.lstat(path.name) if parent is not None else os.lstat(path)
     except OSError:

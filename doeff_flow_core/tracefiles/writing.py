@@ -171,7 +171,11 @@ class Place:
         return file_id(here) != file_id(os.fstat(self.directory.fd))
 
     def recreate(self) -> None:
-        """Open the workflow directory afresh at its path (creating it)."""
+        """Open the trace and workflow directories afresh at their paths (creating them:
+        the whole trace directory may have been removed)."""
+        root = self._open_root()
+        self._root.close()
+        self._root = root
         directory = self._open_workflow()
         self.directory.close()
         self.directory = directory

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from doeff_flow_core.errors import MalformedRecord
-from doeff_flow_core.reader import RecordStream
 from doeff_flow_core.records import LOST, RUNNING, LiveTrace
 from doeff_flow_core.timeline.spans import Span, SpanBuilder
+from doeff_flow_core.tracefiles.reading import RecordStream
 from flowd.errors import SweepFailed
 from flowd.index import Entry, Liveness, Update, read_to_end
 from flowd.otlp.queue import WEIGHT_LIMIT, SpanQueue
