@@ -16,13 +16,13 @@ from doeff_flow_core.records import RUNNING, UNKNOWN
 from doeff_flow_core.tracefiles.layout import resolve_trace_dir
 from doeff_flow_core.tracefiles.reading import NO_VALID_RECORDS
 from flowctl import exitcodes
-from flowctl.connect import open_source
 from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
-from flowctl.filesource import FileSource
 from flowctl.options import Request
-from flowctl.render_text import history_json_line, history_line, ps_json, ps_lines
-from flowctl.source import UNREADABLE, Source
-from flowctl.watching import DashboardWatch, WatchModel, WorkflowWatch
+from flowctl.render.text import history_json_line, history_line, ps_json, ps_lines
+from flowctl.sources.base import UNREADABLE, Source
+from flowctl.sources.connect import open_source
+from flowctl.sources.files import FileSource
+from flowctl.watch.model import DashboardWatch, WatchModel, WorkflowWatch
 
 FOLLOW_POLL: Final = 0.1
 
@@ -131,10 +131,10 @@ def run_watch(session: Session, request: Request, source: Source) -> int:
     else:
         model = WorkflowWatch(source, request.workflow_id, status_only=status_only, as_json=as_json)
     if session.interactive and not request.options.json:
-        from flowctl.watch_screen import run_screen
+        from flowctl.watch.screen import run_screen
 
         return run_screen(model, request.poll_interval, request.exit_on_complete, session.out)
-    from flowctl.watch_plain import run_plain
+    from flowctl.watch.plain import run_plain
 
     return run_plain(model, request.poll_interval, request.exit_on_complete, session.out)
 
@@ -171,7 +171,7 @@ def run_prune(session: Session, request: Request, source: Source) -> int:
 
 
 def run_export(session: Session, request: Request, source: Source) -> int:
-    from flowctl.export import Trace, export, export_format, report
+    from flowctl.export.command import Trace, export, export_format, report
 
     workflow_id = _workflow_id(request)
     fmt = export_format(request.format, request.output)

@@ -14,7 +14,7 @@ from typing import Any, Final, NoReturn
 
 from doeff_flow_core.records import ALL_STATUSES
 from flowctl.errors import UsageError
-from flowctl.source import EMPTY, UNREADABLE
+from flowctl.sources.base import EMPTY, UNREADABLE
 
 COMMANDS: Final = ("ps", "history", "watch", "prune", "export", "run", "shell")
 EXPORT_FORMATS: Final = ("chrome", "otlp", "svg")

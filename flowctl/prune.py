@@ -27,7 +27,7 @@ from doeff_flow_core.records import COMPLETED, FAILED, LOST
 from doeff_flow_core.tracefiles.layout import LOCK_FILE_NAME, TRACE_FILE_NAME, resolve_trace_dir
 from doeff_flow_core.tracefiles.reading import summarize
 from flowctl.errors import SourceUnavailable, TraceDirMissing, UsageError
-from flowctl.timefmt import age, seconds_between
+from flowctl.render.timefmt import age, seconds_between
 
 PRUNABLE: Final = (COMPLETED, FAILED, LOST)
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -38,8 +38,8 @@ from flowctl.errors import (
     WorkflowInUse,
     WorkflowRunFailed,
 )
-from flowctl.escape import safe_clip
 from flowctl.options import Request
+from flowctl.render.escape import safe_clip
 
 if TYPE_CHECKING:
     from flowctl.commands import Session

@@ -33,8 +33,8 @@ from flowctl.options import (
     build_parser,
     parse,
 )
-from flowctl.render_box import status_counts
-from flowctl.source import Source
+from flowctl.render.box import status_counts
+from flowctl.sources.base import Source
 
 HISTORY_FILE: Final = "flowctl_history"
 CACHE_SECONDS: Final = 2.0

@@ -33,10 +33,10 @@ from test_flowctl_support import (
 from test_flowd_support import RECORDS_PER_STEP, Flowd, finish, records, wait_for, workflow
 
 from flowctl import exitcodes
-from flowctl.daemonsource import DaemonSource
-from flowctl.filesource import FileSource
 from flowctl.options import GlobalOptions
 from flowctl.shell import FlowShell
+from flowctl.sources.daemon import DaemonSource
+from flowctl.sources.files import FileSource
 
 AGE = re.compile(r"\d[0-9smhd]* ago *")
 CLOCK = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}", re.MULTILINE)

@@ -39,7 +39,7 @@ from test_flowctl_support import (
 from test_flowd_support import flowd
 
 from flowctl import exitcodes
-from flowctl.export_svg import Extent, Lane, lane_names, pack
+from flowctl.export.svg import Extent, Lane, lane_names, pack
 
 SVG = "{http://www.w3.org/2000/svg}"
 MINUTE = "2026-01-01T12:00:"

@@ -9,8 +9,8 @@ import pytest
 from test_flowctl_support import put_trace, record_line, write_traces
 
 from flowctl.errors import BadWorkflowId, TraceDirMissing, TraceUnreadable, WorkflowNotFound
-from flowctl.filesource import FileSource
-from flowctl.source import EMPTY, UNREADABLE
+from flowctl.sources.base import EMPTY, UNREADABLE
+from flowctl.sources.files import FileSource
 
 
 def lines(*steps: int) -> str:

@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from doeff_flow_core import LiveTrace, SlogLine, TraceFrame
-from flowctl.escape import safe
-from flowctl.render_box import chain_lines, dashboard, plain, status_counts, watch_box
-from flowctl.render_text import (
+from flowctl.render.box import chain_lines, dashboard, plain, status_counts, watch_box
+from flowctl.render.escape import safe
+from flowctl.render.text import (
     change_line,
     history_json_line,
     history_line,
@@ -21,10 +21,10 @@ from flowctl.render_text import (
     ps_line,
     ps_lines,
 )
-from flowctl.source import UNREADABLE, Update, WorkflowEntry
-from flowctl.textwidth import width
-from flowctl.timefmt import age, clock
-from flowctl.watchstate import MAX_TASKS, TASK_FORGET_AFTER, WorkflowView, fold
+from flowctl.render.textwidth import width
+from flowctl.render.timefmt import age, clock
+from flowctl.sources.base import UNREADABLE, Update, WorkflowEntry
+from flowctl.watch.state import MAX_TASKS, TASK_FORGET_AFTER, WorkflowView, fold
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
 SEED_FRAMES = (

@@ -22,7 +22,7 @@ from test_flowctl_support import (
 
 from doeff_flow_core.tracefiles.writing import Rotation, TraceWriter
 from flowctl import exitcodes
-from flowctl.filesource import FileSource
+from flowctl.sources.files import FileSource
 
 # Small parts, kept long enough that nothing is dropped while a test reads them.
 ROTATE = {"DOEFF_FLOW_MAX_TRACE_BYTES": "4000", "DOEFF_FLOW_KEEP_ROTATED": "200"}

@@ -23,9 +23,9 @@ from test_flowctl_support import Tmux, flowctl_command, start_workflow, write_tr
 
 from doeff_flow_core.locations import state_dir
 from flowctl import exitcodes
-from flowctl.filesource import FileSource
 from flowctl.options import GlobalOptions
 from flowctl.shell import FlowCompleter, FlowShell
+from flowctl.sources.files import FileSource
 
 
 @pytest.fixture(scope="module")

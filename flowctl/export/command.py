@@ -22,9 +22,9 @@ from doeff_flow_core.timeline.otlp import write_export_request
 from doeff_flow_core.timeline.spans import WORKFLOW, Span, spans_of
 from doeff_flow_core.tracefiles.reading import NO_VALID_RECORDS, RecordStream
 from flowctl.errors import TraceUnreadable, WorkflowNotFound
-from flowctl.export_chrome import write_chrome
-from flowctl.export_svg import survey, write_svg
-from flowctl.outfile import STDOUT_NAME, replaced_whole
+from flowctl.export.chrome import write_chrome
+from flowctl.export.outfile import STDOUT_NAME, replaced_whole
+from flowctl.export.svg import survey, write_svg
 
 CHROME: Final = "chrome"
 OTLP: Final = "otlp"

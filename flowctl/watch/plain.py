@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from flowctl import exitcodes
-from flowctl.watching import WatchModel
+from flowctl.watch.model import WatchModel
 
 
 def run_plain(model: WatchModel, interval: float, exit_on_complete: bool, out: TextIO) -> int:

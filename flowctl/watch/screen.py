@@ -19,8 +19,8 @@ from prompt_toolkit.layout.controls import FormattedTextControl
 from prompt_toolkit.styles import Style
 
 from flowctl import exitcodes
-from flowctl.render_box import plain
-from flowctl.watching import WatchModel
+from flowctl.render.box import plain
+from flowctl.watch.model import WatchModel
 
 CLOCK_REFRESH: Final = 1.0
 FALLBACK_COLUMNS: Final = 80

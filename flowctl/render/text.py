@@ -14,9 +14,9 @@ from typing import Any, Final
 
 from doeff_flow_core import LiveTrace, TraceFrame
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, UNKNOWN
-from flowctl.escape import safe, safe_clip
-from flowctl.source import WorkflowEntry
-from flowctl.timefmt import age, clock, seconds_between
+from flowctl.render.escape import safe, safe_clip
+from flowctl.render.timefmt import age, clock, seconds_between
+from flowctl.sources.base import WorkflowEntry
 
 ID_WIDTH: Final = 10  # the seed's columns: `wf-001    running     step 42`
 STATUS_WIDTH: Final = 12

@@ -31,10 +31,10 @@ from typing import Final, NamedTuple, TextIO
 from xml.sax.saxutils import escape
 
 from doeff_flow_core.timeline.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
-from flowctl.escape import safe, safe_clip
-from flowctl.export_chrome import thread_name
-from flowctl.timeaxis import tick_label, ticks
-from flowctl.timefmt import duration
+from flowctl.export.chrome import thread_name
+from flowctl.export.timeaxis import tick_label, ticks
+from flowctl.render.escape import safe, safe_clip
+from flowctl.render.timefmt import duration
 
 WIDTH: Final = 1200
 LEFT: Final = 96  # lane names

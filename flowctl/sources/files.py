@@ -34,7 +34,7 @@ from flowctl.errors import (
     WorkflowLinked,
     WorkflowNotFound,
 )
-from flowctl.source import (
+from flowctl.sources.base import (
     DEFAULT_SNAPSHOT,
     DirectoryUpdate,
     History,

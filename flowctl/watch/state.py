@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from doeff_flow_core import LiveTrace
-from flowctl.source import Update
+from flowctl.sources.base import Update
 
 TASK_FORGET_AFTER = 60.0
 MAX_TASKS = 8

@@ -14,8 +14,8 @@ from typing import Final
 
 from doeff_flow_core import LiveTrace, TraceFrame
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING, UNKNOWN
-from flowctl.escape import safe
-from flowctl.render_text import (
+from flowctl.render.escape import safe
+from flowctl.render.text import (
     INEXACT,
     chain_text,
     effect_text,
@@ -24,10 +24,10 @@ from flowctl.render_text import (
     outcome_text,
     ps_columns,
 )
-from flowctl.source import EMPTY, UNREADABLE, WorkflowEntry
-from flowctl.textwidth import fit, width
-from flowctl.timefmt import age, clock, seconds_between
-from flowctl.watchstate import WorkflowView
+from flowctl.render.textwidth import fit, width
+from flowctl.render.timefmt import age, clock, seconds_between
+from flowctl.sources.base import EMPTY, UNREADABLE, WorkflowEntry
+from flowctl.watch.state import WorkflowView
 
 Fragment = tuple[str, str]
 Line = list[Fragment]

@@ -16,11 +16,11 @@ from typing import TextIO
 
 from doeff_flow_core.locations import default_socket_path
 from doeff_flow_core.tracefiles.layout import TRACE_DIR_ENV, default_trace_dir
-from flowctl.daemonsource import DaemonSource
 from flowctl.errors import DaemonUnavailable
-from flowctl.filesource import FileSource
 from flowctl.options import GlobalOptions
-from flowctl.source import Source
+from flowctl.sources.base import Source
+from flowctl.sources.daemon import DaemonSource
+from flowctl.sources.files import FileSource
 
 
 def socket_path(explicit: str | None) -> Path:

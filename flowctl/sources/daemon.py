@@ -42,17 +42,7 @@ from flowctl.errors import (
     TraceUnreadable,
     WorkflowNotFound,
 )
-from flowctl.filesource import checked_id, existing_trace
-from flowctl.rpcclient import (
-    CALL_TIMEOUT,
-    NOT_A_DIRECTORY,
-    TRACE_UNREADABLE,
-    UNKNOWN_WORKFLOW,
-    Connection,
-    Message,
-    RpcFailure,
-)
-from flowctl.source import (
+from flowctl.sources.base import (
     DEFAULT_SNAPSHOT,
     DirectoryUpdate,
     History,
@@ -61,6 +51,16 @@ from flowctl.source import (
     qualified,
     split_name,
     workflow_entry,
+)
+from flowctl.sources.files import checked_id, existing_trace
+from flowctl.sources.rpc import (
+    CALL_TIMEOUT,
+    NOT_A_DIRECTORY,
+    TRACE_UNREADABLE,
+    UNKNOWN_WORKFLOW,
+    Connection,
+    Message,
+    RpcFailure,
 )
 
 PING_TIMEOUT: Final = 3.0  # a socket-activated flowd loads its index before answering

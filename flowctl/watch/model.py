@@ -15,12 +15,12 @@ from typing import Final, Protocol
 
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING
 from flowctl import exitcodes
-from flowctl.escape import safe
-from flowctl.render_box import Line, dashboard, watch_box
-from flowctl.render_text import change_line, ps_object, waiting_line
-from flowctl.source import Source, WorkflowEntry
-from flowctl.timefmt import clock
-from flowctl.watchstate import WorkflowView, fold
+from flowctl.render.box import Line, dashboard, watch_box
+from flowctl.render.escape import safe
+from flowctl.render.text import change_line, ps_object, waiting_line
+from flowctl.render.timefmt import clock
+from flowctl.sources.base import Source, WorkflowEntry
+from flowctl.watch.state import WorkflowView, fold
 
 LIVENESS_INTERVAL: Final = 1.0
 WAITING: Final = "waiting"  # the status a watch shows before the trace exists
