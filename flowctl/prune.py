@@ -4,6 +4,14 @@ Only ``completed``, ``failed`` and ``lost`` workflows are removed — never ``ru
 ``unknown`` (another host's), never one whose writer lock is held (a run starting now),
 never through a symbolic link. Prune always acts on files, also when flowctl talks to
 flowd: the directory is ``--trace-dir`` or the default one.
+
+A trace directory may hold anything (see the threat model), so everything goes through
+``tracefiles``: the workflow directory is opened relative to the trace directory and never
+through a link, ``writer.lock`` with the safe open (a FIFO or a link is never opened), and
+the removal is by name relative to the open directories: ``trace.jsonl``, its parts and
+``writer.lock``, then the directory once it is empty. A workflow whose directory or files
+belong to another user, or whose directory holds anything else (an unknown file, a
+subdirectory, a FIFO, a link), is skipped with the reason, never removed blindly.
 """
 
 from __future__ import annotations
@@ -13,20 +21,27 @@ import fcntl
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from stat import S_ISDIR, S_ISLNK
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Final
 
 from doeff_flow_core import effective_status
+from doeff_flow_core.errors import NotRegularFile, SymlinkRefused
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.records import COMPLETED, FAILED, LOST
-from doeff_flow_core.tracefiles.layout import LOCK_FILE_NAME, TRACE_FILE_NAME, resolve_trace_dir
-from doeff_flow_core.tracefiles.reading import summarize
+from doeff_flow_core.tracefiles.chain import FileId, file_id
+from doeff_flow_core.tracefiles.layout import (
+    LOCK_FILE_NAME,
+    part_number,
+    resolve_trace_dir,
+)
+from doeff_flow_core.tracefiles.reading import summarize_in
+from doeff_flow_core.tracefiles.safeopen import Directory, kind_of
 from flowctl.errors import SourceUnavailable, TraceDirMissing, UsageError
+from flowctl.render.escape import safe
 from flowctl.render.timefmt import age, seconds_between
 
 PRUNABLE: Final = (COMPLETED, FAILED, LOST)
@@ -91,41 +106,16 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _tree_size(fd: int) -> int:
-    """Bytes held by the files of an open directory (links not followed)."""
-    total = 0
-    for name in os.listdir(fd):
-        with contextlib.suppress(FileNotFoundError):
-            stat = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if S_ISDIR(stat.st_mode):
-                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                try:
-                    total += _tree_size(sub)
-                finally:
-                    os.close(sub)
-            else:
-                total += stat.st_size
-    return total
+@dataclass(frozen=True)
+class _Rules:
+    older_than: timedelta | None
+    statuses: frozenset[str]
+    dry_run: bool
+    now: datetime
 
 
-@contextlib.contextmanager
-def _writer_lock(directory: int) -> Iterator[bool]:
-    """Whether the workflow's writer lock could be taken (held until the block ends): a
-    workflow whose lock is held has a live writer."""
-    try:
-        fd = os.open(LOCK_FILE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
-    except FileNotFoundError:
-        yield True  # never run by a writer that locks
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+class _Refused(Exception):
+    """Why a workflow is left as it is (its ``Skipped`` reason)."""
 
 
 def prune(
@@ -137,73 +127,175 @@ def prune(
     now: datetime | None = None,
 ) -> PruneReport:
     root = resolve_trace_dir(trace_dir)
-    now = now or datetime.now(UTC)
+    rules = _Rules(older_than, statuses, dry_run, now or datetime.now(UTC))
     pruned: list[Pruned] = []
     skipped: list[Skipped] = []
     try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        top = Directory.open(root)
     except (FileNotFoundError, NotADirectoryError):
         raise TraceDirMissing(str(root)) from None
     except OSError as exc:
         raise SourceUnavailable(str(root), exc.strerror or str(exc)) from None
-    try:
-        for name in sorted(os.listdir(root_fd)):
+    with top:
+        try:
+            names = sorted(top.names())
+        except OSError as exc:
+            raise SourceUnavailable(str(root), exc.strerror or str(exc)) from None
+        for name in names:
             if not is_workflow_id(name):
                 continue
             try:
-                mode = os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mode
-            except FileNotFoundError:
+                item = _prune_one(top, name, rules)
+            except _Refused as refused:
+                skipped.append(Skipped(name, safe(str(refused))))
                 continue
-            if S_ISLNK(mode):
-                skipped.append(Skipped(name, "a symbolic link, not followed"))
-                continue
-            if not S_ISDIR(mode):
-                continue
-            item = _prune_one(root, root_fd, name, older_than, statuses, dry_run, now, skipped)
             if item is not None:
                 pruned.append(item)
-    finally:
-        os.close(root_fd)
     return PruneReport(root, dry_run, tuple(pruned), tuple(skipped))
 
 
-def _prune_one(
-    root: Path,
-    root_fd: int,
-    name: str,
-    older_than: timedelta | None,
-    statuses: frozenset[str],
-    dry_run: bool,
-    now: datetime,
-    skipped: list[Skipped],
-) -> Pruned | None:
+def _prune_one(top: Directory, name: str, rules: _Rules) -> Pruned | None:
+    """The workflow ``name`` pruned (or, on a dry run, found prunable); None when it is
+    not to be pruned (not finished, filtered out, gone); _Refused when it must be left."""
     try:
-        directory = os.open(
-            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd
-        )
+        mode = top.lstat(name).st_mode
+    except FileNotFoundError:
+        return None
     except OSError as exc:
-        skipped.append(Skipped(name, exc.strerror or str(exc)))
+        raise _Refused(exc.strerror or str(exc)) from None
+    if S_ISLNK(mode):
+        raise _Refused("a symbolic link, not followed")
+    if not S_ISDIR(mode):
         return None
     try:
-        with _writer_lock(directory) as free:
-            if not free:
-                skipped.append(Skipped(name, "its writer holds the lock"))
-                return None
-            # Read under the lock: no run can start (and write) while it is held.
-            latest = summarize(name, root / name / TRACE_FILE_NAME).latest
-            if latest is None:
-                return None
-            status = effective_status(latest)
-            if status not in statuses:
-                return None
-            if older_than is not None and now - latest.updated_at < older_than:
-                return None
-            item = Pruned(name, status, latest.updated_at, _tree_size(directory))
-            if not dry_run:
-                shutil.rmtree(name, dir_fd=root_fd)  # fd-based: never follows a link
-            return item
+        directory = top.subdirectory(name)
+    except FileNotFoundError:
+        return None
+    except SymlinkRefused:
+        raise _Refused("a symbolic link, not followed") from None
+    except OSError as exc:
+        raise _Refused(exc.strerror or str(exc)) from None
+    with directory:
+        status = os.fstat(directory.fd)
+        if status.st_uid != os.geteuid():
+            raise _Refused(f"owned by another user (uid {status.st_uid})")
+        try:
+            with _writer_lock(directory):
+                # Read under the lock: no run can start (and write) while it is held.
+                return _prune_locked(top, directory, name, file_id(status), rules)
+        except OSError as exc:  # the directory cannot be listed, say
+            raise _Refused(exc.strerror or str(exc)) from None
+
+
+@contextlib.contextmanager
+def _writer_lock(directory: Directory) -> Iterator[None]:
+    """The workflow's writer lock, taken (and held until the block ends), or _Refused: a
+    workflow whose lock is held has a live writer. The lock is opened with the safe open,
+    so a FIFO, a device or a link in its place is refused, never opened."""
+    try:
+        fd = directory.open_file(LOCK_FILE_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        yield  # never run by a writer that locks
+        return
+    except OSError as exc:
+        raise _Refused(_not_regular(LOCK_FILE_NAME, exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _Refused("its writer holds the lock") from None
+        except OSError as exc:
+            raise _Refused(f"{LOCK_FILE_NAME}: {exc.strerror or exc}") from None
+        yield
     finally:
-        os.close(directory)
+        os.close(fd)
+
+
+def _not_regular(name: str, error: OSError) -> str:
+    if isinstance(error, SymlinkRefused):
+        return f"{name} is a symbolic link, not a regular file"
+    if isinstance(error, NotRegularFile):
+        return f"{name} is {error.kind}, not a regular file"
+    return f"{name}: {error.strerror or error}"
+
+
+def _prune_locked(
+    top: Directory, directory: Directory, name: str, ident: FileId, rules: _Rules
+) -> Pruned | None:
+    summary = summarize_in(top, name)
+    if _ident_in(top, name) != ident:
+        raise _Refused("replaced while it was read")
+    latest = summary.latest
+    if latest is None:
+        _own_files(directory)  # a FIFO or a link in the way is said by name
+        raise _Refused(summary.problem or "no record")
+    status = effective_status(latest)
+    if status not in rules.statuses:
+        return None
+    if rules.older_than is not None and rules.now - latest.updated_at < rules.older_than:
+        return None
+    files = _own_files(directory)
+    item = Pruned(name, status, latest.updated_at, sum(files.values()))
+    if not rules.dry_run:
+        _remove(top, directory, name, ident, files)
+    return item
+
+
+def _ident_in(top: Directory, name: str) -> FileId | None:
+    try:
+        return file_id(top.lstat(name))
+    except OSError:
+        return None
+
+
+def _own_files(directory: Directory) -> dict[str, int]:
+    """The workflow's files (``trace.jsonl``, its parts, ``writer.lock``) with their
+    sizes; _Refused when the directory holds anything else, or any of them is not a
+    regular file of this user's."""
+    files: dict[str, int] = {}
+    problems: list[str] = []
+    uid = os.geteuid()
+    for entry in sorted(directory.names()):
+        try:
+            status = directory.lstat(entry)
+        except FileNotFoundError:
+            continue
+        kind = kind_of(status.st_mode)
+        if entry != LOCK_FILE_NAME and part_number(entry) is None:
+            problems.append(f"{entry} is {kind}, not a trace file")
+        elif not S_ISREG(status.st_mode):
+            problems.append(f"{entry} is {kind}, not a regular file")
+        elif status.st_uid != uid:
+            problems.append(f"{entry} is owned by another user (uid {status.st_uid})")
+        else:
+            files[entry] = status.st_size
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise _Refused(problems[0] + more)
+    return files
+
+
+def _remove(
+    top: Directory, directory: Directory, name: str, ident: FileId, files: dict[str, int]
+) -> None:
+    """Unlink the workflow's own files by name in its open directory (the lock last: it
+    is held until then, so no run starts meanwhile), then the directory if it is empty
+    and still the one opened. An unlink never follows a link, and only these names go."""
+    removed = 0
+    try:
+        for entry in sorted(files, key=lambda entry: entry == LOCK_FILE_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=directory.fd)
+            removed += 1
+        left = sorted(directory.names())
+        if left:
+            raise _Refused(f"partly removed: {left[0]} appeared meanwhile")
+        if _ident_in(top, name) != ident:
+            raise _Refused("partly removed: its directory was replaced meanwhile")
+        os.rmdir(name, dir_fd=top.fd)
+    except OSError as exc:
+        done = "partly removed" if removed else "not removed"
+        raise _Refused(f"{done}: {exc.strerror or exc}") from None
 
 
 def report_lines(report: PruneReport, now: datetime) -> list[str]:

@@ -7,7 +7,8 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -128,13 +129,16 @@ def test_prune_never_removes_a_workflow_whose_writer_holds_the_lock(traces: Path
 def test_prune_never_follows_a_symbolic_link(tmp_path: Path) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
     write_traces(outside, ("wf-elsewhere", "complete", 0))
-    write_traces(root, ("wf-done", "complete", 0))
+    write_traces(root, ("wf-done", "complete", 0), ("wf-escape", "complete", 0))
     (root / "wf-link").symlink_to(outside / "wf-elsewhere")
-    (root / "wf-done" / "escape").symlink_to(outside / "wf-elsewhere")
+    (root / "wf-escape" / "escape").symlink_to(outside / "wf-elsewhere")
     done = prune(root, "--verbose")
     assert done.returncode == exitcodes.OK, done.stderr
     assert "wf-link" not in done.stdout and "skipped wf-link: a symbolic link" in done.stderr
-    assert sorted(p.name for p in root.iterdir()) == ["wf-link"]  # the link itself is left
+    assert "skipped wf-escape: escape is a symbolic link, not a trace file" in done.stderr
+    # The link itself is left, and so is the workflow holding a link prune does not know.
+    assert sorted(p.name for p in root.iterdir()) == ["wf-escape", "wf-link"]
+    assert sorted(os.listdir(root / "wf-escape")) == ["escape", "trace.jsonl", "writer.lock"]
     assert sorted(os.listdir(outside / "wf-elsewhere")) == ["trace.jsonl", "writer.lock"]
 
 
@@ -152,3 +156,223 @@ def test_durations() -> None:
     assert parse_duration("1.5h").total_seconds() == 5400
     assert parse_duration("7d").days == 7
     assert human_size(512) == "512 B" and human_size(1536) == "1.5 KiB"
+
+
+# Hostile workflow directories: each case below is a finished workflow (its latest record
+# says completed) with something in its directory that prune must neither open, follow
+# nor remove. Prune skips that workflow with a reason and prunes the others.
+HANG_GUARD = 20  # seconds: a prune that blocks fails the test instead of hanging the suite
+FOREIGN_UID = 65534  # nobody
+
+
+def finished(root: Path, workflow_id: str, *, parts: int = 0) -> Path:
+    """A completed workflow written as the writer leaves it: trace.jsonl, ``parts``
+    rotated parts and writer.lock."""
+    directory = put_trace(root, workflow_id, record_line(workflow_id, 9, status="completed")).parent
+    for number in range(1, parts + 1):
+        (directory / f"trace.jsonl.{number}").write_text(record_line(workflow_id, 9 - number))
+    (directory / "writer.lock").write_text("")
+    return directory
+
+
+def fifo_lock(directory: Path, outside: Path) -> None:
+    (directory / "writer.lock").unlink()
+    os.mkfifo(directory / "writer.lock")
+
+
+def linked_lock(directory: Path, outside: Path) -> None:
+    (directory / "writer.lock").unlink()
+    (directory / "writer.lock").symlink_to(outside)
+
+
+def directory_lock(directory: Path, outside: Path) -> None:
+    (directory / "writer.lock").unlink()
+    (directory / "writer.lock").mkdir()
+
+
+def fifo_trace(directory: Path, outside: Path) -> None:
+    (directory / "trace.jsonl.1").rename(directory / "trace.jsonl.2")
+    (directory / "trace.jsonl").rename(directory / "trace.jsonl.1")
+    os.mkfifo(directory / "trace.jsonl")
+
+
+def linked_part(directory: Path, outside: Path) -> None:
+    (directory / "trace.jsonl.2").symlink_to(outside)
+
+
+def directory_part(directory: Path, outside: Path) -> None:
+    (directory / "trace.jsonl.2").mkdir()
+    (directory / "trace.jsonl.2" / "kept").write_text("kept")
+
+
+def unknown_file(directory: Path, outside: Path) -> None:
+    (directory / "notes.txt").write_text("mine")
+
+
+def unknown_link(directory: Path, outside: Path) -> None:
+    (directory / "escape").symlink_to(outside.parent)
+
+
+def subdirectory(directory: Path, outside: Path) -> None:
+    (directory / "sub").mkdir()
+    (directory / "sub" / "trace.jsonl").write_text("kept")
+
+
+def unknown_fifo(directory: Path, outside: Path) -> None:
+    os.mkfifo(directory / "pipe")
+
+
+def foreign_directory(directory: Path, outside: Path) -> None:
+    os.chown(directory, FOREIGN_UID, FOREIGN_UID)
+
+
+def foreign_part(directory: Path, outside: Path) -> None:
+    os.chown(directory / "trace.jsonl.1", FOREIGN_UID, FOREIGN_UID)
+
+
+def foreign_lock(directory: Path, outside: Path) -> None:
+    os.chown(directory / "writer.lock", FOREIGN_UID, FOREIGN_UID)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+HOSTILE = [
+    pytest.param(fifo_lock, "writer.lock is a FIFO, not a regular file", id="fifo-lock"),
+    pytest.param(
+        linked_lock, "writer.lock is a symbolic link, not a regular file", id="linked-lock"
+    ),
+    pytest.param(
+        directory_lock, "writer.lock is a directory, not a regular file", id="directory-lock"
+    ),
+    pytest.param(fifo_trace, "trace.jsonl is a FIFO, not a regular file", id="fifo-trace"),
+    pytest.param(
+        linked_part, "trace.jsonl.2 is a symbolic link, not a regular file", id="linked-part"
+    ),
+    pytest.param(
+        directory_part, "trace.jsonl.2 is a directory, not a regular file", id="directory-part"
+    ),
+    pytest.param(unknown_file, "notes.txt is a regular file, not a trace file", id="unknown"),
+    pytest.param(unknown_link, "escape is a symbolic link, not a trace file", id="unknown-link"),
+    pytest.param(subdirectory, "sub is a directory, not a trace file", id="subdirectory"),
+    pytest.param(unknown_fifo, "pipe is a FIFO, not a trace file", id="unknown-fifo"),
+    pytest.param(
+        foreign_directory,
+        f"owned by another user (uid {FOREIGN_UID})",
+        id="foreign-directory",
+        marks=needs_root,
+    ),
+    pytest.param(
+        foreign_part,
+        f"trace.jsonl.1 is owned by another user (uid {FOREIGN_UID})",
+        id="foreign-part",
+        marks=needs_root,
+    ),
+    pytest.param(
+        foreign_lock,
+        f"writer.lock is owned by another user (uid {FOREIGN_UID})",
+        id="foreign-lock",
+        marks=needs_root,
+    ),
+]
+
+
+def listing(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Every name under ``directory`` (links not followed) with its mode, owner and size."""
+    found: dict[str, tuple[int, int, int]] = {}
+    for path in [directory, *directory.rglob("*")]:
+        status = path.lstat()
+        found[str(path.relative_to(directory))] = (status.st_mode, status.st_uid, status.st_size)
+    return found
+
+
+def guarded_prune(root: Path, *args: object) -> subprocess.CompletedProcess[str]:
+    """``flowctl prune`` that fails the test if it blocks; it must exit OK, quietly."""
+    done = flowctl("--trace-dir", root, "prune", *args, timeout=HANG_GUARD)
+    assert done.returncode == exitcodes.OK, done.stderr
+    assert "Traceback" not in done.stderr
+    return done
+
+
+@pytest.mark.parametrize(("make_hostile", "reason"), HOSTILE)
+def test_prune_skips_a_hostile_workflow_and_prunes_the_others(
+    tmp_path: Path, make_hostile: Callable[[Path, Path], None], reason: str
+) -> None:
+    root, outside = tmp_path / "traces", tmp_path / "outside" / "victim"
+    outside.parent.mkdir()
+    outside.write_text("not yours to remove\n")
+    finished(root, "wf-a", parts=2)
+    bad = finished(root, "wf-bad", parts=1)
+    finished(root, "wf-z")
+    make_hostile(bad, outside)
+    before = listing(bad)
+
+    dry = json.loads(guarded_prune(root, "--dry-run", "--json").stdout)
+    assert [i["workflow_id"] for i in dry["removed"]] == ["wf-a", "wf-z"]
+    assert dry["skipped"] == [{"workflow_id": "wf-bad", "reason": reason}]
+
+    done = guarded_prune(root, "--verbose")
+    assert [line.split()[1] for line in done.stdout.splitlines()[:-1]] == ["wf-a", "wf-z"]
+    assert done.stderr == f"flowctl: skipped wf-bad: {reason}\n"
+    assert sorted(p.name for p in root.iterdir()) == ["wf-bad"]
+    assert listing(bad) == before  # nothing in it removed, opened for writing or followed
+    assert outside.read_text() == "not yours to remove\n"
+
+
+def test_prune_removes_only_a_workflow_s_own_files_through_its_directory(tmp_path: Path) -> None:
+    """A workflow directory that is a link is left with what it points to; a real one
+    holding the trace, every rotated part and the lock goes entirely."""
+    root, outside = tmp_path / "traces", tmp_path / "outside"
+    target = finished(outside, "wf-target", parts=3)
+    finished(root, "wf-real", parts=3)
+    (root / "wf-linked").symlink_to(target)
+    before = listing(target)
+    report = json.loads(guarded_prune(root, "--json").stdout)
+    assert [i["workflow_id"] for i in report["removed"]] == ["wf-real"]
+    assert report["skipped"] == [
+        {"workflow_id": "wf-linked", "reason": "a symbolic link, not followed"}
+    ]
+    assert sorted(p.name for p in root.iterdir()) == ["wf-linked"]
+    assert listing(target) == before
+
+
+def test_prune_does_not_block_on_a_fifo_trace_alone(tmp_path: Path) -> None:
+    """A workflow whose only trace is a FIFO has no status: never read, never removed."""
+    root = tmp_path / "traces"
+    finished(root, "wf-good")
+    (root / "wf-fifo").mkdir()
+    os.mkfifo(root / "wf-fifo" / "trace.jsonl")
+    for args in (["--dry-run", "--json"], ["--json"]):
+        report = json.loads(guarded_prune(root, *args).stdout)
+        assert [i["workflow_id"] for i in report["removed"]] == ["wf-good"]
+        assert report["skipped"] == [
+            {"workflow_id": "wf-fifo", "reason": "trace.jsonl is a FIFO, not a regular file"}
+        ]
+    assert sorted(os.listdir(root / "wf-fifo")) == ["trace.jsonl"]
+
+
+def test_prune_names_hostile_file_names_escaped(tmp_path: Path) -> None:
+    root = tmp_path / "traces"
+    bad = finished(root, "wf-bad")
+    (bad / "\x1b]0;pwned\x07\u202e").write_text("x")
+    done = guarded_prune(root, "--verbose", "--dry-run")
+    assert done.stderr == (
+        "flowctl: skipped wf-bad: \\x1b]0;pwned\\x07\\u202e is a regular file, not a trace file\n"
+    )
+
+
+def test_prune_is_quick_on_a_sparse_terabyte_trace(tmp_path: Path) -> None:
+    root = tmp_path / "traces"
+    huge = finished(root, "wf-huge") / "trace.jsonl"
+    os.truncate(huge, 1 << 40)  # truncate -s 1T: the record, then a hole
+    finished(root, "wf-small")
+    started = time.monotonic()
+    dry = json.loads(guarded_prune(root, "--dry-run", "--json").stdout)
+    assert time.monotonic() - started < 5
+    assert {i["workflow_id"]: i["status"] for i in dry["removed"]} == {
+        "wf-huge": "completed",
+        "wf-small": "completed",
+    }
+    assert dry["removed"][0]["bytes"] == 1 << 40  # its size, as ls -l says
+    started = time.monotonic()
+    guarded_prune(root)
+    assert time.monotonic() - started < 5
+    assert list(root.iterdir()) == []
