@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Final, TextIO
 
 from doeff_flow_core import LiveTrace
+from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.records import RUNNING, UNKNOWN
 from doeff_flow_core.tracefiles.layout import resolve_trace_dir
-from doeff_flow_core.tracefiles.reading import NO_VALID_RECORDS
 from flowctl import exitcodes
 from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
 from flowctl.options import Request

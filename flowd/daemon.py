@@ -2,8 +2,11 @@
 
 ``Daemon.load`` indexes every root before flowd says it is ready; ``Daemon.run`` then
 keeps the index current: it waits for inotify events or the next poll that is due,
-refreshes what changed, and publishes each ``Update`` to the subscriptions. All index
-changes happen on the event loop, in slices, so requests are answered meanwhile.
+reads what changed, and publishes each ``Update`` to the subscriptions. Files are read
+in worker threads, in batches of bounded work (``READ_SLICE`` seconds at most), and
+the index is changed on the event loop between them: whatever sits in a root (a FIFO,
+a sparse terabyte, an endless line), requests are answered meanwhile and SIGTERM is
+heard within a slice.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Final
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 from doeff_flow_core.ids import is_workflow_id
-from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, part_number
 from flowd.discovery import (
     ARGUMENT,
     REGISTRY,
@@ -33,14 +37,28 @@ from flowd.discovery import (
     root_path,
 )
 from flowd.errors import WatcherUnavailable
-from flowd.index import Entry, Index, Root, Update, workflow_names
+from flowd.index import (
+    FOLLOW,
+    FRESH,
+    LATEST,
+    Entry,
+    Index,
+    Liveness,
+    Read,
+    Root,
+    Update,
+    job_for,
+    read_job,
+    workflow_names,
+)
 from flowd.otlp.feed import SpanFeed
 from flowd.subscriptions import Hub
-from flowd.traces import ident_of
 from flowd.watching import (
     CAME,
     ENTRY_MASK,
     GONE,
+    IDLE_CHECK,
+    IN_ATTRIB,
     IN_DELETE_SELF,
     IN_IGNORED,
     IN_ISDIR,
@@ -53,6 +71,7 @@ from flowd.watching import (
     ROOT_MISSING,
     ROOT_POLL,
     SAFETY_INTERVAL,
+    UNWATCH_AFTER,
     Event,
     Inotify,
     Schedule,
@@ -62,12 +81,25 @@ from flowd.watching import (
 
 log = logging.getLogger("flowd")
 
-SLICE: Final = 256  # workflows indexed between two checkpoints
-MOST_DUE: Final = 2000  # polls (and refreshes) run between two looks at inotify
+SLICE: Final = 256  # workflows added between two checkpoints
+MOST_DUE: Final = 2000  # polls (and reads) run between two looks at inotify
+READ_BATCH: Final = 512  # reads handed to a worker thread at once
+READ_SLICE: Final = 0.05  # seconds a worker thread reads before handing back
 IDLE_WAIT: Final = 3600.0
 TICK: Final = 0.05
+SWEEP_INTERVAL: Final = 30.0  # how often idle workflows lose their watch
 
 Target = Root | Entry
+
+
+def read_batch(jobs: list[tuple[Entry, str]], reads: list[Read]) -> None:
+    """Read entries in turn (in a worker thread) until READ_SLICE has passed; the ones
+    left over are the caller's to queue again. Each read is bounded on its own."""
+    deadline = time.monotonic() + READ_SLICE
+    for entry, mode in jobs:
+        reads.append(read_job(job_for(entry, mode)))
+        if time.monotonic() > deadline:
+            return
 
 
 class Daemon:
@@ -82,6 +114,9 @@ class Daemon:
         self._registry = RegistryWatch()
         self._schedule = Schedule()
         self._dirty: dict[Entry, None] = {}
+        self._reads: dict[Entry, str] = {}  # entries to read, and how
+        self._watched: set[Entry] = set()  # workflows with a watch of their own
+        self._swept = time.monotonic()
         self._wds: dict[int, list[Target]] = {}
         self._out_of_watches = False
         self._inotify: Inotify | None = None
@@ -132,7 +167,7 @@ class Daemon:
         if root is None:
             return
         self._unwatch(root)
-        self._schedule.cancel(root)
+        self._schedule.cancel(root.track)
         for entry in self.index.remove_root(path):
             self._forget(entry)
         log.info("root %s: no longer registered", path)
@@ -160,7 +195,7 @@ class Daemon:
         except OSError:
             self._unwatch(root)
             root.present = False
-            self._schedule.add(root, time.monotonic(), ROOT_MISSING)
+            self._schedule.add(root.track, time.monotonic(), ROOT_MISSING)
             return
         root.present = True
         root.mtime = stat.st_mtime_ns
@@ -171,14 +206,15 @@ class Daemon:
                 self._add_workflow(root, name, fresh)
             if count % SLICE == 0:
                 await anyio.lowlevel.checkpoint()
-        interval = SAFETY_INTERVAL if root.watch >= 0 else ROOT_POLL
-        self._schedule.add(root, time.monotonic(), jittered(interval))
+        await self._read_pending()
+        interval = SAFETY_INTERVAL if root.track.watch >= 0 else ROOT_POLL
+        self._schedule.add(root.track, time.monotonic(), jittered(interval))
 
     def _rescan(self, root: Root) -> None:
         """Compare a root's directories with the index (a poll, or a lost event)."""
         try:
             stat = os.stat(root.path)
-            if root.watch < 0 and stat.st_mtime_ns == root.mtime:
+            if root.track.watch < 0 and stat.st_mtime_ns == root.mtime:
                 return
             names = workflow_names(root.path)
         except OSError:
@@ -196,27 +232,23 @@ class Daemon:
         self._unwatch(root)
         for entry in self.index.clear_root(root):
             self._forget(entry)
-        self._schedule.add(root, time.monotonic(), ROOT_MISSING)
+        self._schedule.add(root.track, time.monotonic(), ROOT_MISSING)
 
     # -- workflows --------------------------------------------------------------------
 
     def _add_workflow(self, root: Root, name: str, fresh: bool) -> None:
+        """Index a workflow directory: read in full when it appeared while flowd runs
+        (``fresh``; watched, since a run is starting), else its latest record."""
         entry = self.index.add_workflow(root, name)
         if entry is None:
             return
-        watched = self._watch(entry, entry.directory, ENTRY_MASK)
-        if not watched and self._inotify is not None and not os.path.isdir(entry.directory):
+        watched = fresh and self._watch(entry, entry.directory, ENTRY_MASK)
+        unseen = fresh and not watched and self._inotify is not None
+        if unseen and not os.path.isdir(entry.directory):
             self.index.remove_workflow(root, name)  # gone already
             return
-        self._publish(self.index.load(entry, fresh))
-        if entry.watch >= 0:
-            self._schedule.add(entry, time.monotonic(), jittered(SAFETY_INTERVAL))
-        else:
-            latest = entry.latest
-            # a finished workflow's trace changes only if it is run again: poll it rarely
-            ended = latest is not None and latest.status != "running" and not fresh
-            entry.interval = POLL_IDLE_MAX if ended else next_poll(0, True)
-            self._schedule.add(entry, time.monotonic(), jittered(entry.interval))
+        entry.track.changed = time.monotonic()
+        self._reads[entry] = FRESH if fresh else LATEST
 
     def _remove_workflow(self, root: Root, name: str) -> None:
         entry = self.index.remove_workflow(root, name)
@@ -227,35 +259,116 @@ class Daemon:
         if self.spans is not None:
             self.spans.forget(entry)
         self._unwatch(entry)
-        self._schedule.cancel(entry)
+        self._schedule.cancel(entry.track)
         self._dirty.pop(entry, None)
+        self._reads.pop(entry, None)
 
-    def _refresh(self, entry: Entry) -> bool:
-        """Read what is new in a trace; True if anything was."""
-        if entry.removed:
-            return False
-        before = (entry.gen, entry.offset, entry.size)
-        update = None
+    async def _read_pending(self) -> None:
+        """Read every entry waiting to be read, a batch at a time in a worker thread."""
+        while self._reads:
+            batch: list[tuple[Entry, str]] = []
+            for entry, mode in list(itertools.islice(self._reads.items(), READ_BATCH * 2)):
+                if len(batch) >= READ_BATCH:
+                    break
+                if entry.reading:
+                    continue
+                del self._reads[entry]
+                if entry.removed:
+                    continue
+                entry.reading = True
+                batch.append((entry, mode))
+            if not batch:
+                await anyio.sleep(TICK)  # the ones left are being read elsewhere
+                continue
+            reads: list[Read] = []
+            try:
+                await anyio.to_thread.run_sync(read_batch, batch, reads)
+            finally:
+                for (entry, mode), read in itertools.zip_longest(batch, reads):
+                    entry.reading = False
+                    if read is None:
+                        self._reads.setdefault(entry, mode)  # not reached: next batch
+                    elif not entry.removed:
+                        self._applied(entry, read)
+            await anyio.lowlevel.checkpoint()
+
+    def _applied(self, entry: Entry, read: Read) -> None:
         with _guard(entry.path):
-            update = self.index.refresh(entry)
-        if update is not None:
-            self._publish(update)
+            update = self.index.apply(entry, read)
+            if update is not None:
+                self._publish(update)
+                if update.lines and update.complete:
+                    entry.track.changed = time.monotonic()
         if entry.behind:
-            self._dirty[entry] = None
-        return update is not None or before != (entry.gen, entry.offset, entry.size)
+            self._reads.setdefault(entry, FOLLOW)
+        self._keep_track(entry)
+
+    def _keep_track(self, entry: Entry) -> None:
+        """Watch a workflow while it runs or changes; poll it, rarely, once idle."""
+        track = entry.track
+        if track.watch < 0 and self._inotify is not None and self._active(entry):
+            self._watch(entry, entry.directory, ENTRY_MASK)
+        now = time.monotonic()
+        if track.watch >= 0:
+            self._watched.add(entry)
+            if track.due == float("inf") or track.due == 0.0:
+                self._schedule.add(track, now, jittered(SAFETY_INTERVAL))
+        elif track.due == float("inf") or track.due == 0.0:
+            if self._inotify is not None:
+                interval = IDLE_CHECK  # the root's watch hears a run starting
+            else:
+                latest = entry.latest
+                # a finished workflow's trace changes only if it is run again
+                ended = latest is not None and latest.status != "running"
+                interval = POLL_IDLE_MAX if ended else next_poll(0, True)
+            track.interval = interval
+            self._schedule.add(track, now, jittered(interval))
+
+    def _active(self, entry: Entry) -> bool:
+        latest = entry.latest
+        recent = time.monotonic() - entry.track.changed < UNWATCH_AFTER
+        return recent or (latest is not None and latest.status == "running")
+
+    def _sweep_watches(self) -> None:
+        """Idle workflows give their watch back: finished, or unchanged for a while with
+        a writer that is gone."""
+        self._swept = time.monotonic()
+        liveness = Liveness()
+        for entry in list(self._watched):
+            if entry.removed or entry.track.watch < 0:
+                self._watched.discard(entry)
+                continue
+            latest = entry.latest
+            if time.monotonic() - entry.track.changed < UNWATCH_AFTER:
+                continue
+            if latest is not None and liveness.status(latest) == "running":
+                continue
+            self._unwatch(entry)
+            self._watched.discard(entry)
+            self._schedule.add(entry.track, time.monotonic(), jittered(IDLE_CHECK))
+
+    def _refresh(self, entry: Entry) -> None:
+        """Read what is new in a trace (soon, in a batch)."""
+        if not entry.removed and entry not in self._reads:
+            self._reads[entry] = FOLLOW
 
     def _poll(self, entry: Entry) -> bool:
-        """A cheap look (``stat``) at a trace, and a refresh when it differs."""
+        """A cheap look (``lstat``) at a trace, and a read when it differs."""
+        newest = entry.newest
         try:
-            stat = os.stat(entry.path)
-            same = ident_of(stat) == entry.ident and stat.st_size == entry.size
+            status = os.lstat(entry.path)
+            same = newest is not None and (
+                (status.st_dev, status.st_ino) == newest.ident and status.st_size == newest.size
+            )
         except OSError:
-            same = entry.size < 0
-        if same and not entry.replaced:
+            same = newest is None and entry.cursor.ident is None
+        if same and not entry.track.replaced:
             return False
-        if entry.watch >= 0:
+        if entry.track.watch >= 0:
             log.debug("%s changed with no inotify event", entry.path)
-        return self._refresh(entry)
+        entry.track.changed = time.monotonic()
+        self._refresh(entry)
+        return True
 
     def _publish(self, update: Update) -> None:
         self.hub.publish(update)
@@ -268,8 +381,9 @@ class Daemon:
     # -- inotify ----------------------------------------------------------------------
 
     def _watch(self, target: Target, path: str, mask: int) -> bool:
-        if self._inotify is None or target.watch >= 0:
-            return target.watch >= 0
+        track = target.track
+        if self._inotify is None or track.watch >= 0:
+            return track.watch >= 0
         try:
             wd = self._inotify.add(path, mask)
         except OSError as exc:
@@ -277,12 +391,13 @@ class Daemon:
                 self._out_of_watches = True
                 log.warning("inotify watch limit reached; polling the traces beyond it")
             return False
-        target.watch = wd
+        track.watch = wd
         self._wds.setdefault(wd, []).append(target)
         return True
 
     def _unwatch(self, target: Target) -> None:
-        wd, target.watch = target.watch, -1
+        track = target.track
+        wd, track.watch = track.watch, -1
         if wd < 0:
             return
         targets = self._wds.get(wd, [])
@@ -305,9 +420,9 @@ class Daemon:
             if event.mask & IN_IGNORED:
                 del self._wds[event.wd]
                 for target in targets:
-                    target.watch = -1
+                    target.track.watch = -1
                     if isinstance(target, Root):
-                        self._schedule.add(target, time.monotonic(), 0)
+                        self._schedule.add(target.track, time.monotonic(), 0)
                 continue
             for target in list(targets):
                 with _guard("an inotify event"):
@@ -321,6 +436,12 @@ class Daemon:
             self._root_gone(root)
         elif not event.mask & IN_ISDIR or not is_workflow_id(event.name):
             return
+        elif event.mask & IN_ATTRIB:
+            entry = root.entries.get(event.name)
+            if entry is not None:  # touched by a writer starting a run: watch it again
+                entry.track.changed = time.monotonic()
+                self._keep_track(entry)
+                self._dirty[entry] = None
         elif event.mask & CAME:
             self._add_workflow(root, event.name, fresh=True)
         elif event.mask & GONE:
@@ -328,24 +449,26 @@ class Daemon:
 
     def _on_entry_event(self, entry: Entry, event: Event) -> None:
         if event.name != TRACE_FILE_NAME:
+            track = entry.track
             if (
                 event.mask & IN_MOVED_TO
-                and entry.moving is not None
-                and entry.moving[0] == event.cookie
-                and _is_part_name(event.name)
+                and track.moving is not None
+                and track.moving[0] == event.cookie
+                and part_number(event.name)
             ):
                 # trace.jsonl renamed to a rotated part: a rotation, which refresh follows
                 # by the file's identity. Not a replacement: the file still exists, so no
                 # new one can reuse its inode, and the flag may be stale (a refresh that
                 # followed the rotation before this event came would read the new
                 # trace.jsonl again from its start: records repeated, pumps sent ahead)
-                entry.replaced = entry.replaced and entry.moving[1]
-                entry.moving = None
+                track.replaced = track.replaced and track.moving[1]
+                track.moving = None
             return
+        track = entry.track
         if event.mask & IN_MOVED_FROM and event.cookie:
-            entry.moving = (event.cookie, entry.replaced)
+            track.moving = (event.cookie, track.replaced)
         if event.mask & GONE:
-            entry.replaced = True  # the file we read left: whatever comes is another
+            track.replaced = True  # the file we read left: whatever comes is another
         self._dirty[entry] = None
 
     def _rescan_everything(self) -> None:
@@ -377,7 +500,7 @@ class Daemon:
             due = self._schedule.next_due()
             # polls due close together are run together: at most one wake-up per TICK
             wait = IDLE_WAIT if due is None else max(TICK, due - now)
-            if self._dirty:
+            if self._dirty or self._reads:
                 wait = 0.0
             if self._inotify is not None:
                 with anyio.move_on_after(wait):
@@ -391,27 +514,33 @@ class Daemon:
             for entry in dirty:
                 del self._dirty[entry]
                 self._refresh(entry)
+            await self._read_pending()
+            if time.monotonic() - self._swept > SWEEP_INTERVAL:
+                self._sweep_watches()
             await anyio.lowlevel.checkpoint()
 
     def _run_due(self) -> None:
         now = time.monotonic()
-        for item in self._schedule.pop_due(now, MOST_DUE):
+        for track in self._schedule.pop_due(now, MOST_DUE):
+            item = track.owner  # type: ignore[attr-defined]
             if isinstance(item, Entry):
                 if item.removed:
                     continue
                 changed = False
                 with _guard(item.path):
                     changed = self._poll(item)
-                if item.watch >= 0:
-                    self._schedule.add(item, now, jittered(SAFETY_INTERVAL))
+                if item.track.watch >= 0:
+                    self._schedule.add(track, now, jittered(SAFETY_INTERVAL))
+                elif self._inotify is not None:
+                    self._schedule.add(track, now, jittered(IDLE_CHECK))
                 else:
-                    item.interval = next_poll(item.interval, changed)
-                    self._schedule.add(item, now, item.interval)
+                    track.interval = next_poll(track.interval, changed)
+                    self._schedule.add(track, now, track.interval)
             elif isinstance(item, Root):
                 with _guard(item.path):
                     self._check_root(item, now)
-                if item.due == float("inf") and item.path in self.index.roots:
-                    self._schedule.add(item, now, ROOT_MISSING)  # it failed: look again
+                if track.due == float("inf") and item.path in self.index.roots:
+                    self._schedule.add(track, now, ROOT_MISSING)  # it failed: look again
 
     def _check_root(self, root: Root, now: float) -> None:
         if root.path not in self.index.roots:
@@ -424,17 +553,18 @@ class Daemon:
                 root.mtime = -1
                 self._rescan(root)
             if not root.present:
-                self._schedule.add(root, now, ROOT_MISSING)
+                self._schedule.add(root.track, now, ROOT_MISSING)
                 return
         else:
-            if root.watch < 0:
+            if root.track.watch < 0:
                 self._watch(root, root.path, ROOT_MASK)
             self._rescan(root)
+        watched = root.track.watch >= 0
         if root.present:
-            interval = SAFETY_INTERVAL if root.watch >= 0 else ROOT_POLL
-            self._schedule.add(root, now, jittered(interval) if root.watch >= 0 else interval)
+            interval = SAFETY_INTERVAL if watched else ROOT_POLL
+            self._schedule.add(root.track, now, jittered(interval) if watched else interval)
         else:
-            self._schedule.add(root, now, ROOT_MISSING)
+            self._schedule.add(root.track, now, ROOT_MISSING)
 
 
 @contextlib.contextmanager
@@ -445,9 +575,3 @@ def _guard(what: str) -> Iterator[None]:
     except Exception as exc:
         log.error("%s: %s: %s", what, type(exc).__name__, exc)
         log.debug("%s", what, exc_info=True)
-
-
-def _is_part_name(name: str) -> bool:
-    """``trace.jsonl.N``: a rotated part."""
-    number = name[len(TRACE_FILE_NAME) + 1 :]
-    return name.startswith(TRACE_FILE_NAME + ".") and number.isdigit() and number[0] != "0"

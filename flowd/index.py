@@ -1,42 +1,41 @@
 """The index: every workflow under every root, keyed by (root, workflow_id).
 
-Each entry keeps the latest record (as stored) and the offset just after the last
-complete line read, so new records are read from there and nothing else. ``refresh``
-is the one place a trace is tailed; it notices a truncated or replaced file (smaller
-than the offset, another inode, or no newline just before the offset: read again from
-the start, a new *generation*), a rotated file (found among ``trace.jsonl.1 ...`` by its
-identity, finished from the stored offset, then the newer parts and the new
-``trace.jsonl`` from 0: the same generation, no record lost or repeated), a deleted
-file, a torn last line (left until it ends) and over-long lines (skipped). Every method
-is synchronous and does a bounded amount of work; the daemon decides when to call it,
-and fans out the ``Update``\\ s it returns.
+Each entry keeps its latest record (as stored) and a cursor (the core's
+``tracefiles.cursor``): where the records read so far end, in the chain of the trace's
+files. Reading is split in two so that no file can stall the daemon: ``read_job`` does
+the I/O (in a worker thread, a bounded amount per call: a chunk forwards, a bounded scan
+backwards, holes stepped over) and returns a ``Read``; ``Index.apply`` then changes the
+entry, on the event loop, and says what was new (an ``Update``). The cursor notices a
+truncated or replaced file (a new *generation*, read from its start), follows rotated
+parts by their identity (nothing lost or repeated), leaves a torn last line until it
+ends and skips over-long lines.
 """
 
 from __future__ import annotations
 
 import os
+import stat as st
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.liveness import derive_status, process_alive
-from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
-from doeff_flow_core.tracefiles.lines import MAX_LINE_BYTES
-from flowd.traces import (
-    CHUNK,
-    FileIdent,
-    Line,
+from doeff_flow_core.protocol import EMPTY_TRACE, NO_TRACE, NO_VALID_RECORDS
+from doeff_flow_core.tracefiles.chain import FileId, Part, chain_of
+from doeff_flow_core.tracefiles.cursor import (
+    Cursor,
     Position,
-    chain_extent,
-    find_part,
-    ident_of,
-    newer_part,
-    open_part,
-    open_trace,
-    split_lines,
-    tail_of,
+    Scan,
+    find_after,
+    oldest_position,
+    read_on,
+    tail,
 )
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
+from doeff_flow_core.tracefiles.lines import CHUNK, RawLine
+from doeff_flow_core.tracefiles.safeopen import Directory
+from flowd.stored import StoredRecord, stored
 
 # A trace that appears (or is replaced) while flowd runs is sent from its first record
 # when it is at most this big; a bigger one from its latest, to bound the burst.
@@ -44,35 +43,41 @@ FRESH_LIMIT: Final = 256 * 1024
 
 Key = tuple[str, str]  # (root, workflow_id)
 
-NO_TRACE: Final = "no trace.jsonl"
-EMPTY: Final = "empty trace"
-NO_VALID: Final = "no valid records"
+
+class Tracking:
+    """How the daemon notices changes to a root or workflow (see watching.py): its
+    inotify watch, its poll interval and due time, and what inotify said."""
+
+    __slots__ = ("changed", "due", "interval", "moving", "owner", "replaced", "watch")
+
+    def __init__(self, owner: Root | Entry) -> None:
+        self.owner = owner
+        self.watch = -1
+        self.interval = 0.0
+        self.due = 0.0
+        self.changed = 0.0  # monotonic time of the last change seen
+        self.replaced = False  # told the trace file was created, moved or deleted
+        self.moving: tuple[int, bool] | None = None  # a move's cookie, ``replaced`` before it
 
 
 class Entry:
-    """One workflow directory under one root."""
+    """One workflow directory under one root: what the index knows of its trace."""
 
     __slots__ = (
         "behind",
-        "due",
+        "cursor",
         "first",
         "gen",
-        "ident",
-        "interval",
         "key",
         "latest",
-        "moving",
-        "offset",
-        "path",
+        "newest",
         "problem",
+        "reading",
         "removed",
-        "replaced",
         "root",
-        "size",
         "skipped",
-        "skipping",
         "torn",
-        "watch",
+        "track",
         "workflow_id",
     )
 
@@ -80,25 +85,22 @@ class Entry:
         self.root = root
         self.workflow_id = workflow_id
         self.key: Key = (root, workflow_id)
-        self.path = os.path.join(root, workflow_id, TRACE_FILE_NAME)
-        self.latest: Line | None = None
-        self.offset = 0
-        self.ident: FileIdent | None = None  # the file being read (maybe a rotated part now)
-        self.first: FileIdent | None = None  # the file this generation began with
-        self.size = -1  # the file's size when last read (-1: no file)
-        self.gen = 0  # bumped whenever the file is read again from its start
+        self.latest: StoredRecord | None = None
+        self.cursor = Cursor()
+        self.first: FileId | None = None  # the file this generation began with
+        self.newest: Part | None = None  # trace.jsonl as last read (None: no file)
+        self.gen = 0  # bumped whenever the trace is read again from its start
         self.problem: str | None = NO_TRACE
         self.skipped = 0  # malformed lines met in this generation
-        self.skipping = False  # inside an over-long line: drop bytes up to its newline
         self.torn = False
-        self.replaced = False  # told the file was created, moved or deleted
-        self.moving: tuple[int, bool] | None = None  # a move's cookie, ``replaced`` before it
-        self.behind = False  # more to read than one refresh reads
+        self.behind = False  # more to read than one read takes
         self.removed = False
-        # change detection (see watching.py): inotify watch, poll interval and due time
-        self.watch = -1
-        self.interval = 0.0
-        self.due = 0.0
+        self.reading = False  # a read is in flight
+        self.track = Tracking(self)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, self.workflow_id, TRACE_FILE_NAME)
 
     @property
     def updated(self) -> float:
@@ -107,7 +109,7 @@ class Entry:
     @property
     def position(self) -> Position | None:
         """Where the records read so far end, in the chain of files."""
-        return None if self.ident is None else (self.ident, self.offset)
+        return self.cursor.position
 
     @property
     def start(self) -> Position | None:
@@ -116,13 +118,13 @@ class Entry:
 
     @property
     def directory(self) -> str:
-        return os.path.dirname(self.path)
+        return os.path.join(self.root, self.workflow_id)
 
 
 class Root:
     """A trace directory: workflows are its subdirectories."""
 
-    __slots__ = ("due", "entries", "interval", "mtime", "origin", "path", "present", "watch")
+    __slots__ = ("entries", "mtime", "origin", "path", "present", "track")
 
     def __init__(self, path: str, origin: str) -> None:
         self.path = path
@@ -130,9 +132,7 @@ class Root:
         self.entries: dict[str, Entry] = {}
         self.present = False  # the directory exists and has been scanned
         self.mtime = -1  # st_mtime_ns at the last scan (polling)
-        self.watch = -1
-        self.interval = 0.0
-        self.due = 0.0
+        self.track = Tracking(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ class Update:
     """
 
     entry: Entry
-    lines: list[Line]
+    lines: list[StoredRecord]
     reset: bool = False
     complete: bool = True
     found: bool = False
@@ -162,6 +162,202 @@ def workflow_names(root: str) -> set[str]:
             for item in entries
             if is_workflow_id(item.name) and item.is_dir(follow_symlinks=False)
         }
+
+
+# -- reading (any thread) -------------------------------------------------------------
+
+LATEST: Final = "latest"  # the latest record only (a trace found when flowd starts)
+FRESH: Final = "fresh"  # every record from the first (a trace that appeared)
+FOLLOW: Final = "follow"  # what was appended since the cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One read to do: where, how, from which cursor (a copy: the entry's own is only
+    changed when the read is applied)."""
+
+    root: str
+    workflow_id: str
+    mode: str
+    cursor: Cursor
+    replaced: bool = False
+    budget: int = CHUNK
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What a job found; ``error`` when the trace could not be read at all."""
+
+    job: Job
+    cursor: Cursor = field(default_factory=Cursor)
+    lines: list[StoredRecord] = field(default_factory=list)
+    reset: bool = False
+    complete: bool = True
+    found: bool = False
+    first: FileId | None = None
+    newest: Part | None = None
+    skipped: int = 0
+    behind: bool = False
+    problem: str | None = None
+    error: OSError | None = None
+
+
+def job_for(entry: Entry, mode: str) -> Job:
+    track = entry.track
+    return Job(entry.root, entry.workflow_id, mode, replace(entry.cursor), track.replaced)
+
+
+def read_job(job: Job) -> Read:
+    """Do one job (blocking, bounded): never raises for a file's sake."""
+    try:
+        with _workflow(job.root, job.workflow_id) as directory:
+            return _read(directory, job)
+    except OSError as exc:
+        return Read(job, error=exc)
+
+
+def _read(directory: Directory, job: Job) -> Read:
+    cursor = job.cursor
+    if job.mode == LATEST:
+        return _latest(directory, job, found=True)
+    if job.mode == FRESH or job.replaced or cursor.ident is None:
+        cursor.move(None)
+        return _from_start(directory, job)
+    step = read_on(directory, cursor, job.budget, stop_at_reset=True)
+    if step.reset:
+        return _from_start(directory, job)
+    lines = _stored(step.lines)
+    return Read(
+        job,
+        cursor,
+        lines,
+        newest=step.newest,
+        skipped=step.skipped + len(step.lines) - len(lines) - _blank(step.lines),
+        behind=step.behind,
+        problem=_first(step.problems),
+    )
+
+
+def _from_start(directory: Directory, job: Job) -> Read:
+    """A new generation: every record from the oldest part, or only the latest record
+    when there is too much to send at once."""
+    chain = chain_of(directory)
+    if chain.oldest is None:
+        return Read(job, error=chain.missing(directory.path))
+    if chain.size > FRESH_LIMIT:
+        found = _latest(directory, job, found=False)
+        return replace(found, first=chain.oldest.ident)
+    cursor = Cursor(chain.oldest.ident, 0)
+    step = read_on(directory, cursor, job.budget)
+    lines = _stored(step.lines)
+    skipped = step.skipped + len(step.lines) - len(lines) - _blank(step.lines)
+    return Read(
+        job,
+        cursor,
+        lines,
+        reset=True,
+        first=chain.oldest.ident,
+        newest=step.newest,
+        skipped=skipped,
+        behind=step.behind,
+        problem=_first(step.problems),
+    )
+
+
+def _latest(directory: Directory, job: Job, found: bool) -> Read:
+    scan = tail(directory, 1, stored)
+    cursor = Cursor()
+    cursor.move(scan.position)
+    newest = None
+    if scan.ident is not None and scan.position is not None:
+        try:
+            status = directory.lstat(TRACE_FILE_NAME)
+            newest = Part(0, (status.st_dev, status.st_ino), status.st_size)
+        except FileNotFoundError:
+            pass
+    return Read(
+        job,
+        cursor,
+        scan.items,
+        reset=True,
+        complete=False,
+        found=found,
+        first=scan.ident,
+        newest=newest,
+        skipped=scan.skipped,
+    )
+
+
+def _stored(lines: list[tuple[RawLine, FileId]]) -> list[StoredRecord]:
+    found = []
+    for line, ident in lines:
+        record = stored(line, ident)
+        if record is not None:
+            found.append(record)
+    return found
+
+
+def _blank(lines: list[tuple[RawLine, FileId]]) -> int:
+    return sum(1 for line, _ in lines if not line.data.strip())
+
+
+def _first(problems: tuple[str, ...]) -> str | None:
+    return problems[0] if problems else None
+
+
+def _workflow(root: str, workflow_id: str) -> Directory:
+    with Directory.open(root) as opened:
+        return opened.subdirectory(workflow_id)
+
+
+def read_range(
+    root: str, workflow_id: str, position: Position, until: Position, budget: int
+) -> tuple[list[StoredRecord], Position] | None:
+    """Records from ``position`` toward ``until`` along the chain, about ``budget`` bytes
+    of them, and where they end; None when the file of ``position`` is no longer in the
+    chain, or changed (a watcher's pump reads at its client's pace with this)."""
+    try:
+        with _workflow(root, workflow_id) as directory:
+            cursor = Cursor()
+            cursor.move(position)
+            step = read_on(directory, cursor, budget, until=until, stop_at_reset=True)
+    except OSError:
+        return None
+    if step.reset or cursor.position is None:
+        return None
+    return _stored(step.lines), cursor.position
+
+
+def resume_position(
+    root: str, workflow_id: str, run: str | None, step: int, until: Position
+) -> Position:
+    """Just after the last record of ``run`` whose step is at most ``step``, before
+    ``until`` or in an older part; without one, the start of the oldest part."""
+
+    def seen(line: RawLine) -> bool:
+        record = stored(line)
+        return record is not None and record.run == run and record.step <= step
+
+    with _workflow(root, workflow_id) as directory:
+        return find_after(directory, seen, until)
+
+
+def oldest(root: str, workflow_id: str) -> Position | None:
+    """The start of the chain's oldest file now."""
+    try:
+        with _workflow(root, workflow_id) as directory:
+            return oldest_position(directory)
+    except OSError:
+        return None
+
+
+def history(root: str, workflow_id: str, n: int, until: Position | None) -> Scan[StoredRecord]:
+    """The last ``n`` records before ``until`` (FileNotFoundError: no trace)."""
+    with _workflow(root, workflow_id) as directory:
+        return tail(directory, n, stored, until)
+
+
+# -- the index (event loop) -----------------------------------------------------------
 
 
 class Index:
@@ -210,33 +406,14 @@ class Index:
         return [entry for entry in removed if entry is not None]
 
     def add_workflow(self, root: Root, name: str) -> Entry | None:
-        """A new entry for a workflow directory (None if it is indexed already); ``load``
-        reads it."""
+        """A new entry for a workflow directory (None if it is indexed already); a read
+        of it (``job_for``, ``read_job``, ``apply``) fills it in."""
         if name in root.entries:
             return None
         entry = root.entries[name] = Entry(root.path, name)
         self._by_id.setdefault(name, {})[root.path] = entry
         self._count += 1
         return entry
-
-    def load(self, entry: Entry, fresh: bool) -> Update:
-        """Read a new entry: with ``fresh`` (it appeared while flowd runs) its records from
-        the first (in the oldest rotated part, if it was rotated already), else its latest
-        record."""
-        if not fresh:
-            return self._load_latest(entry, found=True) or Update(entry, [], reset=True)
-        oldest, total = chain_extent(entry.path)
-        if oldest is not None and oldest != _ident_of_path(entry.path):
-            if total > FRESH_LIMIT:  # watchers read it from the oldest part at their pace
-                update = self._load_latest(entry, found=False)
-                entry.first = oldest
-                return update or Update(entry, [], reset=True)
-            entry.gen += 1
-            entry.ident = entry.first = oldest
-        update = self.refresh(entry)
-        if update is not None and not update.reset:
-            update = Update(entry, update.lines, reset=True)
-        return update or Update(entry, [], reset=True)
 
     def remove_workflow(self, root: Root, name: str) -> Entry | None:
         entry = root.entries.pop(name, None)
@@ -251,194 +428,84 @@ class Index:
         self._count -= 1
         return entry
 
-    def _load_latest(self, entry: Entry, found: bool) -> Update | None:
-        try:
-            with open_trace(entry.path) as handle:
-                tail = tail_of(handle, 1)
-        except OSError as exc:
-            self._no_file(entry, exc)
-            return None
-        entry.gen += 1
-        entry.ident = entry.first = tail.ident
-        entry.size = tail.size
-        entry.offset = tail.end
-        entry.latest = tail.lines[-1] if tail.lines else None
-        entry.skipped = tail.skipped
-        entry.torn = tail.torn
-        entry.skipping = False
-        entry.problem = _problem(entry)
-        return Update(entry, tail.lines, reset=True, complete=False, found=found)
+    def read_now(self, entry: Entry, mode: str = FOLLOW) -> Update | None:
+        """Read and apply at once, blocking (for tools and tests; the daemon reads in
+        worker threads)."""
+        return self.apply(entry, read_job(job_for(entry, mode)))
 
-    def _no_file(self, entry: Entry, error: OSError) -> None:
+    def apply(self, entry: Entry, read: Read) -> Update | None:
+        """Take a read into its entry; what was new, or None when nothing was."""
+        if read.job.replaced:
+            entry.track.replaced = False
+        if read.error is not None:
+            return self._unreadable(entry, read.error)
+        entry.cursor = read.cursor
+        entry.newest = read.newest
+        entry.behind = read.behind
+        if read.reset:
+            entry.gen += 1
+            entry.first = read.first
+            entry.skipped = 0
+            entry.latest = None
+        entry.skipped += read.skipped
+        if read.lines:
+            entry.latest = read.lines[-1]
+        entry.torn = _torn(entry)
+        entry.problem = _problem(entry, read.problem)
+        if not read.lines and not read.reset:
+            return None
+        return Update(entry, read.lines, read.reset, read.complete, read.found)
+
+    def _unreadable(self, entry: Entry, error: OSError) -> Update | None:
         entry.latest = None
-        entry.ident = entry.first = None
-        entry.size = -1
-        entry.offset = 0
+        entry.cursor = Cursor()
+        entry.first = entry.newest = None
         entry.torn = False
         entry.problem = NO_TRACE if isinstance(error, FileNotFoundError) else _reason(error)
+        return None
 
-    def refresh(self, entry: Entry) -> Update | None:
-        """Read what was appended since the last refresh; None when nothing was."""
-        replaced, entry.replaced, entry.behind = entry.replaced, False, False
-        rotated: list[Line] = []
-        budget = CHUNK
-        while entry.ident is not None:  # finish the files rotated away from under us
-            current = _ident_of_path(entry.path)
-            if current == entry.ident and not replaced:
-                break
-            reading = entry.ident
-            taken = self._follow_rotation(entry, budget)
-            if taken is None:
-                break  # not rotated (replaced, truncated or gone): the path decides
-            replaced = False  # the new trace.jsonl is the next file, not a replacement
-            rotated.extend(taken[0])
-            budget -= taken[1]
-            if entry.ident == reading or budget <= 0:
-                # out of budget, or the next file is not there yet (a change wakes us)
-                entry.behind = budget <= 0
-                entry.problem = _problem(entry)
-                return Update(entry, rotated) if rotated else None
-        if rotated:  # trace.jsonl at once after (one Update is one file's story)
-            entry.behind = True
-            entry.problem = _problem(entry)
-            return Update(entry, rotated)
-        return self._refresh_path(entry, replaced, budget)
 
-    def _follow_rotation(self, entry: Entry, budget: int) -> tuple[list[Line], int] | None:
-        """Read on in the rotated part that is the file ``entry`` was reading, up to its
-        end (then on to the next newer file); None when it is in no part."""
-        assert entry.ident is not None
-        try:
-            opened = open_part(entry.path, entry.ident)
-        except OSError:
-            return None
-        if opened is None or not opened[1]:
-            if opened is not None:
-                opened[0].close()
-            return None
-        handle = opened[0]
-        with handle:
-            stat = os.fstat(handle.fileno())
-            if ident_of(stat) != entry.ident or stat.st_size < entry.offset:
-                return None
-            if entry.offset > 0:
-                handle.seek(entry.offset - 1)
-                if handle.read(1) != b"\n":
-                    return None  # not the file we read after all
-            size = stat.st_size
-            data = handle.read(min(budget, size - entry.offset))
-        complete = len(data) == size - entry.offset
-        lines = self._take(entry, data) or []
-        if complete:
-            # a rotated part is complete: a rest without a newline is a torn line, skipped
-            if entry.offset < size and not entry.skipping:
-                entry.skipped += 1
-            ident = newer_part(entry.path, entry.ident)  # one consistent look
-            if ident is None:
-                return lines, len(data)  # the next file is not there yet: try again
-            entry.ident, entry.offset, entry.skipping = ident, 0, False
-        return lines, max(len(data), 1)
-
-    def _refresh_path(self, entry: Entry, replaced: bool, budget: int = CHUNK) -> Update | None:
-        """``refresh`` of the file at the trace's path."""
-        try:
-            handle = open_trace(entry.path)
-        except OSError as exc:
-            self._no_file(entry, exc)
-            return None
-        with handle:
-            stat = os.fstat(handle.fileno())
-            if (
-                not replaced
-                and entry.ident is not None
-                and ident_of(stat) != entry.ident
-                and (find_part(entry.path, entry.ident) or 0) > 0
-            ):
-                # The trace rotated between refresh's look and this open: the file we
-                # were reading is a rotated part now. Follow it; starting again from this
-                # new file would drop the rest of the old one.
-                handle.close()
-                return self.refresh(entry)
-            size = entry.size = stat.st_size
-            reset = replaced or ident_of(stat) != entry.ident or size < entry.offset
-            if not reset and entry.offset > 0 and size > entry.offset:
-                handle.seek(entry.offset - 1)
-                reset = handle.read(1) != b"\n"  # rewritten in place
-            if reset:
-                if size > FRESH_LIMIT:
-                    return self._load_latest(entry, found=False)
-                entry.gen += 1
-                entry.ident = entry.first = ident_of(stat)
-                entry.offset = entry.skipped = 0
-                entry.latest = None
-                entry.skipping = False
-            if size <= entry.offset:
-                entry.torn = False
-                entry.problem = _problem(entry)
-                return Update(entry, [], reset=True) if reset else None
-            handle.seek(entry.offset)
-            data = handle.read(min(max(budget, 1), size - entry.offset))
-        lines = self._take(entry, data)
-        entry.behind = len(data) == budget and size > entry.offset
-        entry.torn = size > entry.offset
-        entry.problem = _problem(entry)
-        if not lines and not reset:
-            return None
-        return Update(entry, lines or [], reset=reset)
-
-    def _take(self, entry: Entry, data: bytes) -> list[Line] | None:
-        """Advance ``entry`` over the complete lines of ``data`` read at its offset."""
-        if entry.skipping:
-            cut = data.find(b"\n")
-            if cut < 0:
-                entry.offset += len(data)
-                return None
-            entry.offset += cut + 1
-            data = data[cut + 1 :]
-            entry.skipping = False
-        found = split_lines(data, entry.offset, entry.ident)
-        if found.end == entry.offset and len(data) > MAX_LINE_BYTES:
-            entry.offset += len(data)  # a line too long to be a record: skip to its end
-            entry.skipping = True
-            entry.skipped += 1
-            return None
-        entry.offset = found.end
-        entry.skipped += found.skipped
-        if found.lines:
-            entry.latest = found.lines[-1]
-        return found.lines
+def _torn(entry: Entry) -> bool:
+    newest = entry.newest
+    return (
+        newest is not None
+        and entry.cursor.ident == newest.ident
+        and newest.size > entry.cursor.offset
+        and not entry.cursor.skipping
+    )
 
 
 def read_to_end(entry: Entry) -> bool:
     """Whether the index has read every complete record of ``entry``'s trace: it is not
     behind, and the file at its path is the one it read, at the size it read (one
-    ``stat``: a watcher that polls may not have looked since the writer's last write)."""
-    if entry.behind or entry.replaced:
+    ``lstat``: a watcher that polls may not have looked since the writer's last write)."""
+    if entry.behind or entry.track.replaced:
         return False
     try:
-        stat = os.stat(entry.path)
+        status = os.lstat(entry.path)
     except FileNotFoundError:
-        return entry.size < 0  # gone, as the index saw: nothing more will come
+        return entry.newest is None  # gone, as the index saw: nothing more will come
     except OSError:
         return False
-    return ident_of(stat) == entry.ident and stat.st_size == entry.size
-
-
-def _ident_of_path(path: str) -> FileIdent | None:
-    try:
-        return ident_of(os.stat(path, follow_symlinks=False))
-    except OSError:
-        return None
+    newest = entry.newest
+    return (
+        newest is not None
+        and st.S_ISREG(status.st_mode)
+        and (status.st_dev, status.st_ino) == newest.ident
+        and status.st_size == newest.size
+    )
 
 
 def _reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def _problem(entry: Entry) -> str | None:
+def _problem(entry: Entry, refused: str | None) -> str | None:
     if entry.latest is not None:
         return None
-    return NO_VALID if entry.skipped or entry.torn or entry.skipping else EMPTY
+    if refused is not None and entry.cursor.ident is None:
+        return refused
+    return NO_VALID_RECORDS if entry.skipped or entry.torn or entry.cursor.skipping else EMPTY_TRACE
 
 
 class Liveness:
@@ -447,7 +514,7 @@ class Liveness:
     def __init__(self) -> None:
         self._known: dict[tuple[int, int | None], bool] = {}
 
-    def status(self, line: Line) -> str:
+    def status(self, line: StoredRecord) -> str:
         """The status to show for ``line``, derived as the core derives it."""
         return derive_status(line.status, line.pid, line.host, line.pid_start, self._alive)
 

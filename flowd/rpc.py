@@ -39,11 +39,10 @@ from flowd.errors import (
     UnknownSubscription,
     UnknownWorkflow,
 )
-from flowd.index import Entry, Liveness
+from flowd.index import Entry, Liveness, history
 from flowd.otlp.exporter import Exporter
 from flowd.protocol import RawJson, error_message, parse_request, result_message
 from flowd.subscriptions import After, Session, Subscription
-from flowd.traces import read_history
 
 log = logging.getLogger("flowd")
 
@@ -242,8 +241,10 @@ class RpcInterface:
         entry = self._entry(params)
         skipped = 0
         try:
-            tail = await anyio.to_thread.run_sync(read_history, entry.path, last, entry.position)
-            records = [RawJson(line.raw) for line in tail.lines]
+            tail = await anyio.to_thread.run_sync(
+                history, entry.root, entry.workflow_id, last, entry.position
+            )
+            records = [RawJson(line.raw) for line in tail.items]
             skipped = tail.skipped
         except FileNotFoundError:
             records = []

@@ -27,10 +27,11 @@ from typing import Any, Final, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
-from flowd.index import Entry, Index, Key, Update
+from doeff_flow_core.tracefiles.cursor import Position
+from flowd.index import Entry, Index, Key, Update, oldest, read_range, resume_position
 from flowd.outbox import Outbox
 from flowd.protocol import trace_body, trace_prefix
-from flowd.traces import Line, Position, oldest_part, read_on, resume_from, resume_position
+from flowd.stored import StoredRecord, resume_from
 
 log = logging.getLogger("flowd")
 
@@ -63,7 +64,7 @@ class Cursor:
         self.gen = entry.gen
         self.position = position  # None: nothing to read (no trace yet)
         self.after = after  # first find the offset after this (run, step)
-        self.first: Line | None = None  # to send before reading on
+        self.first: StoredRecord | None = None  # to send before reading on
         self.failures = 0
 
     @classmethod
@@ -117,7 +118,7 @@ class Subscription:
             outbox.put(self.prefix + body)
 
 
-def bodies_of(entry: Entry, lines: Iterable[Line]) -> list[bytes]:
+def bodies_of(entry: Entry, lines: Iterable[StoredRecord]) -> list[bytes]:
     return [trace_body(entry.workflow_id, entry.root, line.raw) for line in lines]
 
 
@@ -174,7 +175,11 @@ class Hub:
                 del self._pending[entry.workflow_id]
 
     def _deliver(
-        self, sub: Subscription, entry: Entry, lines: list[Line], bodies: list[bytes] | None = None
+        self,
+        sub: Subscription,
+        entry: Entry,
+        lines: list[StoredRecord],
+        bodies: list[bytes] | None = None,
     ) -> None:
         """Push records live if they fit the client's queue, else read them later."""
         if not lines:
@@ -224,7 +229,7 @@ class Hub:
                 if cursor.after is not None:
                     await self._find_resume(cursor)
                     continue
-                finished = self._step(sub, key, cursor)
+                finished = await self._step(sub, key, cursor)
                 if cursor.failures:
                     await anyio.sleep(RETRY_DELAY)
                 if not finished and key in sub.backlog:  # round robin
@@ -243,13 +248,13 @@ class Hub:
             return
         try:
             cursor.position = await anyio.to_thread.run_sync(
-                resume_position, entry.path, *after, until
+                resume_position, entry.root, entry.workflow_id, *after, until
             )
         except OSError as exc:
             log.warning("resuming %s: %s; sending new records only", entry.path, exc)
             cursor.position = entry.position
 
-    def _step(self, sub: Subscription, key: Key, cursor: Cursor) -> bool:
+    async def _step(self, sub: Subscription, key: Key, cursor: Cursor) -> bool:
         """One batch for one key; True when the key is caught up (and live again)."""
         entry = self._index.get(key)
         if entry is None:  # gone: live again (it may come back)
@@ -273,24 +278,26 @@ class Hub:
         ):
             del sub.backlog[key]
             return True
-        try:
-            found = read_on(entry.path, cursor.position, until, limit=BATCH_BYTES)
-        except OSError:
-            found = None
+        position = cursor.position
+        found = await anyio.to_thread.run_sync(
+            read_range, entry.root, entry.workflow_id, position, until, BATCH_BYTES
+        )
+        if sub.closed or cursor is not sub.backlog.get(key):
+            return False  # stopped, or started again, while reading
         if found is None:  # changed under us: the index will see it shortly
             cursor.failures += 1
             if cursor.failures > RETRIES:  # its file is gone: on from the oldest left
                 log.warning("%s: a rotated part went before it was read", entry.path)
-                oldest = oldest_part(entry.path)
+                start = await anyio.to_thread.run_sync(oldest, entry.root, entry.workflow_id)
                 cursor.failures = 0
-                if oldest is None or (oldest, 0) == cursor.position:
-                    del sub.backlog[key]
+                if start is None or start == cursor.position:
+                    sub.backlog.pop(key, None)
                     return True
-                cursor.position = (oldest, 0)
+                cursor.position = start
             return False
         cursor.failures = 0
-        cursor.position = found.position
-        sub.send(bodies_of(entry, found.lines))
+        records, cursor.position = found
+        sub.send(bodies_of(entry, records))
         return False
 
 

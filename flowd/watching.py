@@ -1,9 +1,12 @@
 """Change detection: inotify through ctypes, and a schedule of polls that back off.
 
-With inotify, each root directory and each workflow directory has a watch: a workflow
-directory created or removed under a root, a trace created, appended to, truncated,
-moved or deleted — each wakes flowd at once. Every watched item is also checked on a
-slow timer (SAFETY_INTERVAL), in case an event was lost.
+With inotify, each root directory has a watch, and so has each workflow directory that
+is running or changed lately (watches stay far below the per-user limit with 100,000
+workflows): a workflow directory created or removed under a root, a run starting (the
+writer touches its directory, which the root's watch reports), a trace created,
+appended to, truncated, moved or deleted — each wakes flowd at once. An idle workflow
+loses its watch and is looked at on a slow timer (IDLE_CHECK); every watched item is
+also checked on one (SAFETY_INTERVAL), in case an event was lost.
 
 Without inotify (unavailable, out of watches, or ``--watcher poll``), each trace is
 polled with ``os.stat``: every POLL_FIRST seconds after it changed, then less and less
@@ -43,8 +46,9 @@ IN_CLOEXEC: Final = os.O_CLOEXEC
 
 GONE: Final = IN_DELETE | IN_MOVED_FROM
 CAME: Final = IN_CREATE | IN_MOVED_TO
-# A root: workflow directories come and go; the root itself may go.
-ROOT_MASK: Final = CAME | GONE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+# A root: workflow directories come and go (and are touched by a writer starting a run:
+# IN_ATTRIB); the root itself may go.
+ROOT_MASK: Final = CAME | GONE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 # A workflow directory: its trace is created, written, truncated, replaced or deleted.
 ENTRY_MASK: Final = (
     CAME | GONE | IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_ONLYDIR | IN_DONT_FOLLOW
@@ -55,6 +59,8 @@ POLL_ACTIVE_MAX: Final = 1.0  # doubling up to here
 POLL_IDLE_MAX: Final = 10.0  # then slowly up to here
 IDLE_GROWTH: Final = 1.1
 SAFETY_INTERVAL: Final = 60.0  # items inotify watches
+IDLE_CHECK: Final = 120.0  # an idle workflow under a watched root
+UNWATCH_AFTER: Final = 60.0  # a workflow unchanged this long, and not running, is idle
 ROOT_POLL: Final = 0.5  # a root's mtime, when polling
 ROOT_MISSING: Final = 1.0  # a root that does not exist (yet)
 

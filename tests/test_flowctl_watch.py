@@ -238,4 +238,7 @@ def test_a_failure_during_the_full_screen_watch_is_one_line(
     (tmp_path / "wf-d" / "trace.jsonl").mkdir(parents=True)
     term = tmux("--trace-dir", tmp_path, "watch", "wf-d")
     screen = term.wait_for("EXIT=")
-    assert "flowctl: wf-d: not a regular file (a directory)\nEXIT=5" in screen and "Traceback" not in screen
+    assert (
+        "flowctl: wf-d: not a regular file (a directory)\nEXIT=5" in screen
+        and "Traceback" not in screen
+    )

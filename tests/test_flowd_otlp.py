@@ -46,7 +46,7 @@ from doeff_flow_core.timeline.spans import (
 from doeff_flow_core.tracefiles.reading import RecordStream
 from flowd import index as flowd_index
 from flowd.errors import OtlpSettingError
-from flowd.index import Entry, Index, Update
+from flowd.index import FRESH, LATEST, Entry, Index, Update
 from flowd.otlp import exporter as flowd_exporter
 from flowd.otlp import feed as span_feed
 from flowd.otlp.endpoint import Endpoint, endpoint_from, shown
@@ -55,7 +55,7 @@ from flowd.otlp.feed import Replay, SpanFeed, rebuild
 from flowd.otlp.health import Failed, Health, Rejected, Sent, answer
 from flowd.otlp.post import post
 from flowd.otlp.queue import SpanQueue
-from flowd.traces import Line
+from flowd.stored import StoredRecord
 
 STATUS_OK, STATUS_ERROR = 1, 2
 WAIT = 30.0
@@ -805,16 +805,16 @@ def indexed(trace_dir: Path, workflow_id: str) -> tuple[Index, Entry, Update]:
     assert root is not None
     entry = index.add_workflow(root, workflow_id)
     assert entry is not None
-    return index, entry, index.load(entry, fresh=True)
+    return index, entry, index.read_now(entry, FRESH)
 
 
-def trace_lines(trace_dir: Path, workflow_id: str) -> tuple[Entry, list[Line]]:
+def trace_lines(trace_dir: Path, workflow_id: str) -> tuple[Entry, list[StoredRecord]]:
     """The workflow's entry, read to its end by an index, and its records."""
     _, entry, update = indexed(trace_dir, workflow_id)
     return entry, update.lines
 
 
-def ended_after(lines: list[Line], step: int) -> list[Span]:
+def ended_after(lines: list[StoredRecord], step: int) -> list[Span]:
     """The spans that records after ``step`` end (what flowd exports when found at it)."""
     builder, out = SpanBuilder(), []
     for line in lines:
@@ -954,7 +954,7 @@ def test_a_sweep_waits_until_the_index_has_read_a_dead_writer_s_last_records(
     with path.open("ab") as trace:  # the writer wrote 6 more, then died; not read yet
         trace.write(b"".join(lines[3:]))
     assert fed.feed.sweep() == 0
-    later = index.refresh(entry)
+    later = index.read_now(entry)
     assert later is not None and len(later.lines) == 6
     fed.feed.feed(later)
     entry.behind = True  # as if one refresh had not read it all
@@ -974,7 +974,7 @@ def test_a_run_found_mid_way_is_swept_once_its_writer_dies_after_the_rebuild(
         written_by(traces, "wf-found-dies", writer.pid, 9)
         index, entry, _ = indexed(traces, "wf-found-dies")
         fed = Fed()
-        fed.feed.feed(index.load(entry, fresh=False))  # found when flowd started
+        fed.feed.feed(index.read_now(entry, LATEST))  # found when flowd started
         (replay,) = fed.replays
         fed.feed.rebuilt(replay, rebuild(replay, 100))
         assert fed.feed.sweep() == 0  # its writer runs

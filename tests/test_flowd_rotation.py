@@ -162,7 +162,7 @@ def test_symlinks_and_fifos_are_not_followed(tmp_path: Path) -> None:
         assert found["wf-file"]["record"] is None
         assert "symbolic link" in found["wf-file"]["problem"]
         assert found["wf-fifo"]["record"] is None
-        assert found["wf-fifo"]["problem"] == "not a regular file"
+        assert found["wf-fifo"]["problem"] == "not a regular file (a FIFO)"
         error = client.error("history", {"workflow_id": "wf-file"})
         assert error["code"] == -32004
         assert client.call("ping")["workflows"] == 3  # still answering
@@ -202,19 +202,19 @@ def test_a_rotation_event_seen_after_the_rotation_was_followed_reads_nothing_aga
     assert entry is not None
     os.replace(trace, root / "wf-1" / "trace.jsonl.1")  # the writer rotates
     trace.write_bytes(lines[2] + b"\n")
-    update = daemon.index.refresh(entry)  # follows the rotation: the rest of .1 (nothing)
+    update = daemon.index.read_now(entry)  # follows the rotation: the rest of .1 (nothing)
     while entry.behind or update is None or not update.lines:
-        update = daemon.index.refresh(entry)
+        update = daemon.index.read_now(entry)
     assert [line.raw for line in update.lines] == [lines[2]]
     gen = entry.gen
     # now the events of that rotation arrive
-    daemon._on_entry_event(entry, Event(entry.watch, IN_MOVED_FROM, 7, "trace.jsonl"))
-    daemon._on_entry_event(entry, Event(entry.watch, IN_MOVED_TO, 7, "trace.jsonl.1"))
+    daemon._on_entry_event(entry, Event(entry.track.watch, IN_MOVED_FROM, 7, "trace.jsonl"))
+    daemon._on_entry_event(entry, Event(entry.track.watch, IN_MOVED_TO, 7, "trace.jsonl.1"))
     with trace.open("ab") as handle:
         handle.write(lines[3] + b"\n")
-    update = daemon.index.refresh(entry)
+    update = daemon.index.read_now(entry)
     assert update is not None and not update.reset and entry.gen == gen
     assert [line.raw for line in update.lines] == [lines[3]]
     # a move elsewhere (no rotated part takes the file) still counts as a replacement
-    daemon._on_entry_event(entry, Event(entry.watch, IN_MOVED_FROM, 8, "trace.jsonl"))
-    assert entry.replaced
+    daemon._on_entry_event(entry, Event(entry.track.watch, IN_MOVED_FROM, 8, "trace.jsonl"))
+    assert entry.track.replaced

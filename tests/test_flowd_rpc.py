@@ -161,7 +161,7 @@ def test_history_of_an_unreadable_trace(tmp_path: Path, client: Client) -> None:
     summary = client.call("get", workflow_id="wf-dir")
     assert summary["record"] is None
     assert summary["status"] is None
-    assert summary["problem"] == "Is a directory"
+    assert summary["problem"] == "not a regular file (a directory)"
     error = client.error("history", {"workflow_id": "wf-dir"})
     assert error["code"] == errors.TRACE_UNREADABLE == -32004
 

@@ -17,6 +17,7 @@ from test_flowd_support import raw_lines, run_workflow_to_end
 
 from flowd import errors
 from flowd.daemon import Daemon
+from flowd.index import history, read_range, resume_position
 from flowd.outbox import LOW_MESSAGES, Outbox
 from flowd.protocol import (
     LineSplitter,
@@ -29,8 +30,8 @@ from flowd.protocol import (
 )
 from flowd.rpc import RpcInterface
 from flowd.server import Connection
+from flowd.stored import resume_from
 from flowd.subscriptions import Subscription
-from flowd.traces import read_range, read_tail, resume_from, resume_offset, split_lines
 from flowd.watching import (
     IN_CREATE,
     IN_ISDIR,
@@ -164,7 +165,9 @@ def test_read_tail_matches_reading_everything(
     torn: bool,
     n: int,
 ) -> None:
-    path = tmp_path_factory.mktemp("tail") / "trace.jsonl"
+    root = tmp_path_factory.mktemp("tail")
+    (root / "wf").mkdir()
+    path = root / "wf" / "trace.jsonl"
     data = b""
     good: list[bytes] = []
     for number, kind in enumerate(plan):
@@ -182,42 +185,51 @@ def test_read_tail_matches_reading_everything(
     if torn:
         data += real_lines[0][:30]
     path.write_bytes(data)
-    tail = read_tail(str(path), n)
-    assert [line.raw for line in tail.lines] == good[-n:]
+    tail = history(str(root), "wf", n, None)
+    assert [line.raw for line in tail.items] == good[-n:]
     assert tail.end == complete
     assert tail.torn == torn
-    forward = split_lines(data, 0)
-    assert [line.raw for line in forward.lines] == good
-    assert forward.end == complete
-    assert [line.end for line in forward.lines[-n:]] == [line.end for line in tail.lines]
+    assert tail.ident is not None
+    found = read_range(str(root), "wf", (tail.ident, 0), (tail.ident, len(data)), 1 << 30)
+    assert found is not None
+    forward, end = found
+    assert [line.raw for line in forward] == good
+    assert end == (tail.ident, complete)
+    assert [line.end for line in forward[-n:]] == [line.end for line in tail.items]
 
 
-def test_resume_offset_and_resume_from_agree(real_lines: list[bytes], tmp_path: Path) -> None:
-    path = tmp_path / "trace.jsonl"
+def test_resume_position_and_resume_from_agree(real_lines: list[bytes], tmp_path: Path) -> None:
+    (tmp_path / "wf").mkdir()
+    path = tmp_path / "wf" / "trace.jsonl"
     path.write_bytes(b"".join(line + b"\n" for line in real_lines + real_lines))
-    lines = split_lines(path.read_bytes(), 0).lines
+    status = path.stat()
+    ident, size = (status.st_dev, status.st_ino), status.st_size
+    found = read_range(str(tmp_path), "wf", (ident, 0), (ident, size), 1 << 30)
+    assert found is not None
+    lines = found[0]
     run = lines[0].run
     for step in (0, 3, len(real_lines) - 1, 10**6):
-        offset = resume_offset(str(path), run, step, path.stat().st_size)
+        position = resume_position(str(tmp_path), "wf", run, step, (ident, size))
         expected = resume_from(lines, run, step)
-        assert offset == (
-            expected[0].end - len(expected[0].raw) - 1 if expected else path.stat().st_size
-        )
-    assert resume_offset(str(path), "other-run", 3, path.stat().st_size) == 0
+        assert position == (ident, expected[0].start if expected else size)
+    assert resume_position(str(tmp_path), "wf", "other-run", 3, (ident, size)) == (ident, 0)
     assert resume_from(lines, "other-run", 3) == lines
 
 
 def test_read_range_notices_a_replaced_or_shrunk_file(
     real_lines: list[bytes], tmp_path: Path
 ) -> None:
-    path = tmp_path / "trace.jsonl"
+    (tmp_path / "wf").mkdir()
+    path = tmp_path / "wf" / "trace.jsonl"
     path.write_bytes(b"".join(line + b"\n" for line in real_lines))
     stat = path.stat()
-    ident = (stat.st_dev, stat.st_ino)
-    found = read_range(str(path), 0, stat.st_size, ident)
-    assert found is not None and [line.raw for line in found.lines] == real_lines
-    assert read_range(str(path), 0, stat.st_size + 10, ident) is None  # shrunk
-    assert read_range(str(path), 0, stat.st_size, (ident[0], ident[1] + 1)) is None
+    ident, size = (stat.st_dev, stat.st_ino), stat.st_size
+    root = str(tmp_path)
+    found = read_range(root, "wf", (ident, 0), (ident, size), 1 << 20)
+    assert found is not None and [line.raw for line in found[0]] == real_lines
+    assert read_range(root, "wf", (ident, size + 10), (ident, size + 20), 1 << 20) is None
+    other = (ident[0], ident[1] + 1)  # a file that is not in the chain (any more)
+    assert read_range(root, "wf", (other, 0), (other, size), 1 << 20) is None
 
 
 # -- outbox, schedule, inotify events ---------------------------------------------------

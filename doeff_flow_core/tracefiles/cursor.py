@@ -72,15 +72,27 @@ class Step:
 
     lines: list[tuple[RawLine, FileId]] = field(default_factory=list)
     reset: bool = False  # the lines start a new trace: forget what was read before
-    skipped: int = 0  # lines too long or torn in a finished part
+    skipped: int = 0  # lines too long, or torn at the end of a finished part
     behind: bool = False  # stopped at the budget with more to read
-    size: int = -1  # trace.jsonl's size when looked at (-1: there was none)
+    newest: Part | None = None  # trace.jsonl when looked at after reading (None: absent)
     problems: tuple[str, ...] = ()
 
 
-def read_on(directory: Directory, cursor: Cursor, budget: int = CHUNK) -> Step:
-    """The complete lines after ``cursor``, across rotated parts, reading about
-    ``budget`` bytes; the cursor is moved past them."""
+def read_on(
+    directory: Directory,
+    cursor: Cursor,
+    budget: int = CHUNK,
+    until: Position | None = None,
+    stop_at_reset: bool = False,
+) -> Step:
+    """The complete lines after ``cursor`` (up to ``until``, if given), across rotated
+    parts, reading about ``budget`` bytes; the cursor is moved past them.
+
+    When the cursor's file is gone, has shrunk or was rewritten, the step says ``reset``
+    and the cursor starts again at the chain's oldest file: the lines that follow are
+    the new trace's (with ``stop_at_reset``, none are read: the caller chooses where to
+    start). Lines read before such a change are handed out first, without ``reset``.
+    """
     lines: list[tuple[RawLine, FileId]] = []
     skipped = spent = 0
     reset = False
@@ -90,7 +102,7 @@ def read_on(directory: Directory, cursor: Cursor, budget: int = CHUNK) -> Step:
             chain = chain_of(directory)
             problems = chain.problems
             if chain.oldest is None:
-                return Step(lines, reset, skipped, False, -1, problems)
+                return Step(lines, reset, skipped, False, None, problems)
             cursor.move((chain.oldest.ident, 0))
         assert cursor.ident is not None
         opened = _open(directory, cursor.ident)
@@ -101,10 +113,15 @@ def read_on(directory: Directory, cursor: Cursor, budget: int = CHUNK) -> Step:
                 break  # hand these out first; the next read says reset
             cursor.move(None)
             reset = True
+            if stop_at_reset:
+                return Step([], True, 0, False, _newest(directory), chain_of(directory).problems)
             continue
         fd, part = opened
+        end = part.size
+        if until is not None and until[0] == part.ident:
+            end = min(end, until[1])
         try:
-            found = read_forward(fd, cursor.offset, part.size, budget - spent, cursor.skipping)
+            found = read_forward(fd, cursor.offset, end, budget - spent, cursor.skipping)
         finally:
             os.close(fd)
         lines.extend((line, part.ident) for line in found.lines)
@@ -112,12 +129,12 @@ def read_on(directory: Directory, cursor: Cursor, budget: int = CHUNK) -> Step:
         spent += found.end - cursor.offset
         progressed = found.end > cursor.offset
         cursor.offset, cursor.skipping = found.end, found.skipping
-        if progressed and found.end < part.size:
+        if progressed and found.end < end:
             if spent >= budget:
-                return Step(lines, reset, skipped, True, _size(directory), problems)
+                return Step(lines, reset, skipped, True, _newest(directory), problems)
             continue
-        if part.number == 0:
-            break
+        if part.number == 0 or (until is not None and until[0] == part.ident):
+            break  # the newest file, or ``until`` reached
         # A rotated part is finished: a rest without a newline is a torn line.
         if cursor.offset < part.size and not cursor.skipping:
             skipped += 1
@@ -125,7 +142,7 @@ def read_on(directory: Directory, cursor: Cursor, budget: int = CHUNK) -> Step:
         if newer is None:
             break  # the next file is not there yet
         cursor.move((newer.ident, 0))
-    return Step(lines, reset, skipped, False, _size(directory), problems)
+    return Step(lines, reset, skipped, False, _newest(directory), problems)
 
 
 def _replaced(opened: tuple[int, Part], cursor: Cursor) -> bool:
@@ -136,11 +153,12 @@ def _replaced(opened: tuple[int, Part], cursor: Cursor) -> bool:
     return cursor.offset > 0 and not cursor.skipping and os.pread(fd, 1, cursor.offset - 1) != b"\n"
 
 
-def _size(directory: Directory) -> int:
+def _newest(directory: Directory) -> Part | None:
     try:
-        return directory.lstat(TRACE_FILE_NAME).st_size
+        status = directory.lstat(TRACE_FILE_NAME)
     except OSError:
-        return -1
+        return None
+    return Part(0, file_id(status), status.st_size)
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 from doeff_flow_core.errors import MalformedRecord
 from doeff_flow_core.ids import is_workflow_id
+from doeff_flow_core.protocol import EMPTY_TRACE, NO_TRACE, NO_VALID_RECORDS
 from doeff_flow_core.records import LiveTrace, parse_record
 from doeff_flow_core.tracefiles.chain import FileId, chain_of, open_part
 from doeff_flow_core.tracefiles.cursor import Cursor, open_newest, read_on, tail, tail_of_fd
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
 from doeff_flow_core.tracefiles.lines import CHUNK, MAX_LINE_BYTES, RawLine, read_forward
 from doeff_flow_core.tracefiles.safeopen import Directory
-
-# Why a workflow has no latest record (``WorkflowSummary.problem``; flowd says the same).
-NO_TRACE: Final = "no trace.jsonl"
-EMPTY_TRACE: Final = "empty trace"
-NO_VALID_RECORDS: Final = "no valid records"
 
 
 def parse_line(line: RawLine, ident: FileId | None = None) -> LiveTrace | None:

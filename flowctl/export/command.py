@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from doeff_flow_core import LiveTrace
+from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.timeline.otlp import write_export_request
 from doeff_flow_core.timeline.spans import WORKFLOW, Span, spans_of
-from doeff_flow_core.tracefiles.reading import NO_VALID_RECORDS, RecordStream
+from doeff_flow_core.tracefiles.reading import RecordStream
 from flowctl.errors import TraceUnreadable, WorkflowNotFound
 from flowctl.export.chrome import write_chrome
 from flowctl.export.outfile import STDOUT_NAME, replaced_whole

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from doeff_flow_core import LiveTrace, MalformedRecord, effective_status
+from doeff_flow_core.protocol import EMPTY_TRACE, NO_TRACE, NO_VALID_RECORDS
 from doeff_flow_core.records import LOST, RUNNING
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
-from doeff_flow_core.tracefiles.reading import EMPTY_TRACE, NO_TRACE, NO_VALID_RECORDS, read_latest
+from doeff_flow_core.tracefiles.reading import read_latest
 from flowctl.errors import (
     DaemonError,
     DaemonUnavailable,

@@ -14,11 +14,11 @@ from pathlib import Path
 from doeff_flow_core import InvalidWorkflowId, LiveTrace, effective_status
 from doeff_flow_core.errors import SymlinkRefused
 from doeff_flow_core.ids import is_workflow_id, validate_workflow_id
+from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.tracefiles.chain import chain_of
 from doeff_flow_core.tracefiles.cursor import Cursor, read_on, tail
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
 from doeff_flow_core.tracefiles.reading import (
-    NO_VALID_RECORDS,
     WorkflowSummary,
     parse_line,
     read_history,

@@ -26,15 +26,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from doeff_flow_core.errors import MalformedRecord
-from doeff_flow_core.records import LOST, RUNNING, LiveTrace
+from doeff_flow_core.records import LOST, RUNNING
 from doeff_flow_core.timeline.spans import Span, SpanBuilder
 from doeff_flow_core.tracefiles.reading import RecordStream
 from flowd.errors import SweepFailed
 from flowd.index import Entry, Liveness, Update, read_to_end
 from flowd.otlp.queue import WEIGHT_LIMIT, SpanQueue
-from flowd.protocol import loads
-from flowd.traces import Line
+from flowd.stored import StoredRecord, parsed
 
 MAX_WAITING: Final = 10_000  # records kept while a run is rebuilt
 # Records kept while runs are rebuilt, all runs together (flowd starting among many busy
@@ -53,7 +51,7 @@ class Replay:
 
     entry: Entry
     path: str
-    latest: Line
+    latest: StoredRecord
 
     @property
     def run(self) -> str | None:
@@ -119,14 +117,14 @@ class _Follow:
         self.run: str | None = None  # the builder's run
         self.after: After | None = None
         self.replay: Replay | None = None
-        self.waiting: deque[Line] | None = None  # records read while the run is rebuilt
-        self.last: Line | None = None  # the builder's latest record (whose writer it names)
+        self.waiting: deque[StoredRecord] | None = None  # records read while the run is rebuilt
+        self.last: StoredRecord | None = None  # the builder's latest record (whose writer it names)
 
     @property
     def idle(self) -> bool:
         return self.builder is None and self.after is None and self.replay is None
 
-    def seen(self, line: Line) -> bool:
+    def seen(self, line: StoredRecord) -> bool:
         """True for a record to leave out; the first one after them ends the filter."""
         if self.after is None:
             return False
@@ -220,7 +218,7 @@ class SpanFeed:
                 self._emit(list(result.spans))
         self._take(replay.entry, follow, waiting)
 
-    def _found(self, entry: Entry, latest: Line) -> None:
+    def _found(self, entry: Entry, latest: StoredRecord) -> None:
         if latest.status != RUNNING:
             return  # ended: its next run starts from its first record
         follow = self._follows[entry] = _Follow()
@@ -232,11 +230,11 @@ class SpanFeed:
         self._rebuilding.add(entry)
         self._request(follow.replay)
 
-    def _take(self, entry: Entry, follow: _Follow, lines: Iterable[Line]) -> None:
+    def _take(self, entry: Entry, follow: _Follow, lines: Iterable[StoredRecord]) -> None:
         for line in lines:  # once per record: the common case without calls
             if follow.after is not None and follow.seen(line):
                 continue
-            record = line.record or _parsed(line)
+            record = line.record or parsed(line)
             if record is None:
                 continue
             if follow.builder is None or record.run != follow.run:
@@ -257,12 +255,3 @@ class SpanFeed:
             self._follows.pop(entry, None)
         else:
             self._follows[entry] = follow
-
-
-def _parsed(line: Line) -> LiveTrace | None:
-    """The record of a line that waited for a rebuild, parsed again (the index has let
-    go of its record by then)."""
-    try:
-        return LiveTrace.from_dict(loads(line.raw))
-    except (ValueError, RecursionError, MalformedRecord):
-        return None  # the index parsed it already: not expected

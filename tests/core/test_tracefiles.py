@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from doeff_flow_core.errors import NotRegularFile, SymlinkRefused
+from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.records import parse_record
 from doeff_flow_core.tracefiles.chain import chain_of
 from doeff_flow_core.tracefiles.cursor import Cursor, find_after, read_on, tail
 from doeff_flow_core.tracefiles.lines import MAX_LINE_BYTES, Backward, read_forward
 from doeff_flow_core.tracefiles.reading import (
-    NO_VALID_RECORDS,
     RecordStream,
     parse_line,
     read_history,
