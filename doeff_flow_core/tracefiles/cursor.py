@@ -213,6 +213,18 @@ def tail(directory: Directory, n: int, parse: Parse[T], until: Position | None =
     """The last ``n`` items of the chain before ``until`` (default: the end of
     ``trace.jsonl``), reading older parts only while fewer were found.
     FileNotFoundError when the chain has no file."""
+    if until is None:  # most often trace.jsonl alone holds them: no listing needed
+        try:
+            newest = open_newest(directory)
+        except OSError:
+            newest = None  # not a regular file: the chain says why, or reads the parts
+        if newest is not None:
+            try:
+                found = tail_of_fd(newest[0], n, parse)
+            finally:
+                os.close(newest[0])
+            if len(found.items) >= n or found.exhausted:
+                return found
     chain = chain_of(directory)
     if not chain.parts:
         raise chain.missing(directory.path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -243,15 +242,9 @@ def scan_workflows(trace_dir: str | os.PathLike[str]) -> list[WorkflowSummary]:
     """
     summaries: list[WorkflowSummary] = []
     with Directory.open(trace_dir) as root:
-        for name in sorted(root.names()):
-            if not is_workflow_id(name):
-                continue
-            try:
-                if not stat.S_ISDIR(root.lstat(name).st_mode):
-                    continue
-            except OSError:
-                continue
-            summaries.append(summarize_in(root, name))
+        for name in sorted(root.subdirectories()):
+            if is_workflow_id(name):
+                summaries.append(summarize_in(root, name))
     return summaries
 
 

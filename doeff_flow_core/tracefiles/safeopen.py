@@ -82,6 +82,11 @@ class Directory:
     def names(self) -> list[str]:
         return os.listdir(self.fd)
 
+    def subdirectories(self) -> list[str]:
+        """The names of the directories here (links to directories are not ones)."""
+        with os.scandir(self.fd) as entries:
+            return [item.name for item in entries if item.is_dir(follow_symlinks=False)]
+
     def open_file(self, name: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
         """A descriptor of the regular file ``name`` here (SymlinkRefused, NotRegularFile,
         or the system's error). Without ``O_CREAT`` the file is looked at before it is

@@ -18,6 +18,7 @@ import fcntl
 import os
 import stat as st
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -40,6 +41,9 @@ MODE_ENV: Final = "DOEFF_FLOW_TRACE_MODE"
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_KEEP: Final = 3
 DEFAULT_MODE: Final = 0o600
+# A writer touches its workflow directory when a run starts and when it writes after
+# this long a pause: a daemon watching only the trace directory hears of it (IN_ATTRIB).
+TOUCH_AFTER: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,11 @@ class Place:
         self.directory.close()
         self.directory = directory
 
+    def touch(self) -> None:
+        """Set the workflow directory's times to now (seen by a watch on its parent)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.directory.fd)
+
     def rename(self, old: str, new: str) -> None:
         fd = self.directory.fd
         os.rename(old, new, src_dir_fd=fd, dst_dir_fd=fd)
@@ -256,6 +265,8 @@ class TraceWriter:
         except OSError as exc:
             self.close()
             raise TraceDirUnwritable(exc.filename or self.place.path, exc) from None
+        self.place.touch()
+        self._touched = time.monotonic()
 
     def _open(self) -> None:
         # Read-write: a torn tail is found by reading it.
@@ -296,6 +307,7 @@ class TraceWriter:
                 ) from None
             self._open()
             self._say(f"workflow directory {self.place.path} was removed")
+            self.place.touch()
             return
         identity = self.place.identity(TRACE_FILE_NAME)
         if identity == self._identity:
@@ -314,6 +326,10 @@ class TraceWriter:
         if self.failed is not None or not text:
             return
         data = memoryview(text.encode("utf-8", "backslashreplace"))
+        now = time.monotonic()
+        if now - self._touched > TOUCH_AFTER:
+            self.place.touch()
+        self._touched = now
         try:
             self._check_place()
             limit = self.rotation.max_bytes
