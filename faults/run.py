@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 import corrupt
+import files
 import hostile
 import kills
 import restarts
@@ -26,7 +27,7 @@ CORRUPT_FILES = (1000, 100)
 HOSTILE_MESSAGES = (10000, 1000)
 FLOWD_KILLS = (5, 2)
 WATCHERS = (20, 8)
-CLASSES = ("kills", "corrupt", "hostile", "restarts")
+CLASSES = ("kills", "corrupt", "hostile", "restarts", "files")
 
 
 class Figures(Protocol):
@@ -44,6 +45,8 @@ def run_class(name: str, size: int, seed: int) -> Figures:
         return corrupt.run(CORRUPT_FILES[size], seed)
     if name == "hostile":
         return hostile.run(HOSTILE_MESSAGES[size], seed)
+    if name == "files":
+        return files.run(quick=size == 1, seed=seed)
     return restarts.run(FLOWD_KILLS[size], WATCHERS[size], seed)
 
 
