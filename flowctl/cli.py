@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 
 from flowctl import exitcodes
-from flowctl.commands import Session, dispatch, stdio_session
+from flowctl.commands import dispatch
+from flowctl.console import Session, stdio_session
 from flowctl.errors import UsageError
 from flowctl.options import HelpShown, Request, build_parser, parse
 

@@ -1,23 +1,25 @@
 """The commands, and the one dispatcher that one-shot mode and the shell share
-(as supervisorctl does): a table of commands, each a function of a session and a request.
+(as supervisorctl does): each command of the vocabulary (``options.ALL_COMMANDS``, as
+data) runs as a function of a session, a request and a source (``RUNNERS``).
+
+The shell is handed ``dispatch`` when it starts, so it never imports this module.
 """
 
 from __future__ import annotations
 
-import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, TextIO
+from typing import Final
 
 from doeff_flow_core import LiveTrace
 from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.records import RUNNING, UNKNOWN
 from doeff_flow_core.tracefiles.layout import resolve_trace_dir
 from flowctl import exitcodes
+from flowctl.console import Session
 from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
-from flowctl.options import Request
+from flowctl.options import ALL_COMMANDS, Request
 from flowctl.render.text import history_json_line, history_line, ps_json, ps_lines
 from flowctl.sources.base import UNREADABLE, Source
 from flowctl.sources.connect import open_source
@@ -25,27 +27,6 @@ from flowctl.sources.files import FileSource
 from flowctl.watch.model import DashboardWatch, WatchModel, WorkflowWatch
 
 FOLLOW_POLL: Final = 0.1
-
-
-@dataclass(frozen=True)
-class Session:
-    """Where a command writes, and whether it may take over the terminal."""
-
-    out: TextIO
-    err: TextIO
-    interactive: bool  # a terminal on both ends: watch goes full screen
-    in_shell: bool = False
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    summary: str
-    run: Callable[[Session, Request, Source], int]
-    uses_source: bool = True  # False: never asks flowd (prune acts on files; run writes)
-    # False: not offered in the shell (run would hold the prompt for the whole workflow,
-    # and import the program's modules into the shell's process).
-    in_shell: bool = True
 
 
 def warn(session: Session, message: str) -> None:
@@ -194,38 +175,18 @@ def run_shell(session: Session, request: Request, source: Source) -> int:
         return exitcodes.USAGE
     from flowctl.shell import run_shell_session
 
-    return run_shell_session(request.options, source)
+    return run_shell_session(request.options, source, dispatch)
 
 
-ALL_COMMANDS: Final = {
-    command.name: command
-    for command in (
-        Command("ps", "list workflows: status, step, age of the last update, last slog", run_ps),
-        Command("history", "the last records of a workflow (--last N, --follow)", run_history),
-        Command("watch", "watch a workflow live; with no WF, all of them", run_watch),
-        Command(
-            "prune",
-            "remove finished workflows' traces (--older-than 7d, --status, --dry-run)",
-            run_prune,
-            uses_source=False,
-        ),
-        Command(
-            "export",
-            "a workflow's timeline: --format chrome (Perfetto), otlp or svg; -o FILE",
-            run_export,
-        ),
-        Command(
-            "run",
-            "run a doeff program traced: run pkg.mod:program [--id ID]; prints its value",
-            run_run,
-            uses_source=False,
-            in_shell=False,
-        ),
-        Command("shell", "the interactive shell", run_shell),
-    )
+RUNNERS: Final[dict[str, Callable[[Session, Request, Source], int]]] = {
+    "ps": run_ps,
+    "history": run_history,
+    "watch": run_watch,
+    "prune": run_prune,
+    "export": run_export,
+    "run": run_run,
+    "shell": run_shell,
 }
-# The commands the shell offers, completes and lists in its help.
-COMMANDS: Final = {name: command for name, command in ALL_COMMANDS.items() if command.in_shell}
 
 
 def dispatch(session: Session, request: Request, source: Source | None = None) -> int:
@@ -242,7 +203,7 @@ def dispatch(session: Session, request: Request, source: Source | None = None) -
             source = FileSource(resolve_trace_dir(request.options.trace_dir))
         if source is None:
             source = open_source(request.options, session.err)
-        return command.run(session, request, source)
+        return RUNNERS[command.name](session, request, source)
     except FlowctlError as exc:
         warn(session, str(exc))
         return exc.exit_code
@@ -255,8 +216,3 @@ def dispatch(session: Session, request: Request, source: Source | None = None) -
             traceback.print_exc(file=session.err)
         warn(session, f"internal error: {type(exc).__name__}: {exc}")
         return exitcodes.INTERNAL
-
-
-def stdio_session(*, in_shell: bool = False) -> Session:
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    return Session(sys.stdout, sys.stderr, interactive, in_shell)

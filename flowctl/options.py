@@ -1,4 +1,5 @@
-"""The command line: one parser for ``flowctl``, ``doeff-flow`` and each shell line.
+"""The command line: the commands' vocabulary (``ALL_COMMANDS``, as data) and one parser
+for ``flowctl``, ``doeff-flow`` and each shell line.
 
 Global options (``--trace-dir``, ``--json``, ``--socket``, ``--verbose``) are accepted
 before the command and after it (the seed's spelling: ``doeff-flow history wf-001
@@ -16,11 +17,49 @@ from doeff_flow_core.records import ALL_STATUSES
 from flowctl.errors import UsageError
 from flowctl.sources.base import EMPTY, UNREADABLE
 
-COMMANDS: Final = ("ps", "history", "watch", "prune", "export", "run", "shell")
 EXPORT_FORMATS: Final = ("chrome", "otlp", "svg")
 STATUS_CHOICES: Final = (*ALL_STATUSES, EMPTY, UNREADABLE)
 DEFAULT_LAST: Final = 10
 DEFAULT_POLL_INTERVAL: Final = 0.1
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command of the vocabulary, as data (``commands.RUNNERS`` runs it)."""
+
+    name: str
+    summary: str
+    uses_source: bool = True  # False: never asks flowd (prune acts on files; run writes)
+    # False: not offered in the shell (run would hold the prompt for the whole workflow,
+    # and import the program's modules into the shell's process).
+    in_shell: bool = True
+
+
+ALL_COMMANDS: Final = {
+    command.name: command
+    for command in (
+        Command("ps", "list workflows: status, step, age of the last update, last slog"),
+        Command("history", "the last records of a workflow (--last N, --follow)"),
+        Command("watch", "watch a workflow live; with no WF, all of them"),
+        Command(
+            "prune",
+            "remove finished workflows' traces (--older-than 7d, --status, --dry-run)",
+            uses_source=False,
+        ),
+        Command(
+            "export", "a workflow's timeline: --format chrome (Perfetto), otlp or svg; -o FILE"
+        ),
+        Command(
+            "run",
+            "run a doeff program traced: run pkg.mod:program [--id ID]; prints its value",
+            uses_source=False,
+            in_shell=False,
+        ),
+        Command("shell", "the interactive shell"),
+    )
+}
+# The commands the shell offers, completes and lists in its help.
+COMMANDS: Final = {name: command for name, command in ALL_COMMANDS.items() if command.in_shell}
 
 
 class HelpShown(Exception):

@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, TextIO, cast
+from typing import Any, Final, TextIO, cast
 
 from doeff_flow_core import (
     BadTraceSetting,
@@ -28,6 +28,7 @@ from doeff_flow_core import (
 )
 from doeff_flow_core import transform as core
 from flowctl import exitcodes
+from flowctl.console import Session
 from flowctl.errors import (
     BadProgramReference,
     BadWorkflowId,
@@ -40,9 +41,6 @@ from flowctl.errors import (
 )
 from flowctl.options import Request
 from flowctl.render.escape import safe_clip
-
-if TYPE_CHECKING:
-    from flowctl.commands import Session
 
 MAX_ERROR_CHARS: Final = 500
 # How doeff.run starts the traceback it prints on failure (doeff.traceback.format_default).

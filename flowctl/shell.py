@@ -1,6 +1,9 @@
 """The interactive shell: the same commands through the same dispatcher, with completion
 of commands, options and workflow ids, a history file, and a bottom toolbar.
 
+The dispatcher (``commands.dispatch``) is handed to the shell by the ``shell`` command
+that starts it: the shell never imports ``flowctl.commands``, which imports it.
+
 Ctrl-C clears the line (and leaves a running ``watch``, back to the prompt); Ctrl-D or
 ``exit`` leaves the shell.
 """
@@ -23,18 +26,23 @@ from prompt_toolkit.output import Output
 
 from doeff_flow_core.locations import state_dir
 from flowctl import exitcodes
-from flowctl.commands import COMMANDS, Session, dispatch
+from flowctl.console import Session
 from flowctl.errors import FlowctlError, UsageError
 from flowctl.options import (
+    COMMANDS,
     EXPORT_FORMATS,
     STATUS_CHOICES,
     GlobalOptions,
     HelpShown,
+    Request,
     build_parser,
     parse,
 )
 from flowctl.render.box import status_counts
 from flowctl.sources.base import Source
+
+# ``commands.dispatch``: runs one parsed line (with the shell's source when it applies).
+Dispatch = Callable[[Session, Request, Source | None], int]
 
 HISTORY_FILE: Final = "flowctl_history"
 CACHE_SECONDS: Final = 2.0
@@ -145,6 +153,7 @@ class FlowShell:
         self,
         options: GlobalOptions,
         source: Source,
+        dispatch: Dispatch,
         *,
         out: TextIO | None = None,
         err: TextIO | None = None,
@@ -155,6 +164,7 @@ class FlowShell:
     ) -> None:
         self.options = options
         self.source = source
+        self._dispatch = dispatch
         self._parser = build_parser("flowctl")
         out = out or sys.stdout
         if interactive is None:
@@ -224,7 +234,7 @@ class FlowShell:
             print(f"flowctl: {exc}", file=self.session.err)
             return exitcodes.USAGE
         same_source = request.options.trace_dir == self.options.trace_dir
-        return dispatch(self.session, request, self.source if same_source else None)
+        return self._dispatch(self.session, request, self.source if same_source else None)
 
     def run_lines(self, lines: Iterable[str]) -> int:
         """Commands read from a file or pipe, one a line, no prompt: the last one's code."""
@@ -263,6 +273,6 @@ class FlowShell:
                 return exitcodes.OK
 
 
-def run_shell_session(options: GlobalOptions, source: Source) -> int:
-    shell = FlowShell(options, source)
+def run_shell_session(options: GlobalOptions, source: Source, dispatch: Dispatch) -> int:
+    shell = FlowShell(options, source, dispatch)
     return shell.run() if sys.stdin.isatty() else shell.run_lines(sys.stdin)

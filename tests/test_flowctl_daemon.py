@@ -33,6 +33,7 @@ from test_flowctl_support import (
 from test_flowd_support import RECORDS_PER_STEP, Flowd, finish, records, wait_for, workflow
 
 from flowctl import exitcodes
+from flowctl.commands import dispatch
 from flowctl.options import GlobalOptions
 from flowctl.shell import FlowShell
 from flowctl.sources.daemon import DaemonSource
@@ -340,11 +341,13 @@ def test_the_shell_reads_through_flowd(world: World) -> None:
     options = GlobalOptions(trace_dir=str(world.traces), socket=str(world.socket))
     out = io.StringIO()
     source = DaemonSource.connect(str(world.socket), str(world.traces), str(world.traces))
-    shell = FlowShell(options, source, out=out, err=io.StringIO(), history=InMemoryHistory())
+    shell = FlowShell(
+        options, source, dispatch, out=out, err=io.StringIO(), history=InMemoryHistory()
+    )
     assert shell.toolbar().startswith(f" source: daemon ({world.traces}) · ")
     assert shell.run_lines(["ps", "history wf-002 --last 2"]) == exitcodes.OK
     files_out = io.StringIO()
-    files = FlowShell(options, FileSource(world.traces), out=files_out, err=io.StringIO())
+    files = FlowShell(options, FileSource(world.traces), dispatch, out=files_out, err=io.StringIO())
     files.run_lines(["ps", "history wf-002 --last 2"])
     assert same_text(out.getvalue()) == same_text(files_out.getvalue())
     piped = subprocess.run(

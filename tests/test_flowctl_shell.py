@@ -23,6 +23,7 @@ from test_flowctl_support import Tmux, flowctl_command, start_workflow, write_tr
 
 from doeff_flow_core.locations import state_dir
 from flowctl import exitcodes
+from flowctl.commands import dispatch
 from flowctl.options import GlobalOptions
 from flowctl.shell import FlowCompleter, FlowShell
 from flowctl.sources.files import FileSource
@@ -54,6 +55,7 @@ class Driven:
             shell = FlowShell(
                 GlobalOptions(trace_dir=str(self.trace_dir)),
                 FileSource(self.trace_dir),
+                dispatch,
                 out=self.out,
                 err=self.err,
                 interactive=False,

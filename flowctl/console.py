@@ -1,0 +1,26 @@
+"""Where a command writes, and whether it may take over the terminal.
+
+Shared by the entry points, the dispatcher, the shell and the commands, and importing
+nothing of flowctl, so that none of them needs another for it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where a command writes, and whether it may take over the terminal."""
+
+    out: TextIO
+    err: TextIO
+    interactive: bool  # a terminal on both ends: watch goes full screen
+    in_shell: bool = False
+
+
+def stdio_session(*, in_shell: bool = False) -> Session:
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    return Session(sys.stdout, sys.stderr, interactive, in_shell)
