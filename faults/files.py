@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -371,12 +372,9 @@ class Drain(threading.Thread):
 def markers(data: bytes, needle: bytes) -> set[str]:
     """The cases whose marker appears in ``data``."""
     found = set()
-    at = data.find(needle)
-    while at >= 0:
-        rest = data[at + len(needle) : at + len(needle) + 40]
-        found.add(rest.split(b"'")[0].split(b'"')[0].split(b"\\")[0].decode(errors="replace"))
-        at = data.find(needle, at + 1)
-    return {case.strip() for case in found if case}
+    for match in re.finditer(re.escape(needle) + rb"([A-Za-z0-9_-]+)", data):
+        found.add(match.group(1).decode())
+    return found
 
 
 # -- judging -----------------------------------------------------------------------------
