@@ -247,7 +247,8 @@ class Daemon:
         if unseen and not os.path.isdir(entry.directory):
             self.index.remove_workflow(root, name)  # gone already
             return
-        entry.track.changed = time.monotonic()
+        if fresh:
+            entry.track.changed = time.monotonic()
         self._reads[entry] = FRESH if fresh else LATEST
 
     def _remove_workflow(self, root: Root, name: str) -> None:
