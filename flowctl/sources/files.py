@@ -211,7 +211,9 @@ class TraceFeed:
             with self._open() as directory:
                 return self._look(directory)
         except SymlinkRefused:
-            return self._gone()
+            if self._present:
+                return self._gone()  # swapped for a link while followed: gone
+            raise WorkflowLinked(self._workflow_id, str(self._path.parent.parent)) from None
         except FileNotFoundError:
             return self._gone() if not self._path.parent.exists() else None
         except OSError as exc:
