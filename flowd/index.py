@@ -32,7 +32,7 @@ from doeff_flow_core.tracefiles.cursor import (
     read_on,
     tail,
 )
-from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, trace_file
 from doeff_flow_core.tracefiles.lines import CHUNK, RawLine
 from doeff_flow_core.tracefiles.safeopen import Directory
 from flowd.stored import StoredRecord, stored
@@ -100,7 +100,7 @@ class Entry:
 
     @property
     def path(self) -> str:
-        return os.path.join(self.root, self.workflow_id, TRACE_FILE_NAME)
+        return str(trace_file(self.root, self.workflow_id))
 
     @property
     def updated(self) -> float:

@@ -47,7 +47,7 @@ from doeff_flow_core.ids import validate_workflow_id
 from doeff_flow_core.liveness import process_start_ticks, this_host
 from doeff_flow_core.records import COMPLETED, FAILED
 from doeff_flow_core.registry import register_trace_dir
-from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, resolve_trace_dir
+from doeff_flow_core.tracefiles.layout import resolve_trace_dir, trace_file
 from doeff_flow_core.tracefiles.writing import Rotation, TraceWriter
 from doeff_flow_core.tracing.flusher import FLUSH_INTERVAL, Flusher
 from doeff_flow_core.tracing.hooks import _stack_handler
@@ -111,7 +111,7 @@ class TraceObserver:
         self.workflow_id = validate_workflow_id(workflow_id)
         rotation = Rotation.from_environment(max_trace_bytes, keep_rotated)
         self.trace_dir = resolve_trace_dir(trace_dir).absolute()
-        self.path = self.trace_dir / self.workflow_id / TRACE_FILE_NAME
+        self.path = trace_file(self.trace_dir, self.workflow_id)
         self._file = TraceWriter(self.trace_dir, self.workflow_id, rotation, trace_mode)
         register_trace_dir(self.trace_dir)
         from doeff_core_effects import SlogEffect

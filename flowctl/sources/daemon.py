@@ -33,7 +33,7 @@ from typing import Any, Final
 from doeff_flow_core import LiveTrace, MalformedRecord, effective_status
 from doeff_flow_core.protocol import EMPTY_TRACE, NO_TRACE, NO_VALID_RECORDS
 from doeff_flow_core.records import LOST, RUNNING
-from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
+from doeff_flow_core.tracefiles.layout import trace_file
 from doeff_flow_core.tracefiles.reading import read_latest
 from flowctl.errors import (
     DaemonError,
@@ -278,7 +278,7 @@ class DaemonSource:
         if not (isinstance(root, str) and os.path.isabs(root)):
             raise DaemonError("get", 0, f"no absolute root for {ident!r}")
         self._seen(ident, root)
-        path = existing_trace(Path(root, ident, TRACE_FILE_NAME), root)
+        path = existing_trace(trace_file(root, ident), root)
         if path is None:
             raise WorkflowNotFound(ident, self._location)
         return path
@@ -295,8 +295,8 @@ class DaemonSource:
         if root is None:
             return status
         try:
-            newest = read_latest(os.path.join(root, record.workflow_id, TRACE_FILE_NAME))
-        except OSError:
+            newest = read_latest(trace_file(root, record.workflow_id))
+        except (OSError, ValueError):  # unreadable, or an id no trace could have
             newest = None
         if newest is not None and (newest.run, newest.step) != (record.run, record.step):
             return RUNNING

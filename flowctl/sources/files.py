@@ -17,7 +17,7 @@ from doeff_flow_core.ids import is_workflow_id, validate_workflow_id
 from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.tracefiles.chain import chain_of
 from doeff_flow_core.tracefiles.cursor import Cursor, read_on, tail
-from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, trace_file
 from doeff_flow_core.tracefiles.reading import (
     WorkflowSummary,
     parse_line,
@@ -94,7 +94,7 @@ class FileSource:
         return str(self._root)
 
     def _path(self, workflow_id: str) -> Path:
-        return self._root / checked_id(workflow_id) / TRACE_FILE_NAME
+        return trace_file(self._root, checked_id(workflow_id))
 
     def _unavailable(self, exc: OSError) -> Exception:
         if isinstance(exc, FileNotFoundError):
@@ -335,7 +335,7 @@ class TraceDirFeed:
             del self._keys[name]
         changed = []
         for name in self._names:
-            path = self._root / name / TRACE_FILE_NAME
+            path = trace_file(self._root, name)
             try:
                 key: FileKey | None = _key(os.lstat(path))
             except OSError:
