@@ -2,6 +2,7 @@
 
     python bench/bench_flowd.py [--workflows 10000] [--writers 50] [--clients 100]
                                 [--seconds 8] [--idle 10]
+    python bench/bench_flowd.py --scale 10000 100000 [--idle 10]
 
 1. 10,000 workflows indexed (traces copied from a real run of examples/pipeline.py):
    time until ready, the daemon's RSS, ``ps`` / ``ps status=running`` / ``get`` round
@@ -13,8 +14,14 @@
 3. A client that watches everything and never reads (flowd run with --stall-timeout 2),
    beside one that reads: whether the first is cut off, the daemon's RSS meanwhile, and
    what the second received.
+4. Only with ``--scale N ...`` (instead of 1-3; minutes at 100,000): N workflow
+   directories of 10 records each, written straight to disk. flowd with ``--root``: time
+   until ready, RSS, the inotify watches it holds, ``ps`` / ``get`` round trips, idle CPU;
+   ``flowctl ps`` through flowd, and from the files with no daemon (plain and ``--json``).
 
-Targets (README): RSS < 150 MB, ps < 50 ms, idle CPU < 1%, p99 latency < 100 ms.
+Targets (README): RSS < 150 MB, ps < 50 ms, idle CPU < 1%, p99 latency < 100 ms; at
+100,000 workflows: RSS < 150 MB, ready < 10 s, ps < 500 ms, watches far under the
+per-user limit, ``flowctl ps`` from files < 3 s.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +416,129 @@ def bench_slow_client(
         shutil.rmtree(sock.parent, ignore_errors=True)
 
 
+# -- 4. at scale (--scale) ------------------------------------------------------------
+
+SCALE_RECORDS = 10
+WRITE_THREADS = 4
+MARK = "@WF@"  # stands for the workflow id in a trace written once, then copied
+
+
+def write_scale(root: Path, records: list[dict[str, Any]], count: int) -> None:
+    """``count`` workflow directories of the template's last 10 records each, written
+    straight to disk (directories 0700, files 0600, as the core makes them); 1% end
+    with a running record whose writer is this process."""
+    tail = [dict(record, workflow_id=MARK) for record in records[-SCALE_RECORDS:]]
+    running = dict(tail[-2], step=tail[-1]["step"], pid=os.getpid(), pid_start=None)
+    shapes = []
+    for last in (tail[-1], running):
+        lines = [json.dumps(record, separators=(",", ":")) for record in [*tail[:-1], last]]
+        shapes.append(("\n".join(lines) + "\n").encode().split(MARK.encode()))
+    lock = str(os.getpid()).encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+    def write(numbers: range) -> None:
+        for number in numbers:
+            workflow_id = f"wf-{number:06d}"
+            directory = os.path.join(root, workflow_id)
+            os.mkdir(directory, 0o700)
+            fd = os.open(os.path.join(directory, "trace.jsonl"), flags, 0o600)
+            os.write(fd, workflow_id.encode().join(shapes[number % 100 == 0]))
+            os.close(fd)
+            fd = os.open(os.path.join(directory, "writer.lock"), flags, 0o600)
+            os.write(fd, lock)
+            os.close(fd)
+
+    os.mkdir(root, 0o700)
+    # the system calls wait on the file system more than on the interpreter: in threads
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        list(pool.map(write, [range(i, count, WRITE_THREADS) for i in range(WRITE_THREADS)]))
+
+
+def inotify_watches(pid: int) -> int:
+    """The watches held by a process's inotify instances (its fdinfo lists one a line)."""
+    watches = 0
+    for link in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(link) != "anon_inode:inotify":
+                continue
+            text = Path(f"/proc/{pid}/fdinfo/{link.name}").read_text()
+        except OSError:
+            continue  # closed meanwhile
+        watches += sum(1 for line in text.splitlines() if line.startswith("inotify"))
+    return watches
+
+
+def flowctl_wall(args: list[str], env: dict[str, str], rounds: int) -> tuple[float, int]:
+    """Median wall seconds of ``flowctl ARGS`` (a whole process), and its output's size."""
+    walls = []
+    size = 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "flowctl", *args], env=env, capture_output=True, check=False
+        )
+        walls.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise SystemExit(f"flowctl {' '.join(args)}: {done.stderr.decode()[-500:]}")
+        size = len(done.stdout)
+    return statistics.median(walls), size
+
+
+def bench_scale(base: Path, records: list[dict[str, Any]], count: int, idle: float) -> None:
+    root = base / f"scale-{count}"
+    started = time.monotonic()
+    write_scale(root, records, count)
+    print(
+        f"wrote {count} traces of {SCALE_RECORDS} records"
+        f" ({count // 100} running) in {time.monotonic() - started:.1f} s"
+    )
+    limit = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    env = dict(os.environ, XDG_STATE_HOME=str(base / "state"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    proc, sock, ready = start_flowd(base, "--root", str(root))
+    try:
+        client = Client(sock, timeout=120)
+        assert client.call("ping")["workflows"] == count
+        print(f"flowd with {count} workflows: ready after {ready:.2f} s  (target < 10)")
+        row("RSS once ready", f"{rss_mb(proc.pid):7.1f} MB   (target < 150)")
+        row("inotify watches once ready", f"{inotify_watches(proc.pid):7d}   (limit {limit})")
+        rounds = min(100, max(5, 1_000_000 // count))
+        for label, method, params, times in (
+            ("ps (every workflow)", "ps", {}, rounds),
+            ("ps status=running", "ps", {"status": "running"}, rounds),
+            ("get", "get", {"workflow_id": f"wf-{count // 2 + 1:06d}"}, 300),
+        ):
+            trips, decodes, size = timings(client, method, times, **params)
+            print(
+                f"  {label:<24} round trip median {statistics.median(trips) * 1000:6.1f} ms"
+                f"  p99 {pct(trips, 0.99) * 1000:6.1f} ms  ({times} calls);  client's"
+                f" json.loads of the {size / 1e6:.2f} MB answer:"
+                f" median {statistics.median(decodes) * 1000:5.1f} ms"
+            )
+        client.close()
+        row("RSS after the calls", f"{rss_mb(proc.pid):7.1f} MB")
+        through = ["--socket", str(sock), "--trace-dir", str(root)]
+        wall, size = flowctl_wall([*through, "ps"], env, 3)
+        row("flowctl ps through flowd", f"{wall * 1000:7.0f} ms   ({size / 1e6:.1f} MB printed)")
+        time.sleep(1)
+        before = cpu_seconds(proc.pid)
+        time.sleep(idle)
+        used = cpu_seconds(proc.pid) - before
+        row(f"idle CPU over {idle:.0f} s", f"{100 * used / idle:7.2f} % of a core (target < 1)")
+        row("inotify watches then", f"{inotify_watches(proc.pid):7d}")
+        row("RSS then", f"{rss_mb(proc.pid):7.1f} MB")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        shutil.rmtree(sock.parent, ignore_errors=True)
+    env["DOEFF_FLOW_SOCKET"] = str(base / "nobody-listens.sock")
+    wall, size = flowctl_wall(["--trace-dir", str(root), "ps"], env, 3)
+    row("flowctl ps from files", f"{wall * 1000:7.0f} ms   (target < 3000; {size / 1e6:.1f} MB)")
+    wall, size = flowctl_wall(["--trace-dir", str(root), "--json", "ps"], env, 3)
+    row("flowctl --json ps from files", f"{wall * 1000:7.0f} ms   ({size / 1e6:.1f} MB)")
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--writer":
         writer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
@@ -418,10 +549,17 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--idle", type=float, default=10)
+    parser.add_argument(
+        "--scale", type=int, nargs="+", metavar="WORKFLOWS", help="only section 4, at each count"
+    )
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-flowd-"))
     try:
         records = template(base)
+        if args.scale:
+            for count in args.scale:
+                bench_scale(base, records, count, args.idle)
+            return 0
         bench_many(base, records, args.workflows, args.idle)
         bench_watch(base, records, args.writers, args.clients, args.seconds)
         bench_slow_client(base, records, args.writers, args.seconds)

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-# JSON-RPC 2.0 codes.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-# flowd's application codes (documented in the README).
-UNKNOWN_WORKFLOW = -32001
-UNKNOWN_SUBSCRIPTION = -32002
-NOT_A_DIRECTORY = -32003
-TRACE_UNREADABLE = -32004
+from doeff_flow_core.protocol import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NOT_A_DIRECTORY,
+    PARSE_ERROR,
+    TRACE_UNREADABLE,
+    UNKNOWN_SUBSCRIPTION,
+    UNKNOWN_WORKFLOW,
+)
 
 
 class RpcError(Exception):

@@ -20,14 +20,27 @@ from typing import Any, Final, Protocol
 import anyio.to_thread
 
 from doeff_flow_core.ids import is_workflow_id
-from doeff_flow_core.records import ALL_STATUSES
-from flowd.daemon import Daemon
-from flowd.discovery import root_path
-from flowd.errors import (
+from doeff_flow_core.protocol import (
+    GET,
+    HISTORY,
+    HISTORY_DEFAULT,
+    HISTORY_MAX,
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
+    PING,
+    PS,
+    ROOTS_ADD,
+    ROOTS_LIST,
+    STATS,
+    UNWATCH,
+    WATCH,
+)
+from doeff_flow_core.records import ALL_STATUSES
+from flowd.daemon import Daemon
+from flowd.discovery import root_path
+from flowd.errors import (
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -40,14 +53,12 @@ from flowd.errors import (
     UnknownWorkflow,
 )
 from flowd.index import Entry, Liveness, history
+from flowd.jsonrpc import RawJson, error_message, parse_request, result_message
 from flowd.otlp.exporter import Exporter
-from flowd.protocol import RawJson, error_message, parse_request, result_message
 from flowd.subscriptions import After, Session, Subscription
 
 log = logging.getLogger("flowd")
 
-HISTORY_DEFAULT: Final = 10
-HISTORY_MAX: Final = 10000
 # Errors a client made (logged as warnings); the others are answers, not incidents.
 CLIENT_MISTAKES: Final = (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS)
 
@@ -151,15 +162,15 @@ class RpcInterface:
         self._otlp = otlp
         self._subscriptions = 0
         self._methods: dict[str, Method] = {
-            "ping": self.ping,
-            "ps": self.ps,
-            "get": self.get,
-            "history": self.history,
-            "watch": self.watch,
-            "unwatch": self.unwatch,
-            "roots.list": self.roots_list,
-            "roots.add": self.roots_add,
-            "stats": self.stats,
+            PING: self.ping,
+            PS: self.ps,
+            GET: self.get,
+            HISTORY: self.history,
+            WATCH: self.watch,
+            UNWATCH: self.unwatch,
+            ROOTS_LIST: self.roots_list,
+            ROOTS_ADD: self.roots_add,
+            STATS: self.stats,
         }
 
     async def handle_line(self, client: Client, line: bytes) -> None:

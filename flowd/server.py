@@ -25,6 +25,7 @@ from typing import Any, Final
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 
+from doeff_flow_core.protocol import MAX_REQUEST_BYTES
 from flowd.errors import (
     LineTooLong,
     SocketDirUnsafe,
@@ -32,8 +33,8 @@ from flowd.errors import (
     SocketPathTaken,
     SocketUnavailable,
 )
+from flowd.jsonrpc import LineSplitter, error_message
 from flowd.outbox import STALL_SECONDS, Outbox
-from flowd.protocol import MAX_LINE_BYTES, LineSplitter, error_message
 from flowd.rpc import RpcInterface
 from flowd.subscriptions import Hub, Subscription
 
@@ -204,7 +205,7 @@ class Server:
             log.debug("%s: closed", name)
 
     async def _read(self, stream: SocketStream, client: Connection) -> None:
-        splitter = LineSplitter(MAX_LINE_BYTES)
+        splitter = LineSplitter(MAX_REQUEST_BYTES)
         while not client.outbox.done:
             try:
                 data = await stream.receive(RECEIVE_BYTES)
@@ -215,8 +216,10 @@ class Server:
                     return
                 await self._rpc.handle_line(client, line)
             if splitter.too_long:
-                log.warning("%s: request line over %d bytes; closed", client.name, MAX_LINE_BYTES)
-                client.outbox.put(error_message(None, LineTooLong(MAX_LINE_BYTES)))
+                log.warning(
+                    "%s: request line over %d bytes; closed", client.name, MAX_REQUEST_BYTES
+                )
+                client.outbox.put(error_message(None, LineTooLong(MAX_REQUEST_BYTES)))
                 return
 
     async def _write(self, stream: SocketStream, client: Connection, group: TaskGroup) -> None:

@@ -29,8 +29,8 @@ import anyio.to_thread
 
 from doeff_flow_core.tracefiles.cursor import Position
 from flowd.index import Entry, Index, Key, Update, oldest, read_range, resume_position
+from flowd.jsonrpc import trace_body, trace_prefix
 from flowd.outbox import Outbox
-from flowd.protocol import trace_body, trace_prefix
 from flowd.stored import StoredRecord, resume_from
 
 log = logging.getLogger("flowd")

@@ -25,7 +25,7 @@ from test_flowd_support import (
     workflow,
 )
 
-from flowd import errors
+from doeff_flow_core import protocol
 
 
 class World:
@@ -138,7 +138,7 @@ def test_get(world: World, client: Client) -> None:
 
 def test_get_unknown_workflow(world: World, client: Client) -> None:
     error = client.error("get", {"workflow_id": "wf-none"})
-    assert error["code"] == errors.UNKNOWN_WORKFLOW == -32001
+    assert error["code"] == protocol.UNKNOWN_WORKFLOW == -32001
     assert error["data"]["workflow_id"] == "wf-none"
     error = client.error("get", {"workflow_id": "wf-a", "root": str(world.base)})
     assert error["code"] == -32001
@@ -163,7 +163,7 @@ def test_history_of_an_unreadable_trace(tmp_path: Path, client: Client) -> None:
     assert summary["status"] is None
     assert summary["problem"] == "not a regular file (a directory)"
     error = client.error("history", {"workflow_id": "wf-dir"})
-    assert error["code"] == errors.TRACE_UNREADABLE == -32004
+    assert error["code"] == protocol.TRACE_UNREADABLE == -32004
 
 
 @pytest.mark.parametrize(

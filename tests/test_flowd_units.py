@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_flowd_support import raw_lines, run_workflow_to_end
 
+from doeff_flow_core import protocol
 from flowd import errors
 from flowd.daemon import Daemon
 from flowd.index import history, read_range, resume_position
-from flowd.outbox import LOW_MESSAGES, Outbox
-from flowd.protocol import (
+from flowd.jsonrpc import (
     LineSplitter,
     RawJson,
     encode,
@@ -28,6 +28,7 @@ from flowd.protocol import (
     trace_body,
     trace_prefix,
 )
+from flowd.outbox import LOW_MESSAGES, Outbox
 from flowd.rpc import RpcInterface
 from flowd.server import Connection
 from flowd.stored import resume_from
@@ -445,6 +446,6 @@ def test_a_bug_gets_an_internal_error_and_the_next_request_is_answered(tmp_path:
         b'{"jsonrpc":"2.0","id":2,"method":"ping"}',
     )
     assert failed["id"] == 1
-    assert failed["error"]["code"] == errors.INTERNAL_ERROR == -32603
+    assert failed["error"]["code"] == protocol.INTERNAL_ERROR == -32603
     assert failed["error"]["message"] == "internal error: RuntimeError: index on fire"
     assert ping["result"]["workflows"] == 0

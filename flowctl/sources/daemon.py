@@ -31,7 +31,22 @@ from pathlib import Path
 from typing import Any, Final
 
 from doeff_flow_core import LiveTrace, MalformedRecord, effective_status
-from doeff_flow_core.protocol import EMPTY_TRACE, NO_TRACE, NO_VALID_RECORDS
+from doeff_flow_core.protocol import (
+    EMPTY_TRACE,
+    GET,
+    HISTORY,
+    HISTORY_MAX,
+    NO_TRACE,
+    NO_VALID_RECORDS,
+    NOT_A_DIRECTORY,
+    PING,
+    PS,
+    ROOTS_ADD,
+    TRACE_NOTIFICATION,
+    TRACE_UNREADABLE,
+    UNKNOWN_WORKFLOW,
+    WATCH,
+)
 from doeff_flow_core.records import LOST, RUNNING
 from doeff_flow_core.tracefiles.layout import trace_file
 from doeff_flow_core.tracefiles.reading import read_latest
@@ -56,16 +71,12 @@ from flowctl.sources.base import (
 from flowctl.sources.files import checked_id, existing_trace
 from flowctl.sources.rpc import (
     CALL_TIMEOUT,
-    NOT_A_DIRECTORY,
-    TRACE_UNREADABLE,
-    UNKNOWN_WORKFLOW,
     Connection,
     Message,
     RpcFailure,
 )
 
 PING_TIMEOUT: Final = 3.0  # a socket-activated flowd loads its index before answering
-HISTORY_MAX: Final = 10000  # flowd's limit on ``history``'s ``last``
 RECONNECT_FIRST: Final = 0.05
 RECONNECT_MAX: Final = 2.0
 RECONCILE: Final = 2.0  # seconds between two ``ps`` of a directory feed, at least
@@ -92,9 +103,9 @@ def parse_records(method: str, items: object) -> list[LiveTrace]:
 
 def summary_entry(item: object) -> tuple[Key, WorkflowEntry]:
     """A ``Summary`` (``ps``, ``get``) as an entry, unqualified, with its key."""
-    summary = _shape("ps", item, dict, "a summary")
-    workflow_id = _shape("ps", summary.get("workflow_id"), str, "workflow_id")
-    root = _shape("ps", summary.get("root"), str, "root")
+    summary = _shape(PS, item, dict, "a summary")
+    workflow_id = _shape(PS, summary.get("workflow_id"), str, "workflow_id")
+    root = _shape(PS, summary.get("root"), str, "root")
     record, problem, status = summary.get("record"), summary.get("problem"), summary.get("status")
     try:
         latest = None if record is None else LiveTrace.from_dict(record)
@@ -120,7 +131,7 @@ def named(entry: WorkflowEntry, key: Key, name: str) -> WorkflowEntry:
 def add_root(conn: Connection, root: str, location: str) -> None:
     """Make sure flowd indexes ``root`` (``roots.add`` leaves a root it has alone)."""
     try:
-        conn.call("roots.add", path=root)
+        conn.call(ROOTS_ADD, path=root)
     except RpcFailure as exc:
         if exc.code != NOT_A_DIRECTORY:
             raise
@@ -130,7 +141,7 @@ def add_root(conn: Connection, root: str, location: str) -> None:
 
 def subscribe(conn: Connection, **params: Any) -> str | None:
     """``watch``: the subscription id its notifications will carry."""
-    result = _shape("watch", conn.call("watch", **params), dict, "the result")
+    result = _shape(WATCH, conn.call(WATCH, **params), dict, "the result")
     subscription = result.get("subscription")
     return subscription if isinstance(subscription, str) else None
 
@@ -169,7 +180,7 @@ class DaemonSource:
         DaemonUnavailable."""
         conn = Connection(socket_path, timeout=PING_TIMEOUT)
         try:
-            pong = conn.call("ping")
+            pong = conn.call(PING)
         except FlowctlError as exc:
             conn.close()
             raise DaemonUnavailable(socket_path, f"not flowd? {exc}") from None
@@ -214,8 +225,8 @@ class DaemonSource:
         return checked_id(workflow_id), self._scope(root)
 
     def entries(self) -> dict[Key, WorkflowEntry]:
-        result = _shape("ps", self._call("ps", **self._scope()), dict, "the result")
-        return dict(summary_entry(item) for item in _shape("ps", result.get("workflows"), list, ""))
+        result = _shape(PS, self._call(PS, **self._scope()), dict, "the result")
+        return dict(summary_entry(item) for item in _shape(PS, result.get("workflows"), list, ""))
 
     def list_workflows(self) -> list[WorkflowEntry]:
         entries = self.entries()
@@ -231,12 +242,12 @@ class DaemonSource:
     def history(self, workflow_id: str, last: int) -> History:
         ident, scope = self._target(workflow_id)
         try:
-            result = self._call("history", workflow_id=ident, last=min(last, HISTORY_MAX), **scope)
+            result = self._call(HISTORY, workflow_id=ident, last=min(last, HISTORY_MAX), **scope)
         except RpcFailure as exc:
             raise self._failure(ident, exc) from None
-        result = _shape("history", result, dict, "result")
+        result = _shape(HISTORY, result, dict, "result")
         self._seen(ident, result.get("root"))
-        records = parse_records("history", result.get("records"))
+        records = parse_records(HISTORY, result.get("records"))
         if not records:
             self._no_records(ident, scope)
         skipped = result.get("skipped", 0)
@@ -250,7 +261,7 @@ class DaemonSource:
     def _no_records(self, workflow_id: str, scope: dict[str, str]) -> None:
         """Why a workflow has no record: raised as the file source raises it."""
         try:
-            _, entry = summary_entry(self._call("get", workflow_id=workflow_id, **scope))
+            _, entry = summary_entry(self._call(GET, workflow_id=workflow_id, **scope))
         except RpcFailure as exc:
             raise self._failure(workflow_id, exc) from None
         if entry.latest is not None or entry.problem in (None, EMPTY_TRACE):
@@ -271,12 +282,12 @@ class DaemonSource:
     def trace_path(self, workflow_id: str) -> Path:
         ident, scope = self._target(workflow_id)
         try:
-            result = _shape("get", self._call("get", workflow_id=ident, **scope), dict, "result")
+            result = _shape(GET, self._call(GET, workflow_id=ident, **scope), dict, "result")
         except RpcFailure as exc:
             raise self._failure(ident, exc) from None
         root = result.get("root")
         if not (isinstance(root, str) and os.path.isabs(root)):
-            raise DaemonError("get", 0, f"no absolute root for {ident!r}")
+            raise DaemonError(GET, 0, f"no absolute root for {ident!r}")
         self._seen(ident, root)
         path = existing_trace(trace_file(root, ident), root)
         if path is None:
@@ -388,7 +399,7 @@ def trace_records(
     bad = 0
     for message in messages:
         params = message.get("params")
-        if message.get("method") != "trace" or not isinstance(params, dict):
+        if message.get("method") != TRACE_NOTIFICATION or not isinstance(params, dict):
             continue
         if params.get("subscription") != subscription:
             continue  # a subscription from before
@@ -478,13 +489,13 @@ class DaemonFeed:
                 raise
             self._present = False
             return [], None  # flowd sends its records once it appears
-        result = _shape("history", result, dict, "result")
+        result = _shape(HISTORY, result, dict, "result")
         self._seen(self._workflow_id, result.get("root"))
-        records = parse_records("history", result.get("records"))
+        records = parse_records(HISTORY, result.get("records"))
         if records:
             self._present = True
             return records, {"run": records[-1].run, "step": records[-1].step}
-        _, entry = summary_entry(conn.call("get", workflow_id=self._workflow_id, **self._scope))
+        _, entry = summary_entry(conn.call(GET, workflow_id=self._workflow_id, **self._scope))
         self._present = entry.problem != NO_TRACE  # as a file feed sees it: no file yet
         return [], FROM_FIRST
 
@@ -539,11 +550,9 @@ class DaemonDirectoryFeed:
         started = time.monotonic()
         if self._link.root_missing:
             self._link.check_root(conn)
-        result = _shape("ps", conn.call("ps", **self._scope), dict, "result")
+        result = _shape(PS, conn.call(PS, **self._scope), dict, "result")
         conn.kept()  # pushed before the answer: no newer than it
-        fresh = dict(
-            summary_entry(item) for item in _shape("ps", result.get("workflows"), list, "")
-        )
+        fresh = dict(summary_entry(item) for item in _shape(PS, result.get("workflows"), list, ""))
         for key in self._known.keys() - fresh.keys():
             del self._known[key]
         for key, entry in fresh.items():

@@ -28,12 +28,6 @@ RECEIVE_BYTES: Final = 1 << 20
 PUSHED_BYTES_PER_POLL: Final = 8 << 20
 MAX_LINE: Final = 1 << 30  # a runaway line from a confused peer
 
-# flowd's application error codes (README: flowd, Protocol).
-UNKNOWN_WORKFLOW: Final = -32001
-UNKNOWN_SUBSCRIPTION: Final = -32002
-NOT_A_DIRECTORY: Final = -32003
-TRACE_UNREADABLE: Final = -32004
-
 Message = dict[str, Any]
 
 

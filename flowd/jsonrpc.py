@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
+from doeff_flow_core.protocol import MAX_REQUEST_BYTES, TRACE_NOTIFICATION
+from doeff_flow_core.records import loads
 from flowd.errors import InvalidRequest, ParseError, RpcError
 
-MAX_LINE_BYTES: Final = 1024 * 1024  # a request line, newline excluded
 VERSION: Final = "2.0"
 
 RequestId = str | int | float | None
@@ -31,7 +32,7 @@ class LineSplitter:
     lines before it are still given, the rest of the stream is not worth reading.
     """
 
-    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, limit: int = MAX_REQUEST_BYTES) -> None:
         self._limit = limit
         self._buffer = bytearray()
         self.too_long = False
@@ -61,24 +62,6 @@ class Request:
     params: dict[str, Any] | list[Any]
     id: RequestId = None
     notification: bool = False  # no "id" member: no response is sent
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder for every line flowd reads: ``json.loads`` with an argument builds a new
-# decoder per call, a quarter of the time of parsing a trace record.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def loads(data: bytes | str) -> Any:
-    """Strict JSON: NaN and Infinity are refused. Otherwise as ``json.loads``."""
-    if isinstance(data, bytes | bytearray):
-        data = data.decode(json.detect_encoding(data), "surrogatepass")
-    elif data.startswith("\ufeff"):
-        return json.loads(data)  # refused, as json.loads refuses it
-    return _DECODER.decode(data)
 
 
 def request_id(message: object) -> RequestId:
@@ -187,7 +170,9 @@ def trace_body(workflow_id: str, root: str, record: bytes) -> bytes:
 def trace_prefix(subscription: str) -> bytes:
     """The start of a ``trace`` notification for one subscription; ``trace_body`` follows."""
     return (
-        b'{"jsonrpc":"2.0","method":"trace","params":{"subscription":'
+        b'{"jsonrpc":"2.0","method":'
+        + _string(TRACE_NOTIFICATION)
+        + b',"params":{"subscription":'
         + _string(subscription)
         + b","
     )
