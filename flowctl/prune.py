@@ -268,7 +268,8 @@ def _own_files(directory: Directory) -> dict[str, int]:
         elif status.st_uid != uid:
             problems.append(f"{entry} is owned by another user (uid {status.st_uid})")
         else:
-            files[entry] = status.st_size
+            # what removing it frees: a sparse file holds fewer blocks than its size says
+            files[entry] = min(status.st_size, status.st_blocks * 512)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise _Refused(problems[0] + more)

@@ -371,7 +371,7 @@ def test_prune_is_quick_on_a_sparse_terabyte_trace(tmp_path: Path) -> None:
         "wf-huge": "completed",
         "wf-small": "completed",
     }
-    assert dry["removed"][0]["bytes"] == 1 << 40  # its size, as ls -l says
+    assert dry["removed"][0]["bytes"] < 1 << 20  # the blocks it frees, not its apparent size
     started = time.monotonic()
     guarded_prune(root)
     assert time.monotonic() - started < 5
