@@ -11,7 +11,7 @@ import sys
 
 from flowctl import exitcodes
 from flowctl.commands import dispatch
-from flowctl.console import Session, stdio_session
+from flowctl.console import Console, stdio_console
 from flowctl.errors import UsageError
 from flowctl.options import HelpShown, Request, build_parser, parse
 
@@ -25,27 +25,27 @@ def _prepare_streams() -> None:
             reconfigure(errors="backslashreplace")
 
 
-def run(prog: str, argv: list[str] | None = None, session: Session | None = None) -> int:
+def run(prog: str, argv: list[str] | None = None, console: Console | None = None) -> int:
     _prepare_streams()
-    session = session or stdio_session()
+    console = console or stdio_console()
     parser = build_parser(prog)
     try:
         request = parse(parser, list(sys.argv[1:] if argv is None else argv))
     except HelpShown:
         return exitcodes.OK
     except UsageError as exc:
-        print(f"{prog}: {exc}", file=session.err)
+        print(f"{prog}: {exc}", file=console.err)
         return exitcodes.USAGE
     if request.command is None:
-        if not session.interactive:
-            print(parser.format_usage().rstrip(), file=session.err)
+        if not console.interactive:
+            print(parser.format_usage().rstrip(), file=console.err)
             return exitcodes.USAGE
         request = Request(command="shell", options=request.options)
     try:
-        return dispatch(session, request)
+        return dispatch(console, request)
     finally:
         try:
-            session.out.flush()
+            console.out.flush()
         except (BrokenPipeError, ValueError):
             pass
 

@@ -1,6 +1,6 @@
 """The commands, and the one dispatcher that one-shot mode and the shell share
 (as supervisorctl does): each command of the vocabulary (``options.ALL_COMMANDS``, as
-data) runs as a function of a session, a request and a source (``RUNNERS``).
+data) runs as a function of a console, a request and a source (``RUNNERS``).
 
 The shell is handed ``dispatch`` when it starts, so it never imports this module.
 """
@@ -17,7 +17,7 @@ from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.records import RUNNING, UNKNOWN
 from doeff_flow_core.tracefiles.layout import resolve_trace_dir
 from flowctl import exitcodes
-from flowctl.console import Session
+from flowctl.console import Console
 from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
 from flowctl.options import ALL_COMMANDS, Request
 from flowctl.render.text import history_json_line, history_line, ps_json, ps_lines
@@ -29,27 +29,27 @@ from flowctl.watch.model import DashboardWatch, WatchModel, WorkflowWatch
 FOLLOW_POLL: Final = 0.1
 
 
-def warn(session: Session, message: str) -> None:
-    print(f"flowctl: {message}", file=session.err)
+def warn(console: Console, message: str) -> None:
+    print(f"flowctl: {message}", file=console.err)
 
 
 def malformed(skipped: int) -> str:
     return f"{skipped} malformed line{'' if skipped == 1 else 's'} skipped"
 
 
-def run_ps(session: Session, request: Request, source: Source) -> int:
+def run_ps(console: Console, request: Request, source: Source) -> int:
     entries = source.list_workflows()
     if request.status is not None:
         entries = [entry for entry in entries if entry.status == request.status]
     now = datetime.now(UTC)
     if request.options.json:
-        session.out.write(ps_json(entries, now) + "\n")
+        console.out.write(ps_json(entries, now) + "\n")
     else:
-        session.out.write("".join(line + "\n" for line in ps_lines(entries, now)))
-    session.out.flush()
+        console.out.write("".join(line + "\n" for line in ps_lines(entries, now)))
+    console.out.flush()
     unreadable = [entry for entry in entries if entry.status == UNREADABLE]
     for entry in unreadable:
-        warn(session, f"{entry.name}: {entry.problem}")
+        warn(console, f"{entry.name}: {entry.problem}")
     return exitcodes.BAD_TRACE if unreadable else exitcodes.OK
 
 
@@ -59,22 +59,22 @@ def _workflow_id(request: Request) -> str:
     return request.workflow_id
 
 
-def run_history(session: Session, request: Request, source: Source) -> int:
+def run_history(console: Console, request: Request, source: Source) -> int:
     workflow_id = _workflow_id(request)
     render = history_json_line if request.options.json else history_line
     if request.follow:
-        return _follow_history(session, request, source, workflow_id, render)
+        return _follow_history(console, request, source, workflow_id, render)
     history = source.history(workflow_id, request.last)
-    session.out.write("".join(render(record) + "\n" for record in history.records))
-    session.out.flush()
+    console.out.write("".join(render(record) + "\n" for record in history.records))
+    console.out.flush()
     if history.skipped:
-        warn(session, f"{workflow_id}: {malformed(history.skipped)}")
+        warn(console, f"{workflow_id}: {malformed(history.skipped)}")
         return exitcodes.BAD_TRACE
     return exitcodes.OK
 
 
 def _follow_history(
-    session: Session,
+    console: Console,
     request: Request,
     source: Source,
     workflow_id: str,
@@ -92,8 +92,8 @@ def _follow_history(
         latest = None
         while True:
             if update.records:
-                session.out.write("".join(render(r) + "\n" for r in update.records))
-                session.out.flush()
+                console.out.write("".join(render(r) + "\n" for r in update.records))
+                console.out.flush()
                 latest = update.records[-1]
             if latest is not None and (
                 latest.is_terminal or source.status(latest) not in (RUNNING, UNKNOWN)
@@ -104,23 +104,23 @@ def _follow_history(
         feed.close()
 
 
-def run_watch(session: Session, request: Request, source: Source) -> int:
+def run_watch(console: Console, request: Request, source: Source) -> int:
     model: WatchModel
     as_json, status_only = request.options.json, request.status_only
     if request.workflow_id is None:
         model = DashboardWatch(source, status_only=status_only, as_json=as_json)
     else:
         model = WorkflowWatch(source, request.workflow_id, status_only=status_only, as_json=as_json)
-    if session.interactive and not request.options.json:
+    if console.interactive and not request.options.json:
         from flowctl.watch.screen import run_screen
 
-        return run_screen(model, request.poll_interval, request.exit_on_complete, session.out)
+        return run_screen(model, request.poll_interval, request.exit_on_complete, console.out)
     from flowctl.watch.plain import run_plain
 
-    return run_plain(model, request.poll_interval, request.exit_on_complete, session.out)
+    return run_plain(model, request.poll_interval, request.exit_on_complete, console.out)
 
 
-def run_prune(session: Session, request: Request, source: Source) -> int:
+def run_prune(console: Console, request: Request, source: Source) -> int:
     from flowctl.prune import (
         PRUNABLE,
         parse_duration,
@@ -141,44 +141,44 @@ def run_prune(session: Session, request: Request, source: Source) -> int:
         now=now,
     )
     if request.options.json:
-        session.out.write(report_json(report) + "\n")
+        console.out.write(report_json(report) + "\n")
     else:
-        session.out.write("".join(line + "\n" for line in report_lines(report, now)))
+        console.out.write("".join(line + "\n" for line in report_lines(report, now)))
         if request.options.verbose:
             for item in report.skipped:
-                warn(session, f"skipped {item.workflow_id}: {item.reason}")
-    session.out.flush()
+                warn(console, f"skipped {item.workflow_id}: {item.reason}")
+    console.out.flush()
     return exitcodes.OK
 
 
-def run_export(session: Session, request: Request, source: Source) -> int:
+def run_export(console: Console, request: Request, source: Source) -> int:
     from flowctl.export.command import Trace, export, export_format, report
 
     workflow_id = _workflow_id(request)
     fmt = export_format(request.format, request.output)
     trace = Trace(workflow_id, source.trace_path(workflow_id))
-    written = export(trace, fmt, request.output, session.out)
+    written = export(trace, fmt, request.output, console.out)
     if request.options.verbose:
-        warn(session, report(trace, fmt, request.output, written))
+        warn(console, report(trace, fmt, request.output, written))
     return exitcodes.OK
 
 
-def run_run(session: Session, request: Request, source: Source) -> int:
+def run_run(console: Console, request: Request, source: Source) -> int:
     from flowctl.runprogram import run_program
 
-    return run_program(session, request)
+    return run_program(console, request)
 
 
-def run_shell(session: Session, request: Request, source: Source) -> int:
-    if session.in_shell:
-        warn(session, "already in the shell")
+def run_shell(console: Console, request: Request, source: Source) -> int:
+    if console.in_shell:
+        warn(console, "already in the shell")
         return exitcodes.USAGE
     from flowctl.shell import run_shell_session
 
     return run_shell_session(request.options, source, dispatch)
 
 
-RUNNERS: Final[dict[str, Callable[[Session, Request, Source], int]]] = {
+RUNNERS: Final[dict[str, Callable[[Console, Request, Source], int]]] = {
     "ps": run_ps,
     "history": run_history,
     "watch": run_watch,
@@ -189,23 +189,23 @@ RUNNERS: Final[dict[str, Callable[[Session, Request, Source], int]]] = {
 }
 
 
-def dispatch(session: Session, request: Request, source: Source | None = None) -> int:
-    """Run ``request``; failures become one line on ``session.err`` and an exit code."""
+def dispatch(console: Console, request: Request, source: Source | None = None) -> int:
+    """Run ``request``; failures become one line on ``console.err`` and an exit code."""
     command = ALL_COMMANDS.get(request.command or "")
     if command is None:
-        warn(session, f"unknown command {request.command!r}")
+        warn(console, f"unknown command {request.command!r}")
         return exitcodes.USAGE
-    if session.in_shell and not command.in_shell:
-        warn(session, f"{command.name} is not available in the shell; run it from the command line")
+    if console.in_shell and not command.in_shell:
+        warn(console, f"{command.name} is not available in the shell; run it from the command line")
         return exitcodes.USAGE
     try:
         if not command.uses_source:  # the files themselves, whatever source is open
             source = FileSource(resolve_trace_dir(request.options.trace_dir))
         if source is None:
-            source = open_source(request.options, session.err)
-        return RUNNERS[command.name](session, request, source)
+            source = open_source(request.options, console.err)
+        return RUNNERS[command.name](console, request, source)
     except FlowctlError as exc:
-        warn(session, str(exc))
+        warn(console, str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
@@ -213,6 +213,6 @@ def dispatch(session: Session, request: Request, source: Source | None = None) -
         return exitcodes.OK
     except Exception as exc:  # a bug: still one line, and the traceback when asked
         if request.options.verbose:
-            traceback.print_exc(file=session.err)
-        warn(session, f"internal error: {type(exc).__name__}: {exc}")
+            traceback.print_exc(file=console.err)
+        warn(console, f"internal error: {type(exc).__name__}: {exc}")
         return exitcodes.INTERNAL

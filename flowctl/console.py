@@ -12,7 +12,7 @@ from typing import TextIO
 
 
 @dataclass(frozen=True)
-class Session:
+class Console:
     """Where a command writes, and whether it may take over the terminal."""
 
     out: TextIO
@@ -21,6 +21,6 @@ class Session:
     in_shell: bool = False
 
 
-def stdio_session(*, in_shell: bool = False) -> Session:
+def stdio_console(*, in_shell: bool = False) -> Console:
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    return Session(sys.stdout, sys.stderr, interactive, in_shell)
+    return Console(sys.stdout, sys.stderr, interactive, in_shell)

@@ -28,7 +28,7 @@ from doeff_flow_core import (
 )
 from doeff_flow_core import transform as core
 from flowctl import exitcodes
-from flowctl.console import Session
+from flowctl.console import Console
 from flowctl.errors import (
     BadProgramReference,
     BadWorkflowId,
@@ -42,7 +42,7 @@ from flowctl.errors import (
 from flowctl.options import Request
 from flowctl.render.escape import safe_clip
 
-MAX_ERROR_CHARS: Final = 500
+MAX_REPORT_CHARS: Final = 500
 # How doeff.run starts the traceback it prints on failure (doeff.traceback.format_default).
 DOEFF_TRACEBACK_HEAD: Final = "\ndoeff Traceback (most recent call last):"
 
@@ -50,10 +50,10 @@ DOEFF_TRACEBACK_HEAD: Final = "\ndoeff Traceback (most recent call last):"
 def one_line(text: str) -> str:
     """The first line of ``text``, escaped and bounded: errors are reported in one line."""
     first = text.strip().split("\n", 1)[0]
-    return safe_clip(first, MAX_ERROR_CHARS)
+    return safe_clip(first, MAX_REPORT_CHARS)
 
 
-def run_program(session: Session, request: Request) -> int:
+def run_program(console: Console, request: Request) -> int:
     reference = request.program
     if not reference:
         raise UsageError("a program is needed: run pkg.mod:program")
@@ -71,14 +71,14 @@ def run_program(session: Session, request: Request) -> int:
         workflow_id = core.default_workflow_id(program, fallback)
         result = _run(program, workflow_id, request, derived=True)
     if request.options.json:
-        session.out.write(json.dumps(_summary(result)) + "\n")
+        console.out.write(json.dumps(_summary(result)) + "\n")
     elif result.error is None:
-        print(result.value, file=session.out)  # as ``doeff run`` prints it
-    session.out.flush()
+        print(result.value, file=console.out)  # as ``doeff run`` prints it
+    console.out.flush()
     error = result.error
     if error is not None:
         if request.options.verbose and not hasattr(error, "__doeff_traceback__"):
-            traceback.print_exception(error, file=session.err)
+            traceback.print_exception(error, file=console.err)
         raise WorkflowRunFailed(result.workflow_id, one_line(f"{type(error).__name__}: {error}"))
     return exitcodes.OK
 

@@ -26,7 +26,7 @@ from prompt_toolkit.output import Output
 
 from doeff_flow_core.locations import state_dir
 from flowctl import exitcodes
-from flowctl.console import Session
+from flowctl.console import Console
 from flowctl.errors import FlowctlError, UsageError
 from flowctl.options import (
     COMMANDS,
@@ -42,7 +42,7 @@ from flowctl.render.box import status_counts
 from flowctl.sources.base import Source
 
 # ``commands.dispatch``: runs one parsed line (with the shell's source when it applies).
-Dispatch = Callable[[Session, Request, Source | None], int]
+Dispatch = Callable[[Console, Request, Source | None], int]
 
 HISTORY_FILE: Final = "flowctl_history"
 CACHE_SECONDS: Final = 2.0
@@ -169,7 +169,7 @@ class FlowShell:
         out = out or sys.stdout
         if interactive is None:
             interactive = sys.stdin.isatty() and sys.stdout.isatty()
-        self.session = Session(out, err or sys.stderr, interactive, in_shell=True)
+        self.console = Console(out, err or sys.stderr, interactive, in_shell=True)
         self._ids = Cached(source.workflow_ids)
         self._toolbar = Cached(self._toolbar_text)
         self._history, self._input, self._output = history, input, output
@@ -191,8 +191,8 @@ class FlowShell:
         return str(self._toolbar.get())
 
     def _print(self, text: str) -> None:
-        self.session.out.write(text + "\n")
-        self.session.out.flush()
+        self.console.out.write(text + "\n")
+        self.console.out.flush()
 
     def help(self, topic: str | None = None) -> int:
         if topic is None:
@@ -203,13 +203,13 @@ class FlowShell:
             self._print("\n".join(lines))
             return exitcodes.OK
         try:
-            with redirect_stdout(self.session.out):
+            with redirect_stdout(self.console.out):
                 parse(self._parser, [topic, "--help"])
         except HelpShown:
             return exitcodes.OK
         except UsageError:
             pass
-        print(f"flowctl: no command {topic!r} (try 'help')", file=self.session.err)
+        print(f"flowctl: no command {topic!r} (try 'help')", file=self.console.err)
         return exitcodes.USAGE
 
     def execute(self, line: str) -> int | None:
@@ -217,7 +217,7 @@ class FlowShell:
         try:
             words = shlex.split(line)
         except ValueError as exc:
-            print(f"flowctl: {exc}", file=self.session.err)
+            print(f"flowctl: {exc}", file=self.console.err)
             return exitcodes.USAGE
         if not words:
             return exitcodes.OK
@@ -226,15 +226,15 @@ class FlowShell:
         if words[0] in ("help", "?"):
             return self.help(words[1] if len(words) > 1 else None)
         try:
-            with redirect_stdout(self.session.out):
+            with redirect_stdout(self.console.out):
                 request = parse(self._parser, words, base=self.options)
         except HelpShown:
             return exitcodes.OK
         except UsageError as exc:
-            print(f"flowctl: {exc}", file=self.session.err)
+            print(f"flowctl: {exc}", file=self.console.err)
             return exitcodes.USAGE
         same_source = request.options.trace_dir == self.options.trace_dir
-        return self._dispatch(self.session, request, self.source if same_source else None)
+        return self._dispatch(self.console, request, self.source if same_source else None)
 
     def run_lines(self, lines: Iterable[str]) -> int:
         """Commands read from a file or pipe, one a line, no prompt: the last one's code."""

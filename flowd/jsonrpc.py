@@ -57,7 +57,7 @@ class LineSplitter:
 
 
 @dataclass(frozen=True)
-class Request:
+class RpcRequest:
     method: str
     params: dict[str, Any] | list[Any]
     id: RequestId = None
@@ -75,8 +75,8 @@ def request_id(message: object) -> RequestId:
     return None
 
 
-def parse_request(line: bytes) -> Request:
-    """One request line as a Request, or ParseError / InvalidRequest."""
+def parse_request(line: bytes) -> RpcRequest:
+    """One request line as an RpcRequest, or ParseError / InvalidRequest."""
     try:
         message = loads(line)
     except (ValueError, RecursionError) as exc:
@@ -97,7 +97,7 @@ def parse_request(line: bytes) -> Request:
     notification = "id" not in message
     if not notification and ident is None and message["id"] is not None:
         raise InvalidRequest('"id" must be a string, a number or null')
-    return Request(method, params, ident, notification)
+    return RpcRequest(method, params, ident, notification)
 
 
 class RawJson:

@@ -1,6 +1,6 @@
 """The RPC interface: the methods clients may call, over the daemon's state.
 
-``RpcInterface`` is testable without a socket: give it a ``Daemon`` and a session (an
+``RpcInterface`` is testable without a socket: give it a ``Daemon`` and a client (an
 outbox and a way to start tasks) and feed it request lines. The methods a client can
 reach are the ones in its explicit table; nothing is looked up by name otherwise.
 """
@@ -55,7 +55,7 @@ from flowd.errors import (
 from flowd.index import Entry, Liveness, history
 from flowd.jsonrpc import RawJson, error_message, parse_request, result_message
 from flowd.otlp.exporter import Exporter
-from flowd.subscriptions import After, Session, Subscription
+from flowd.subscriptions import After, Subscriber, Subscription
 
 log = logging.getLogger("flowd")
 
@@ -71,7 +71,7 @@ def version() -> str:
         return "unknown"
 
 
-class Client(Session, Protocol):
+class Client(Subscriber, Protocol):
     """A connection as the RPC interface sees it."""
 
     @property
@@ -82,7 +82,7 @@ class Client(Session, Protocol):
 
 
 @dataclass
-class Call:
+class RpcCall:
     """One request being answered: its client, its params, and what to do once the
     response is queued."""
 
@@ -91,13 +91,13 @@ class Call:
     then: list[Callable[[], None]] = field(default_factory=list)
 
 
-Method = Callable[[Call], Awaitable[Any]]
+Method = Callable[[RpcCall], Awaitable[Any]]
 
 
 class Params:
     """Checks named params; every failure is InvalidParams saying which and why."""
 
-    def __init__(self, call: Call, *allowed: str) -> None:
+    def __init__(self, call: RpcCall, *allowed: str) -> None:
         if not isinstance(call.params, dict):
             raise InvalidParams("params must be an object (named parameters)")
         unknown = sorted(set(call.params) - set(allowed))
@@ -179,14 +179,14 @@ class RpcInterface:
             return
         ident = None
         notification = False
-        call: Call | None = None
+        call: RpcCall | None = None
         try:
             request = parse_request(line)
             ident, notification = request.id, request.notification
             method = self._methods.get(request.method)
             if method is None:
                 raise MethodNotFound(request.method)
-            call = Call(client, request.params)
+            call = RpcCall(client, request.params)
             result = await method(call)
         except RpcError as error:
             if error.code in CLIENT_MISTAKES:
@@ -211,7 +211,7 @@ class RpcInterface:
 
     # -- methods ----------------------------------------------------------------------
 
-    async def ping(self, call: Call) -> Any:
+    async def ping(self, call: RpcCall) -> Any:
         Params(call)
         daemon = self._daemon
         answer: dict[str, Any] = {
@@ -225,7 +225,7 @@ class RpcInterface:
             answer["otlp"] = self._otlp.stats()
         return answer
 
-    async def ps(self, call: Call) -> Any:
+    async def ps(self, call: RpcCall) -> Any:
         params = Params(call, "status", "root")
         wanted = params.statuses()
         root = params.path("root", required=False)
@@ -241,12 +241,12 @@ class RpcInterface:
                 found.append(summary(entry, status))
         return RawJson(b'{"workflows":[' + b",".join(found) + b"]}")
 
-    async def get(self, call: Call) -> Any:
+    async def get(self, call: RpcCall) -> Any:
         entry = self._entry(Params(call, "workflow_id", "root"))
         status = Liveness().status(entry.latest) if entry.latest is not None else None
         return RawJson(summary(entry, status))
 
-    async def history(self, call: Call) -> Any:
+    async def history(self, call: RpcCall) -> Any:
         params = Params(call, "workflow_id", "last", "root")
         last = params.integer("last", HISTORY_DEFAULT, 1, HISTORY_MAX)
         entry = self._entry(params)
@@ -268,7 +268,7 @@ class RpcInterface:
             "skipped": skipped,
         }
 
-    async def watch(self, call: Call) -> Any:
+    async def watch(self, call: RpcCall) -> Any:
         params = Params(call, "workflow_id", "root", "after")
         workflow_id = params.workflow_id(required=False)
         root = params.path("root", required=False)
@@ -282,7 +282,7 @@ class RpcInterface:
         call.then.append(lambda: self._daemon.hub.start(sub))
         return {"subscription": ident}
 
-    async def unwatch(self, call: Call) -> Any:
+    async def unwatch(self, call: RpcCall) -> Any:
         ident = Params(call, "subscription").subscription()
         sub = call.client.subscriptions.pop(ident, None)
         if sub is None:
@@ -290,7 +290,7 @@ class RpcInterface:
         self._daemon.hub.stop(sub)
         return {"unwatched": True}
 
-    async def roots_list(self, call: Call) -> Any:
+    async def roots_list(self, call: RpcCall) -> Any:
         Params(call)
         return {
             "roots": [
@@ -299,7 +299,7 @@ class RpcInterface:
             ]
         }
 
-    async def roots_add(self, call: Call) -> Any:
+    async def roots_add(self, call: RpcCall) -> Any:
         path = Params(call, "path").path("path", required=True)
         assert path is not None
         if not os.path.isdir(path):
@@ -308,7 +308,7 @@ class RpcInterface:
         added = await self._daemon.add_rpc_root(path)
         return {"path": path, "added": added}
 
-    async def stats(self, call: Call) -> Any:
+    async def stats(self, call: RpcCall) -> Any:
         Params(call)
         return {"otlp": None if self._otlp is None else self._otlp.stats()}
 

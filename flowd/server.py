@@ -129,7 +129,7 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-class Connection:
+class ClientConnection:
     """One client: its outbox, its subscriptions, and the tasks they need."""
 
     def __init__(self, name: str, group: TaskGroup, stall: float) -> None:
@@ -180,10 +180,10 @@ class Server:
             await stream.aclose()
             return
         log.debug("%s: connected", name)
-        client: Connection | None = None
+        client: ClientConnection | None = None
         try:
             async with stream, anyio.create_task_group() as group:
-                client = Connection(name, group, self._stall)
+                client = ClientConnection(name, group, self._stall)
                 try:
                     group.start_soon(self._write, stream, client, group)
                     await self._read(stream, client)
@@ -204,7 +204,7 @@ class Server:
                 )
             log.debug("%s: closed", name)
 
-    async def _read(self, stream: SocketStream, client: Connection) -> None:
+    async def _read(self, stream: SocketStream, client: ClientConnection) -> None:
         splitter = LineSplitter(MAX_REQUEST_BYTES)
         while not client.outbox.done:
             try:
@@ -222,7 +222,9 @@ class Server:
                 client.outbox.put(error_message(None, LineTooLong(MAX_REQUEST_BYTES)))
                 return
 
-    async def _write(self, stream: SocketStream, client: Connection, group: TaskGroup) -> None:
+    async def _write(
+        self, stream: SocketStream, client: ClientConnection, group: TaskGroup
+    ) -> None:
         try:
             while (data := await client.outbox.take()) is not None:
                 await stream.send(data)

@@ -35,7 +35,7 @@ from flowd.stored import StoredRecord, resume_from
 
 log = logging.getLogger("flowd")
 
-BATCH_BYTES: Final = 256 * 1024  # read from a file per pump step
+READ_BATCH_BYTES: Final = 256 * 1024  # read from a file per pump step
 RETRY_DELAY: Final = 0.05
 RETRIES: Final = 40
 
@@ -43,7 +43,7 @@ K = TypeVar("K")
 After = tuple[str | None, int]  # (run, step) the client saw last
 
 
-class Session(Protocol):
+class Subscriber(Protocol):
     """What a subscription needs from its connection."""
 
     @property
@@ -52,7 +52,7 @@ class Session(Protocol):
     def spawn(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
 
 
-class Cursor:
+class Backlog:
     """Where the pump is in one workflow's records for one subscription."""
 
     __slots__ = ("after", "entry", "failures", "first", "gen", "position")
@@ -68,7 +68,7 @@ class Cursor:
         self.failures = 0
 
     @classmethod
-    def at_latest(cls, entry: Entry) -> Cursor:
+    def at_latest(cls, entry: Entry) -> Backlog:
         """The latest record now, then every record after what the index has read now
         (records that arrive before the pump gets to it are read, not skipped)."""
         cursor = cls(entry, entry.position)
@@ -86,25 +86,25 @@ class Subscription:
         "prefix",
         "pumping",
         "root",
-        "session",
+        "subscriber",
         "workflow_id",
     )
 
     def __init__(
         self,
         ident: str,
-        session: Session,
+        subscriber: Subscriber,
         workflow_id: str | None,
         root: str | None,
         after: After | None = None,
     ) -> None:
         self.id = ident
-        self.session = session
+        self.subscriber = subscriber
         self.workflow_id = workflow_id  # None: every workflow
         self.root = root  # None: any root
         self.after = after
         self.key: Key | None = None  # the workflow it is bound to
-        self.backlog: dict[Key, Cursor] = {}
+        self.backlog: dict[Key, Backlog] = {}
         self.pumping = False
         self.closed = False
         self.prefix = trace_prefix(ident)
@@ -113,7 +113,7 @@ class Subscription:
         return self.root is None or self.root == entry.root
 
     def send(self, bodies: Iterable[bytes]) -> None:
-        outbox = self.session.outbox
+        outbox = self.subscriber.outbox
         for body in bodies:
             outbox.put(self.prefix + body)
 
@@ -135,7 +135,7 @@ class Hub:
             self._everything.add(sub)
             for entry in self._index.entries():
                 if sub.matches_root(entry):
-                    sub.backlog[entry.key] = Cursor.at_latest(entry)
+                    sub.backlog[entry.key] = Backlog.at_latest(entry)
             self._pump(sub)
             return
         found = self._index.resolve(sub.workflow_id, sub.root)
@@ -186,7 +186,7 @@ class Hub:
             return
         bodies = bodies_of(entry, lines) if bodies is None else bodies
         size = sum(map(len, bodies)) + len(sub.prefix) * len(bodies)
-        if sub.session.outbox.fits(len(bodies), size):
+        if sub.subscriber.outbox.fits(len(bodies), size):
             sub.send(bodies)
         else:
             first = lines[0]
@@ -195,7 +195,7 @@ class Hub:
     def _defer(self, sub: Subscription, entry: Entry, position: Position | None) -> None:
         """Leave a workflow's records from ``position`` (None: its latest) to the pump."""
         sub.backlog[entry.key] = (
-            Cursor(entry, position) if position is not None else Cursor.at_latest(entry)
+            Backlog(entry, position) if position is not None else Backlog.at_latest(entry)
         )
         self._pump(sub)
 
@@ -206,7 +206,7 @@ class Hub:
             lines = update.lines if sub.after is None else resume_from(update.lines, *sub.after)
             self._deliver(sub, entry, lines)
         elif sub.after is not None:
-            sub.backlog[entry.key] = Cursor(entry, after=sub.after)
+            sub.backlog[entry.key] = Backlog(entry, after=sub.after)
             self._pump(sub)
         else:  # its latest record (from its start, if it is new but big)
             self._defer(
@@ -216,11 +216,11 @@ class Hub:
     def _pump(self, sub: Subscription) -> None:
         if not sub.pumping and sub.backlog:
             sub.pumping = True
-            sub.session.spawn(lambda: self._run_pump(sub))
+            sub.subscriber.spawn(lambda: self._run_pump(sub))
 
     async def _run_pump(self, sub: Subscription) -> None:
         """Catch up every key in the backlog, a batch at a time, in turn."""
-        outbox = sub.session.outbox
+        outbox = sub.subscriber.outbox
         try:
             while sub.backlog and not sub.closed:
                 if not await outbox.wait_space():
@@ -238,7 +238,7 @@ class Hub:
         finally:
             sub.pumping = False
 
-    async def _find_resume(self, cursor: Cursor) -> None:
+    async def _find_resume(self, cursor: Backlog) -> None:
         entry, after = cursor.entry, cursor.after
         assert after is not None
         cursor.after = None
@@ -254,7 +254,7 @@ class Hub:
             log.warning("resuming %s: %s; sending new records only", entry.path, exc)
             cursor.position = entry.position
 
-    async def _step(self, sub: Subscription, key: Key, cursor: Cursor) -> bool:
+    async def _step(self, sub: Subscription, key: Key, cursor: Backlog) -> bool:
         """One batch for one key; True when the key is caught up (and live again)."""
         entry = self._index.get(key)
         if entry is None:  # gone: live again (it may come back)
@@ -280,7 +280,7 @@ class Hub:
             return True
         position = cursor.position
         found = await anyio.to_thread.run_sync(
-            read_range, entry.root, entry.workflow_id, position, until, BATCH_BYTES
+            read_range, entry.root, entry.workflow_id, position, until, READ_BATCH_BYTES
         )
         if sub.closed or cursor is not sub.backlog.get(key):
             return False  # stopped, or started again, while reading

@@ -23,7 +23,7 @@ from flowctl.render.text import (
 )
 from flowctl.render.textwidth import width
 from flowctl.render.timefmt import age, clock
-from flowctl.sources.base import UNREADABLE, Update, WorkflowEntry
+from flowctl.sources.base import UNREADABLE, FeedUpdate, WorkflowEntry
 from flowctl.watch.state import MAX_TASKS, TASK_FORGET_AFTER, WorkflowView, fold
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -57,7 +57,7 @@ def box_text(view: WorkflowView, status: str | None, *, now: datetime = T0, **kw
 
 
 def view_of(*records: LiveTrace) -> WorkflowView:
-    return fold(WorkflowView("wf-001"), Update(tuple(records)))
+    return fold(WorkflowView("wf-001"), FeedUpdate(tuple(records)))
 
 
 # -- the seed's shapes -----------------------------------------------------------------------
@@ -274,16 +274,16 @@ def test_fold_keeps_the_latest_record_per_task_of_the_current_run() -> None:
     assert view.root is not None and view.root.step == 1
     assert [(r.task, r.step) for r in view.tasks] == [(0, 4), (1, 3)]
     assert view.latest is not None and view.latest.step == 4
-    rerun = fold(view, Update((rec(1, run="r2"),)))
+    rerun = fold(view, FeedUpdate((rec(1, run="r2"),)))
     assert rerun.tasks == () and rerun.run == "r2"
-    done = fold(view, Update((rec(5, "completed"),)))
+    done = fold(view, FeedUpdate((rec(5, "completed"),)))
     assert done.tasks == () and done.finished
 
 
 def test_fold_drops_tasks_the_trace_says_finished() -> None:
     view = view_of(rec(1), rec(2, task=0), rec(3, task=1))
     assert [r.task for r in view.tasks] == [0, 1]
-    later = fold(view, Update((rec(4, task=1, finished_tasks=((0, T0),)),)))
+    later = fold(view, FeedUpdate((rec(4, task=1, finished_tasks=((0, T0),)),)))
     assert [(r.task, r.step) for r in later.tasks] == [(1, 4)]
     assert later.root is not None and later.root.step == 1
 
@@ -302,7 +302,7 @@ def test_fold_forgets_quiet_and_surplus_tasks() -> None:
 
 def test_fold_returns_the_same_view_when_nothing_changed_and_resets() -> None:
     view = view_of(rec(1))
-    assert fold(view, Update()) is view
-    gone = fold(view, Update(present=False, reset=True))
+    assert fold(view, FeedUpdate()) is view
+    gone = fold(view, FeedUpdate(present=False, reset=True))
     assert gone.latest is None and not gone.present
-    assert fold(view, Update(reset=True)).latest is None
+    assert fold(view, FeedUpdate(reset=True)).latest is None

@@ -30,7 +30,7 @@ from flowd.jsonrpc import (
 )
 from flowd.outbox import LOW_MESSAGES, Outbox
 from flowd.rpc import RpcInterface
-from flowd.server import Connection
+from flowd.server import ClientConnection
 from flowd.stored import resume_from
 from flowd.subscriptions import Subscription
 from flowd.watching import (
@@ -317,7 +317,7 @@ def test_a_watch_waiting_for_room_misses_none_of_the_records_written_meanwhile(
         await daemon.load()
         async with anyio.create_task_group() as group:
             group.start_soon(daemon.run)
-            client = Connection("client", group, stall=60)
+            client = ClientConnection("client", group, stall=60)
             for _ in range(LOW_MESSAGES + 1):  # a client behind: its queue is past low water
                 client.outbox.put(b"{}\n")
             watch = b'{"jsonrpc":"2.0","id":1,"method":"watch","params":{"workflow_id":"wf-1"}}'

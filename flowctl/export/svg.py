@@ -53,7 +53,7 @@ MAX_TICKS: Final = 10
 MAX_TITLE_CHARS: Final = 150
 PALETTE: Final = 5  # depth colours, repeating below depth 5
 
-STYLE: Final = """
+CSS: Final = """
 text{font:11px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;fill:#1f2328}
 .title{font-size:15px;font-weight:bold}.sub,.tick,.key{fill:#57606a}.tick{font-size:10px}
 .errtext{fill:#cf222e}.grid{stroke:#d0d7de;stroke-width:.5}
@@ -346,7 +346,7 @@ class SvgWriter:
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}"'
             f' viewBox="0 0 {WIDTH} {height}">\n'
         )
-        write(f"<style>{STYLE}</style>\n{DEFS}\n")
+        write(f"<style>{CSS}</style>\n{DEFS}\n")
         write(f'<rect width="{WIDTH}" height="{height}" fill="#fff"/>\n')
         for index, (css, line) in enumerate(heading):
             write(f'<text class="{css}" x="12" y="{22 + 18 * index}">{line}</text>\n')

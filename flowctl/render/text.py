@@ -24,7 +24,7 @@ STEP_WIDTH: Final = 12
 AGE_WIDTH: Final = 12
 HISTORY_STATUS_WIDTH: Final = 10  # `step    1  running     Get('k')`
 MAX_NOTE_CHARS: Final = 80
-MAX_EFFECT_CHARS: Final = 200
+MAX_DETAIL_CHARS: Final = 200
 INEXACT: Final = "≈"  # marks a call chain that is the task's last known, not exact
 
 
@@ -32,7 +32,7 @@ def location(frame: TraceFrame) -> str:
     return f"{safe(os.path.basename(frame.file) or frame.file)}:{frame.line}"
 
 
-def effect_text(record: LiveTrace, limit: int = MAX_EFFECT_CHARS) -> str:
+def effect_text(record: LiveTrace, limit: int = MAX_DETAIL_CHARS) -> str:
     return safe_clip(record.current_effect, limit) if record.current_effect else "-"
 
 
@@ -118,7 +118,7 @@ def ps_object(entry: WorkflowEntry, now: datetime) -> dict[str, Any]:
 def history_line(record: LiveTrace) -> str:
     """``step    1  running     Get('k')``; a terminal line shows ``-`` or the error."""
     if record.status == FAILED:
-        text = safe_clip(record.error, MAX_EFFECT_CHARS) if record.error else "-"
+        text = safe_clip(record.error, MAX_DETAIL_CHARS) if record.error else "-"
     elif record.status == COMPLETED:
         text = "-"
     else:
@@ -141,7 +141,7 @@ def change_line(
         return head.rstrip()
     head = f"{head}  step {record.step}"
     if record.is_terminal or status in (LOST, UNKNOWN):
-        return f"{head}  {outcome_text(record, status, MAX_EFFECT_CHARS)}"
+        return f"{head}  {outcome_text(record, status, MAX_DETAIL_CHARS)}"
     task = f"  [task {record.task}]" if record.task is not None else ""
     chain = chain_text(record)
     return (

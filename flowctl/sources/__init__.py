@@ -1,7 +1,7 @@
 """Where flowctl gets workflows and records from: one interface, two implementations.
 
 - ``base``: the data-source interface (``Source``, ``Feed``, ``DirectoryFeed``) and what
-  it returns (``WorkflowEntry``, ``History``, ``Update``, ``DirectoryUpdate``).
+  it returns (``WorkflowEntry``, ``History``, ``FeedUpdate``, ``DirectoryUpdate``).
 - ``files``: ``FileSource``, over the trace files (through ``doeff_flow_core.tracefiles``).
 - ``daemon``: ``DaemonSource``, the same calls over flowd's socket, with ``rpc``, its
   JSON-RPC client.

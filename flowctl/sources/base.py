@@ -83,7 +83,7 @@ class History:
 
 
 @dataclass(frozen=True)
-class Update:
+class FeedUpdate:
     """What a ``Feed`` learned since the last poll.
 
     ``records`` are new records, oldest first (the first update is a snapshot of the
@@ -110,7 +110,7 @@ class DirectoryUpdate:
 class Feed(Protocol):
     """Live records of one workflow."""
 
-    def poll(self, timeout: float) -> Update:
+    def poll(self, timeout: float) -> FeedUpdate:
         """News since the last poll; waits up to ``timeout`` seconds when there is none."""
         ...
 

@@ -61,8 +61,8 @@ from flowctl.errors import (
 from flowctl.sources.base import (
     DEFAULT_SNAPSHOT,
     DirectoryUpdate,
+    FeedUpdate,
     History,
-    Update,
     WorkflowEntry,
     qualified,
     split_name,
@@ -430,14 +430,14 @@ class DaemonFeed:
         self._last: LiveTrace | None = None  # the last record delivered
         self._present = False
 
-    def poll(self, timeout: float) -> Update:
+    def poll(self, timeout: float) -> FeedUpdate:
         deadline = time.monotonic() + timeout
         records: list[LiveTrace] = []
         messages: list[Message] = []
         conn = self._link.get()
         if conn is None:
             self._link.wait(timeout)
-            return Update(present=self._present)
+            return FeedUpdate(present=self._present)
         try:
             if self._subscription is None:
                 records = self._subscribe(conn)
@@ -457,7 +457,7 @@ class DaemonFeed:
         if records:
             self._present = True
             self._last = records[-1]
-        return Update(tuple(records), self._present, reset, bad)
+        return FeedUpdate(tuple(records), self._present, reset, bad)
 
     def _subscribe(self, conn: Connection) -> list[LiveTrace]:
         """``watch`` again after the last record delivered; the first time, after the last

@@ -37,8 +37,8 @@ from flowctl.errors import (
 from flowctl.sources.base import (
     DEFAULT_SNAPSHOT,
     DirectoryUpdate,
+    FeedUpdate,
     History,
-    Update,
     WorkflowEntry,
     workflow_entry,
 )
@@ -186,12 +186,12 @@ class TraceFeed:
         self._key: FileKey | None = None  # of trace.jsonl when last read to its end
         self._present = False
 
-    def poll(self, timeout: float) -> Update:
+    def poll(self, timeout: float) -> FeedUpdate:
         update = self._check()
         if update is None and timeout > 0:
             time.sleep(timeout)
             update = self._check()
-        return update if update is not None else Update(present=self._present)
+        return update if update is not None else FeedUpdate(present=self._present)
 
     def pace(self, interval: float) -> float:
         return interval
@@ -206,7 +206,7 @@ class TraceFeed:
         finally:
             root.close()
 
-    def _check(self) -> Update | None:
+    def _check(self) -> FeedUpdate | None:
         try:
             with self._open() as directory:
                 return self._look(directory)
@@ -219,14 +219,14 @@ class TraceFeed:
         except OSError as exc:
             raise TraceUnreadable(self._workflow_id, _strerror(exc), io_error=True) from None
 
-    def _gone(self) -> Update | None:
+    def _gone(self) -> FeedUpdate | None:
         if not self._present and self._cursor is None:
             return None
         self.close()
         self._present = False
-        return Update(present=False, reset=True)
+        return FeedUpdate(present=False, reset=True)
 
-    def _look(self, directory: Directory) -> Update | None:
+    def _look(self, directory: Directory) -> FeedUpdate | None:
         try:
             key: FileKey | None = _key(directory.lstat(TRACE_FILE_NAME))
         except FileNotFoundError:
@@ -253,16 +253,16 @@ class TraceFeed:
         skipped = step.skipped + sum(1 for raw, _ in step.lines if raw.data.strip()) - len(records)
         if not (records or skipped):
             return None
-        return Update(records, skipped=skipped)
+        return FeedUpdate(records, skipped=skipped)
 
     def _ident(self) -> tuple[int, int] | None:
         return None if self._cursor is None else self._cursor.ident
 
-    def _take_snapshot(self, directory: Directory, reset: bool) -> Update:
+    def _take_snapshot(self, directory: Directory, reset: bool) -> FeedUpdate:
         try:
             found = tail(directory, self._snapshot, parse_line)
         except FileNotFoundError:
-            return Update(present=False, reset=reset)
+            return FeedUpdate(present=False, reset=reset)
         self._cursor = Cursor()
         self._cursor.move(found.position)
         self._present = True
@@ -272,7 +272,7 @@ class TraceFeed:
             self._key = None
         if self._key is not None and (found.ident, found.end) != (self._ident(), self._key[1]):
             self._key = None  # not read to trace.jsonl's end: look again
-        return Update(tuple(found.items), reset=reset, skipped=found.skipped)
+        return FeedUpdate(tuple(found.items), reset=reset, skipped=found.skipped)
 
 
 class TraceDirFeed:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from doeff_flow_core import LiveTrace
-from flowctl.sources.base import Update
+from flowctl.sources.base import FeedUpdate
 
 TASK_FORGET_AFTER = 60.0
 MAX_TASKS = 8
@@ -35,7 +35,7 @@ class WorkflowView:
         return self.latest is not None and self.latest.is_terminal
 
 
-def fold(view: WorkflowView, update: Update) -> WorkflowView:
+def fold(view: WorkflowView, update: FeedUpdate) -> WorkflowView:
     """``view`` with ``update`` applied."""
     if update.reset or not update.present:
         view = WorkflowView(view.workflow_id, skipped=view.skipped)

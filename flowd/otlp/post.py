@@ -129,7 +129,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def encode(spans: Sequence[Span]) -> bytes:
+def request_body(spans: Sequence[Span]) -> bytes:
     return request_json(spans).encode("utf-8")
 
 
@@ -138,7 +138,7 @@ def post(endpoint: Endpoint, spans: Sequence[Span], timeout: float) -> Outcome:
     headers = {"User-Agent": USER_AGENT, **dict(endpoint.headers)}
     headers["Content-Type"] = "application/json"  # urllib folds the names' case together
     request = urllib.request.Request(
-        endpoint.url, data=encode(spans), headers=headers, method="POST"
+        endpoint.url, data=request_body(spans), headers=headers, method="POST"
     )
     deadline = _Deadline(timeout)
     opener = urllib.request.build_opener(
