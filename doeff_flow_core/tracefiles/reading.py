@@ -136,26 +136,42 @@ def _parse(lines: list[RawLine]) -> tuple[tuple[LiveTrace, ...], int]:
     return tuple(records), skipped
 
 
+class _FileRecords:
+    """Every record of one open file, oldest first, a chunk at a time; ``skipped``,
+    ``torn`` and ``end`` (after the last complete line) are known once iteration ends."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.skipped = 0
+        self.torn = False
+        self.end = 0
+
+    def __iter__(self) -> Iterator[LiveTrace]:
+        offset = 0
+        skipping = False
+        size = os.fstat(self._fd).st_size
+        while offset < size:
+            found = read_forward(self._fd, offset, size, CHUNK, skipping)
+            if found.end == offset:
+                break
+            records, skipped = _parse(found.lines)
+            self.skipped += skipped + found.skipped
+            yield from records
+            offset, skipping = found.end, found.skipping
+        self.torn = offset < size and not skipping
+        self.end = offset
+
+
 def read_all(path: str | os.PathLike[str]) -> Tail:
     """Every record of the file ``path``; for tests and checks, not for display."""
     with open_parent(path) as directory:
         fd = directory.open_file(Path(path).name)
-    records: list[LiveTrace] = []
-    skipped = offset = 0
-    skipping = False
     try:
-        size = os.fstat(fd).st_size
-        while offset < size:
-            found = read_forward(fd, offset, size, CHUNK, skipping)
-            if found.end == offset:
-                break
-            more, bad = _parse(found.lines)
-            records += more
-            skipped += bad + found.skipped
-            offset, skipping = found.end, found.skipping
+        found = _FileRecords(fd)
+        records = tuple(found)
     finally:
         os.close(fd)
-    return Tail(tuple(records), skipped, offset < size and not skipping, offset)
+    return Tail(records, found.skipped, found.torn, found.end)
 
 
 class RecordStream:
@@ -185,24 +201,13 @@ class RecordStream:
             ]
         try:
             for fd in fds:
-                yield from self._read(fd)
+                found = _FileRecords(fd)
+                yield from found
+                self.skipped += found.skipped
+                self.torn = found.torn
         finally:
             for fd in fds:
                 os.close(fd)
-
-    def _read(self, fd: int) -> Iterator[LiveTrace]:
-        offset = 0
-        skipping = False
-        size = os.fstat(fd).st_size
-        while offset < size:
-            found = read_forward(fd, offset, size, CHUNK, skipping)
-            if found.end == offset:
-                break
-            records, skipped = _parse(found.lines)
-            self.skipped += skipped + found.skipped
-            yield from records
-            offset, skipping = found.end, found.skipping
-        self.torn = offset < size and not skipping
 
 
 def follow(
