@@ -17,6 +17,7 @@ from importlib import metadata
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final, Protocol
 
+import anyio.lowlevel
 import anyio.to_thread
 
 from doeff_flow_core.ids import is_workflow_id
@@ -59,6 +60,7 @@ from flowd.subscriptions import After, Subscriber, Subscription
 
 log = logging.getLogger("flowd")
 
+PS_SLICE: Final = 5000  # summaries built between two turns of the event loop
 # Errors a client made (logged as warnings); the others are answers, not incidents.
 CLIENT_MISTAKES: Final = (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS)
 
@@ -235,10 +237,12 @@ class RpcInterface:
             key=lambda entry: (entry.workflow_id, entry.root),
         )
         found = []
-        for entry in entries:
+        for count, entry in enumerate(entries, 1):
             status = liveness.status(entry.latest) if entry.latest is not None else None
             if wanted is None or status in wanted:
                 found.append(summary(entry, status))
+            if count % PS_SLICE == 0:
+                await anyio.lowlevel.checkpoint()  # others are answered meanwhile
         return RawJson(b'{"workflows":[' + b",".join(found) + b"]}")
 
     async def get(self, call: RpcCall) -> Any:
