@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import selectors
 import shutil
@@ -44,39 +45,17 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
+if str(PROJECT) not in sys.path:
+    sys.path.insert(0, str(PROJECT))
+
+from tests.support.flowd import Flowd  # noqa: E402
+from tests.support.rpc import Client  # noqa: E402
+
 FLUSH = 0.02
+TIMEOUT = 60.0  # a client's socket timeout
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-class Client:
-    def __init__(self, path: Path, timeout: float = 60) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.buffer = b""
-        self.ident = 0
-
-    def raw_call(self, method: str, **params: Any) -> bytes:
-        self.ident += 1
-        message = {"jsonrpc": "2.0", "id": self.ident, "method": method, "params": params}
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
-        chunks = [self.buffer]
-        while b"\n" not in chunks[-1]:
-            data = self.sock.recv(1 << 22)
-            if not data:
-                raise ConnectionError("closed")
-            chunks.append(data)
-        line, self.buffer = b"".join(chunks).split(b"\n", 1)
-        return line
-
-    def call(self, method: str, **params: Any) -> Any:
-        reply = json.loads(self.raw_call(method, **params))
-        return reply["result"]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def row(label: str, text: str) -> None:
@@ -113,25 +92,18 @@ def template(base: Path) -> list[dict[str, Any]]:
 
 
 def start_flowd(base: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, float]:
-    sock = Path(tempfile.mkdtemp(prefix="fd", dir="/tmp")) / "flowd.sock"
-    env = dict(os.environ, XDG_STATE_HOME=str(base / "state"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    """flowd on a socket under /tmp (removed with the socket's directory), its stderr in
+    ``base/flowd.log``; once it answers a ping: its process, its socket, the seconds it took."""
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flowd", "--socket", str(sock), "--log-level", "warning", *args],
-        env=env,
-        stderr=open(base / "flowd.log", "wb"),  # noqa: SIM115
+    daemon = Flowd(
+        "--log-level",
+        "warning",
+        *args,
+        state=base / "state",
+        log_path=base / "flowd.log",
+        ready_timeout=math.inf,
     )
-    while True:
-        try:
-            client = Client(sock, timeout=5)
-            client.call("ping")
-            client.close()
-            return proc, sock, time.monotonic() - started
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"flowd exited: {(base / 'flowd.log').read_text()}") from None
-            time.sleep(0.02)
+    return daemon.proc, daemon.socket, time.monotonic() - started
 
 
 # -- 1. many workflows ----------------------------------------------------------------
@@ -177,7 +149,7 @@ def bench_many(base: Path, records: list[dict[str, Any]], count: int, idle: floa
     print(f"wrote {count} traces in {time.monotonic() - started:.1f} s")
     proc, sock, ready = start_flowd(base, "--root", str(root))
     try:
-        client = Client(sock)
+        client = Client(sock, TIMEOUT)
         assert client.call("ping")["workflows"] == count
         print(f"flowd (inotify) ready with {count} workflows indexed after {ready:.2f} s")
         row("RSS", f"{rss_mb(proc.pid):7.1f} MB   (target < 150)")
@@ -199,7 +171,7 @@ def bench_many(base: Path, records: list[dict[str, Any]], count: int, idle: floa
         used = cpu_seconds(proc.pid) - before
         row(f"idle CPU over {idle:.0f} s", f"{100 * used / idle:7.2f} % of a core (target < 1)")
         row("RSS after", f"{rss_mb(proc.pid):7.1f} MB")
-        connections = [Client(sock) for _ in range(1000)]
+        connections = [Client(sock, TIMEOUT) for _ in range(1000)]
         start = time.perf_counter()
         for conn in connections:
             conn.sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
@@ -286,7 +258,7 @@ def bench_watch(
         watchers = []
         selector = selectors.DefaultSelector()
         for number in range(clients):
-            client = Client(sock)
+            client = Client(sock, TIMEOUT)
             client.call("watch", workflow_id=f"live-{number % writers:02d}")
             client.sock.setblocking(False)
             state = {"steps": [], "latency": [], "done": False, "client": client}
@@ -366,10 +338,10 @@ def bench_slow_client(
     prepare_live(root, records, writers, base)
     proc, sock, _ = start_flowd(base, "--root", str(root), "--stall-timeout", "2")
     try:
-        slow = Client(sock)
+        slow = Client(sock, TIMEOUT)
         slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.call("watch")  # everything, and then never read
-        healthy = Client(sock)
+        healthy = Client(sock, TIMEOUT)
         healthy.call("watch")
         healthy.sock.settimeout(0.2)
         feed = start_writer(root, writers, seconds, base)

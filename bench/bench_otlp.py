@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_flowd import PROJECT, Client, cpu_seconds, start_flowd
+from bench_flowd import PROJECT, TIMEOUT, Client, cpu_seconds, start_flowd
 
 WRITER = """
 import sys, time
@@ -118,7 +118,7 @@ def main() -> None:
             deadline = time.monotonic() + 30
             stats: dict[str, object] = {}
             while time.monotonic() < deadline:
-                client = Client(exporting_sock)
+                client = Client(exporting_sock, TIMEOUT)
                 stats = client.call("ping").get("otlp", {})
                 client.close()
                 if not stats.get("queued"):

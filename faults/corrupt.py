@@ -17,11 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common import PY, Client, Flowd, env, tempdir
+from common import PY, Flowd, env, tempdir
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from doeff_flow_core.tracefiles.reading import read_all
+from tests.support.rpc import Client
 
 HUGE_LINE = 10 * 1024 * 1024
 PARTS = ("trace.jsonl.2", "trace.jsonl.1", "trace.jsonl")  # three files per workflow

@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import PY, ROOT, Client, env, rss_kib, tempdir
+from common import PY, ROOT, env, rss_kib, tempdir
+
+from tests.support.rpc import Client
 
 HANG = 20.0  # a one-shot command, a ping, a request: longer than this is a hang
 FOLLOW = (3.0, 2.0)  # how long a follower runs before it is sent Ctrl-C (full, quick)

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import PY, Client, Flowd, env, rss_kib, tempdir
+from common import PY, Flowd, env, rss_kib, tempdir
+
+from tests.support.rpc import Client
 
 RSS_BOUND_MIB = 200  # the bound stated for flowd's resident memory under attack
 PING_TIMEOUT = 5.0

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import PY, env, read_parts, tempdir, wait_until
+from common import PY, env, read_parts, tempdir
 
 from doeff_flow_core.tracefiles.reading import read_history, read_latest
+from tests.support.procs import wait_until
 
 # An effect-dense workflow of nested calls, traced with a small rotation limit. A reader
 # thread writes the highest step of this process's run that read_latest has seen into a

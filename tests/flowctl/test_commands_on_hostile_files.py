@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_flowctl_support import flowctl, record_line
+
+from tests.support.flowctl import flowctl
+from tests.support.traces import record_line
 
 TIB = 1 << 40
 SECRET = "secret-marker-7f3a"

@@ -9,7 +9,11 @@ import stat
 import time
 from pathlib import Path
 
-from test_flowd_support import Client, Flowd, raw_lines, run_workflow_to_end, wait_for
+from tests.support.flowd import Flowd
+from tests.support.procs import wait_for
+from tests.support.rpc import Client
+from tests.support.traces import raw_lines
+from tests.support.workflows import run_workflow_to_end
 
 TIB = 1 << 40
 

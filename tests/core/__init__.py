@@ -1,0 +1,1 @@
+"""Tests of doeff_flow_core: the tracer, records, trace files, timelines."""

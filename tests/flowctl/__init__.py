@@ -1,0 +1,1 @@
+"""Tests of flowctl: the commands as processes, the shell, the watch, exports."""
