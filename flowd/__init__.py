@@ -1,7 +1,7 @@
 """flowd: the optional doeff-flow daemon.
 
 Modules: ``cli`` (options, startup), ``daemon`` (roots, the index and its watchers),
-``index`` and ``traces`` (what is known of each workflow's trace), ``rpc``, ``protocol``
+``index`` and ``stored`` (what is known of each workflow's trace), ``rpc``, ``jsonrpc``
 and ``server`` (the JSON-RPC socket), ``subscriptions`` and ``outbox`` (watchers and each
 connection's bounded send queue), ``discovery``, ``watching``, ``systemd``, ``errors``.
 Subpackage: ``otlp`` (the OpenTelemetry exporter).
