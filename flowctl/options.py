@@ -1,6 +1,10 @@
 """The command line: the commands' vocabulary (``ALL_COMMANDS``, as data) and one parser
 for ``flowctl``, ``doeff-flow`` and each shell line.
 
+Each command carries its arguments as data (``Argument``); ``build_parser`` declares them
+to argparse, and the shell's completer reads the same table: which options a command
+has, which take a value, and what completes after each.
+
 Global options (``--trace-dir``, ``--json``, ``--socket``, ``--verbose``) are accepted
 before the command and after it (the seed's spelling: ``doeff-flow history wf-001
 --last 20 --trace-dir ./x``). Parsing never exits the process: errors raise
@@ -10,17 +14,152 @@ before the command and after it (the seed's spelling: ``doeff-flow history wf-00
 from __future__ import annotations
 
 import argparse
+import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final, Literal, NoReturn
 
-from doeff_flow_core.records import ALL_STATUSES
+from doeff_flow_core.records import ALL_STATUSES, COMPLETED, FAILED, LOST
 from flowctl.errors import UsageError
 from flowctl.sources.base import EMPTY, UNREADABLE
 
 EXPORT_FORMATS: Final = ("chrome", "otlp", "svg")
 STATUS_CHOICES: Final = (*ALL_STATUSES, EMPTY, UNREADABLE)
+PRUNE_STATUSES: Final = (COMPLETED, FAILED, LOST)
 DEFAULT_LAST: Final = 10
 DEFAULT_POLL_INTERVAL: Final = 0.1
+
+
+class Complete(enum.Enum):
+    """What the shell completes for an argument's value (besides a tuple of words)."""
+
+    WORKFLOW = "a workflow id"
+    DIRECTORY = "a directory"
+    FILE = "a file"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.01 <= value <= 60:
+        raise argparse.ArgumentTypeError("must be between 0.01 and 60 seconds")
+    return value
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One argument of a command, as data.
+
+    An option has ``flags`` (in the order help shows them); a positional has none and
+    names its ``dest``. ``action``: ``"store"`` takes a value, ``"store_true"`` is a
+    switch, ``"help"`` prints the help. The parser enforces ``choices``; the shell offers
+    them, or else ``completes``, for the value.
+    """
+
+    flags: tuple[str, ...] = ()
+    dest: str | None = None  # default: argparse's, from the first long flag
+    metavar: str | None = None
+    help: str | None = None
+    action: Literal["store", "store_true", "help"] = "store"
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    completes: Complete | tuple[str, ...] | None = None
+    optional: bool = False  # a positional that may be left out (nargs="?")
+
+    def __post_init__(self) -> None:
+        if not self.flags and self.dest is None:
+            raise ValueError("a positional argument needs a dest")
+
+    @property
+    def positional(self) -> bool:
+        return not self.flags
+
+    @property
+    def takes_value(self) -> bool:
+        return self.action == "store"
+
+    @property
+    def name(self) -> str:
+        """The spelling the shell offers: the long flag (a positional: its metavar)."""
+        if not self.flags:
+            return self.metavar or str(self.dest)
+        return next((flag for flag in self.flags if flag.startswith("--")), self.flags[0])
+
+    @property
+    def value_completes(self) -> Complete | tuple[str, ...] | None:
+        """What completes the value: the choices, else ``completes``."""
+        return self.choices if self.choices is not None else self.completes
+
+    def add_to(self, parser: argparse._ActionsContainer, **override: Any) -> None:
+        """Declare this argument to ``parser`` (or a group); ``override``: keywords that
+        replace the table's (the global options' ``default``)."""
+        names = self.flags or (str(self.dest),)
+        keywords: dict[str, Any] = {"action": self.action}
+        if self.flags and self.dest is not None:
+            keywords["dest"] = self.dest
+        if self.optional:
+            keywords["nargs"] = "?"
+        for key in ("metavar", "help", "type", "default", "choices"):
+            value = getattr(self, key)
+            if value is not None:
+                keywords[key] = value
+        keywords.update(override)
+        parser.add_argument(*names, **keywords)
+
+
+HELP: Final = Argument(("-h", "--help"), action="help", help="show this help message and exit")
+# SUPPRESS: a global option not given leaves no attribute, so a value given before the
+# command (or the shell's own options) is not overwritten by a default after it.
+GLOBAL_OPTIONS: Final = (
+    Argument(
+        ("--trace-dir",),
+        metavar="DIR",
+        help="trace directory (default: $DOEFF_FLOW_TRACE_DIR, else .doeff-flow)",
+        completes=Complete.DIRECTORY,
+    ),
+    Argument(("--json",), action="store_true", help="JSON output"),
+    Argument(
+        ("--socket",),
+        metavar="PATH",
+        help="flowd socket (used when a daemon is reachable; else files are read)",
+        completes=Complete.FILE,
+    ),
+    Argument(
+        ("--verbose", "-v"),
+        action="store_true",
+        help="say which source is used, and show tracebacks of internal errors",
+    ),
+)
+
+
+def find_option(options: tuple[Argument, ...], word: str) -> Argument | None:
+    """The option ``word`` spells, as the parser reads it: a flag, ``--flag=value``, or
+    an unambiguous prefix of a long flag."""
+    flag = word.split("=", 1)[0] if word.startswith("--") else word
+    for option in options:
+        if flag in option.flags:
+            return option
+    if not flag.startswith("--"):
+        return None
+    matches = [
+        option
+        for option in options
+        if any(spelling.startswith("--") and spelling.startswith(flag) for spelling in option.flags)
+    ]
+    return matches[0] if len(matches) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -28,34 +167,176 @@ class Command:
     """A command of the vocabulary, as data (``commands.RUNNERS`` runs it)."""
 
     name: str
-    summary: str
+    summary: str  # its line in the shell's help
+    help: str  # its line in ``flowctl --help``
+    arguments: tuple[Argument, ...] = ()  # its own; every command also takes GLOBAL_OPTIONS
+    description: str | None = None  # ``flowctl NAME --help``'s text
     uses_source: bool = True  # False: never asks flowd (prune acts on files; run writes)
     # False: not offered in the shell (run would hold the prompt for the whole workflow,
     # and import the program's modules into the shell's process).
     in_shell: bool = True
 
+    @property
+    def options(self) -> tuple[Argument, ...]:
+        """Every option the command's parser takes: its own, the global ones, --help."""
+        own = tuple(argument for argument in self.arguments if not argument.positional)
+        return (*own, *GLOBAL_OPTIONS, HELP)
+
+    @property
+    def positionals(self) -> tuple[Argument, ...]:
+        """Its positional arguments, in order (the shell completes each in turn)."""
+        return tuple(argument for argument in self.arguments if argument.positional)
+
+
+WORKFLOW_ID: Final = Argument(dest="workflow_id", metavar="WF", completes=Complete.WORKFLOW)
 
 ALL_COMMANDS: Final = {
     command.name: command
     for command in (
-        Command("ps", "list workflows: status, step, age of the last update, last slog"),
-        Command("history", "the last records of a workflow (--last N, --follow)"),
-        Command("watch", "watch a workflow live; with no WF, all of them"),
+        Command(
+            "ps",
+            "list workflows: status, step, age of the last update, last slog",
+            help="list workflows: status, step, age, last slog",
+            arguments=(
+                Argument(
+                    ("--status",), choices=STATUS_CHOICES, help="only workflows with this status"
+                ),
+            ),
+        ),
+        Command(
+            "history",
+            "the last records of a workflow (--last N, --follow)",
+            help="the last records of a workflow",
+            arguments=(
+                WORKFLOW_ID,
+                Argument(
+                    ("--last",),
+                    type=_positive_int,
+                    default=DEFAULT_LAST,
+                    metavar="N",
+                    help="records (10)",
+                ),
+                Argument(
+                    ("--follow", "-f"),
+                    action="store_true",
+                    help="then stream new records until it ends",
+                ),
+            ),
+        ),
+        Command(
+            "watch",
+            "watch a workflow live; with no WF, all of them",
+            help="watch a workflow live (no WF: all of them)",
+            arguments=(
+                Argument(
+                    dest="workflow_id", metavar="WF", completes=Complete.WORKFLOW, optional=True
+                ),
+                Argument(
+                    ("--exit-on-complete",),
+                    action="store_true",
+                    help="exit 0 when it completes, 1 when it fails or is lost",
+                ),
+                Argument(
+                    ("--poll-interval",),
+                    type=_interval,
+                    default=DEFAULT_POLL_INTERVAL,
+                    metavar="S",
+                    help="seconds between checks for new records (0.1)",
+                ),
+                Argument(
+                    ("--status-only",),
+                    action="store_true",
+                    help="show the status alone, not the call chain",
+                ),
+            ),
+        ),
         Command(
             "prune",
             "remove finished workflows' traces (--older-than 7d, --status, --dry-run)",
+            help="remove finished workflows' traces (completed, failed, lost)",
+            description=(
+                "Remove the trace directories of finished workflows (completed, failed, lost; "
+                "never running or unknown, never one whose writer holds its lock, never "
+                "through a symbolic link) and report what was freed. Prune always acts on the "
+                "files, also when a flowd is running: it prunes --trace-dir, else the default "
+                "trace directory ($DOEFF_FLOW_TRACE_DIR, else .doeff-flow)."
+            ),
+            arguments=(
+                Argument(
+                    ("--older-than",),
+                    metavar="AGE",
+                    help="only workflows last updated longer ago than AGE (90s, 30m, 12h, 7d)",
+                ),
+                Argument(
+                    ("--status",),
+                    dest="statuses",
+                    metavar="S,...",
+                    help="only these statuses, among completed, failed, lost (default: all three)",
+                    completes=PRUNE_STATUSES,
+                ),
+                Argument(
+                    ("--dry-run", "-n"),
+                    action="store_true",
+                    help="say what would be removed; remove nothing",
+                ),
+            ),
             uses_source=False,
         ),
         Command(
-            "export", "a workflow's timeline: --format chrome (Perfetto), otlp or svg; -o FILE"
+            "export",
+            "a workflow's timeline: --format chrome (Perfetto), otlp or svg; -o FILE",
+            help="a workflow's timeline as a file: chrome (Perfetto), otlp, svg",
+            description=(
+                "Write the timeline of a workflow (every run in its trace, rotated parts "
+                "included) as Chrome Trace Event JSON for Perfetto or chrome://tracing, "
+                "OTLP/JSON for OpenTelemetry, or a standalone SVG picture of its last run."
+            ),
+            arguments=(
+                WORKFLOW_ID,
+                Argument(
+                    ("--format",),
+                    choices=EXPORT_FORMATS,
+                    help="default: from -o's suffix (.svg: svg, .json: chrome), else chrome",
+                ),
+                Argument(
+                    ("--output", "-o"),
+                    metavar="FILE",
+                    help=(
+                        "write FILE (replaced whole at the end, never left half written); "
+                        "'-' or none: stdout"
+                    ),
+                    completes=Complete.FILE,
+                ),
+            ),
         ),
         Command(
             "run",
             "run a doeff program traced: run pkg.mod:program [--id ID]; prints its value",
+            help="run a doeff program traced (pkg.mod:program), print its value",
+            description=(
+                "Import PROGRAM (pkg.mod:program or pkg.mod.program; the current directory is "
+                "importable) and run it with the handlers doeff run gives a program, traced to "
+                "<trace dir>/<ID>/trace.jsonl. Prints the value; a failure is one line on "
+                "stderr and exit code 1."
+            ),
+            arguments=(
+                Argument(
+                    dest="program", metavar="PROGRAM", help="pkg.mod:program or pkg.mod.program"
+                ),
+                Argument(
+                    ("--id",),
+                    dest="workflow_id",
+                    metavar="ID",
+                    help=(
+                        "workflow id (default: the program's name and the UTC time, "
+                        "report-20261207T020102Z)"
+                    ),
+                ),
+            ),
             uses_source=False,
             in_shell=False,
         ),
-        Command("shell", "the interactive shell"),
+        Command("shell", "the interactive shell", help="interactive shell with the same commands"),
     )
 }
 # The commands the shell offers, completes and lists in its help.
@@ -105,50 +386,13 @@ class _Parser(argparse.ArgumentParser):
         raise HelpShown()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.01 <= value <= 60:
-        raise argparse.ArgumentTypeError("must be between 0.01 and 60 seconds")
-    return value
-
-
-def _add_global_options(parser: argparse.ArgumentParser) -> None:
-    # SUPPRESS: an option not given leaves no attribute, so a value given before the
-    # command (or the shell's own options) is not overwritten by a default after it.
+def _add_arguments(parser: argparse.ArgumentParser, arguments: tuple[Argument, ...]) -> None:
+    HELP.add_to(parser)
+    for argument in arguments:
+        argument.add_to(parser)
     group = parser.add_argument_group("global options")
-    group.add_argument(
-        "--trace-dir",
-        metavar="DIR",
-        default=argparse.SUPPRESS,
-        help="trace directory (default: $DOEFF_FLOW_TRACE_DIR, else .doeff-flow)",
-    )
-    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
-    group.add_argument(
-        "--socket",
-        metavar="PATH",
-        default=argparse.SUPPRESS,
-        help="flowd socket (used when a daemon is reachable; else files are read)",
-    )
-    group.add_argument(
-        "--verbose",
-        "-v",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="say which source is used, and show tracebacks of internal errors",
-    )
+    for option in GLOBAL_OPTIONS:
+        option.add_to(group, default=argparse.SUPPRESS)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -159,114 +403,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             "shell; run a doeff program traced: run."
         ),
         epilog="Run without a command on a terminal to open the interactive shell.",
+        add_help=False,
     )
-    _add_global_options(parser)
+    _add_arguments(parser, ())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    ps = commands.add_parser("ps", help="list workflows: status, step, age, last slog")
-    ps.add_argument("--status", choices=STATUS_CHOICES, help="only workflows with this status")
-    _add_global_options(ps)
-
-    history = commands.add_parser("history", help="the last records of a workflow")
-    history.add_argument("workflow_id", metavar="WF")
-    history.add_argument(
-        "--last", type=_positive_int, default=DEFAULT_LAST, metavar="N", help="records (10)"
-    )
-    history.add_argument(
-        "--follow", "-f", action="store_true", help="then stream new records until it ends"
-    )
-    _add_global_options(history)
-
-    watch = commands.add_parser("watch", help="watch a workflow live (no WF: all of them)")
-    watch.add_argument("workflow_id", metavar="WF", nargs="?")
-    watch.add_argument(
-        "--exit-on-complete",
-        action="store_true",
-        help="exit 0 when it completes, 1 when it fails or is lost",
-    )
-    watch.add_argument(
-        "--poll-interval",
-        type=_interval,
-        default=DEFAULT_POLL_INTERVAL,
-        metavar="S",
-        help="seconds between checks for new records (0.1)",
-    )
-    watch.add_argument(
-        "--status-only", action="store_true", help="show the status alone, not the call chain"
-    )
-    _add_global_options(watch)
-
-    prune = commands.add_parser(
-        "prune",
-        help="remove finished workflows' traces (completed, failed, lost)",
-        description=(
-            "Remove the trace directories of finished workflows (completed, failed, lost; "
-            "never running or unknown, never one whose writer holds its lock, never "
-            "through a symbolic link) and report what was freed. Prune always acts on the "
-            "files, also when a flowd is running: it prunes --trace-dir, else the default "
-            "trace directory ($DOEFF_FLOW_TRACE_DIR, else .doeff-flow)."
-        ),
-    )
-    prune.add_argument(
-        "--older-than",
-        metavar="AGE",
-        help="only workflows last updated longer ago than AGE (90s, 30m, 12h, 7d)",
-    )
-    prune.add_argument(
-        "--status",
-        dest="statuses",
-        metavar="S,...",
-        help="only these statuses, among completed, failed, lost (default: all three)",
-    )
-    prune.add_argument(
-        "--dry-run", "-n", action="store_true", help="say what would be removed; remove nothing"
-    )
-    _add_global_options(prune)
-
-    export = commands.add_parser(
-        "export",
-        help="a workflow's timeline as a file: chrome (Perfetto), otlp, svg",
-        description=(
-            "Write the timeline of a workflow (every run in its trace, rotated parts "
-            "included) as Chrome Trace Event JSON for Perfetto or chrome://tracing, "
-            "OTLP/JSON for OpenTelemetry, or a standalone SVG picture of its last run."
-        ),
-    )
-    export.add_argument("workflow_id", metavar="WF")
-    export.add_argument(
-        "--format",
-        choices=EXPORT_FORMATS,
-        help="default: from -o's suffix (.svg: svg, .json: chrome), else chrome",
-    )
-    export.add_argument(
-        "--output",
-        "-o",
-        metavar="FILE",
-        help="write FILE (replaced whole at the end, never left half written); '-' or none: stdout",
-    )
-    _add_global_options(export)
-
-    run = commands.add_parser(
-        "run",
-        help="run a doeff program traced (pkg.mod:program), print its value",
-        description=(
-            "Import PROGRAM (pkg.mod:program or pkg.mod.program; the current directory is "
-            "importable) and run it with the handlers doeff run gives a program, traced to "
-            "<trace dir>/<ID>/trace.jsonl. Prints the value; a failure is one line on "
-            "stderr and exit code 1."
-        ),
-    )
-    run.add_argument("program", metavar="PROGRAM", help="pkg.mod:program or pkg.mod.program")
-    run.add_argument(
-        "--id",
-        dest="workflow_id",
-        metavar="ID",
-        help="workflow id (default: the program's name and the UTC time, report-20261207T020102Z)",
-    )
-    _add_global_options(run)
-
-    shell = commands.add_parser("shell", help="interactive shell with the same commands")
-    _add_global_options(shell)
+    for command in ALL_COMMANDS.values():
+        subparser = commands.add_parser(
+            command.name, help=command.help, description=command.description, add_help=False
+        )
+        _add_arguments(subparser, command.arguments)
     return parser
 
 

@@ -1,5 +1,7 @@
 """The interactive shell: the same commands through the same dispatcher, with completion
-of commands, options and workflow ids, a history file, and a bottom toolbar.
+of commands, options, their values and workflow ids (all read from the commands'
+vocabulary, ``options.COMMANDS``, that the parser is built from too), a history file,
+and a bottom toolbar.
 
 The dispatcher (``commands.dispatch``) is handed to the shell by the ``shell`` command
 that starts it: the shell never imports ``flowctl.commands``, which imports it.
@@ -15,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import redirect_stdout
+from dataclasses import dataclass
 from typing import Final, TextIO
 
 from prompt_toolkit import PromptSession
@@ -30,12 +33,16 @@ from flowctl.console import Console
 from flowctl.errors import FlowctlError, UsageError
 from flowctl.options import (
     COMMANDS,
-    EXPORT_FORMATS,
-    STATUS_CHOICES,
+    GLOBAL_OPTIONS,
+    HELP,
+    Argument,
+    Command,
+    Complete,
     GlobalOptions,
     HelpShown,
     Request,
     build_parser,
+    find_option,
     parse,
 )
 from flowctl.render.box import status_counts
@@ -48,19 +55,8 @@ HISTORY_FILE: Final = "flowctl_history"
 CACHE_SECONDS: Final = 2.0
 DUTY_DIVISOR: Final = 50
 SHELL_WORDS: Final = {"help": "this help; 'help CMD' for a command's options", "exit": "leave"}
-OPTIONS: Final = {
-    "ps": ("--status", "--json", "--trace-dir"),
-    "history": ("--last", "--follow", "--json", "--trace-dir"),
-    "watch": ("--exit-on-complete", "--poll-interval", "--status-only", "--trace-dir"),
-    "export": ("--format", "--output", "--trace-dir"),
-}
-TAKES_WORKFLOW: Final = ("history", "watch", "export")
-OUTPUT_OPTIONS: Final = ("-o", "--output")
-# Options followed by a value (not a workflow id).
-VALUED: Final = (
-    *("--last", "--poll-interval", "--status", "--trace-dir", "--socket", "--format"),
-    *OUTPUT_OPTIONS,
-)
+# The options a line takes before its command.
+LEADING_OPTIONS: Final = (*GLOBAL_OPTIONS, HELP)
 
 
 class Cached:
@@ -82,8 +78,41 @@ class Cached:
         return self._value
 
 
+@dataclass
+class Line:
+    """The words typed before the cursor, read as the parser reads them."""
+
+    command: Command | None = None
+    pending: Argument | None = None  # the option whose value comes next
+    positionals: int = 0  # the command's positional arguments given
+
+    @property
+    def options(self) -> tuple[Argument, ...]:
+        return LEADING_OPTIONS if self.command is None else self.command.options
+
+
+def read_line(words: Iterable[str]) -> Line | None:
+    """``words`` read against the vocabulary; None when they name no command of the shell."""
+    line = Line()
+    for word in words:
+        if line.pending is not None:
+            line.pending = None
+        elif word.startswith("-") and word != "-":
+            option = find_option(line.options, word)
+            if option is not None and option.takes_value and "=" not in word:
+                line.pending = option
+        elif line.command is None:
+            line.command = COMMANDS.get(word)
+            if line.command is None:
+                return None
+        else:
+            line.positionals += 1
+    return line
+
+
 class FlowCompleter(Completer):
-    """Commands first; then options, ``--status`` values, directories, workflow ids."""
+    """Commands first; then the command's options, each option's value (its choices,
+    directories, files) and the command's positional arguments (workflow ids)."""
 
     def __init__(self, workflow_ids: Callable[[], Iterable[str]]) -> None:
         self._workflow_ids = workflow_ids
@@ -97,36 +126,45 @@ class FlowCompleter(Completer):
         words = text.split()
         current = "" if not words or text.endswith(" ") else words[-1]
         before = words if current == "" else words[:-1]
-        if not before:
-            yield from _matching([*COMMANDS, *SHELL_WORDS, "quit"], current)
-            return
-        command, previous = before[0], before[-1]
-        if command == "help":
+        if before[:1] in (["help"], ["?"]):
             yield from _matching(COMMANDS, current)
-        elif previous == "--status":
-            yield from _matching(STATUS_CHOICES, current)
-        elif previous == "--format":
-            yield from _matching(EXPORT_FORMATS, current)
-        elif previous == "--trace-dir":
-            yield from self._paths.get_completions(Document(current), complete_event)
-        elif previous in OUTPUT_OPTIONS:
-            yield from self._files.get_completions(Document(current), complete_event)
+            return
+        line = read_line(before)
+        if line is None:
+            return
+        if line.pending is not None:
+            yield from self._values(line.pending.value_completes, current, complete_event)
         elif current.startswith("-"):
-            yield from _matching(OPTIONS.get(command, ()), current)
-        elif command in TAKES_WORKFLOW and not _has_positional(before[1:]):
+            yield from _matching(_spellings(line.options, current), current)
+        elif line.command is None:
+            own = [] if before else [*SHELL_WORDS, "quit"]  # the shell's words: first only
+            yield from _matching([*COMMANDS, *own], current)
+        elif line.positionals < len(line.command.positionals):
+            positional = line.command.positionals[line.positionals]
+            yield from self._values(positional.value_completes, current, complete_event)
+
+    def _values(
+        self,
+        completes: Complete | tuple[str, ...] | None,
+        current: str,
+        complete_event: CompleteEvent,
+    ) -> Iterable[Completion]:
+        if completes is Complete.WORKFLOW:
             yield from _matching(self._workflow_ids(), current)
+        elif completes is Complete.DIRECTORY:
+            yield from self._paths.get_completions(Document(current), complete_event)
+        elif completes is Complete.FILE:
+            yield from self._files.get_completions(Document(current), complete_event)
+        elif completes is not None:
+            yield from _matching(completes, current)
 
 
-def _has_positional(words: list[str]) -> bool:
-    skip = False
-    for word in words:
-        if skip:
-            skip = False
-        elif word in VALUED:
-            skip = True
-        elif not word.startswith("-"):
-            return True
-    return False
+def _spellings(options: Iterable[Argument], current: str) -> list[str]:
+    """The long flags; the short ones too once a word is more than a single dash."""
+    names = [option.name for option in options]
+    if current != "-" and not current.startswith("--"):
+        names += [flag for option in options for flag in option.flags if flag not in names]
+    return names
 
 
 def _matching(candidates: Iterable[str], prefix: str) -> Iterable[Completion]:
@@ -233,7 +271,10 @@ class FlowShell:
         except UsageError as exc:
             print(f"flowctl: {exc}", file=self.console.err)
             return exitcodes.USAGE
-        same_source = request.options.trace_dir == self.options.trace_dir
+        same_source = (request.options.trace_dir, request.options.socket) == (
+            self.options.trace_dir,
+            self.options.socket,
+        )
         return self._dispatch(self.console, request, self.source if same_source else None)
 
     def run_lines(self, lines: Iterable[str]) -> int:
