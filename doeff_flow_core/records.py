@@ -158,6 +158,7 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+_NOT_PLAIN: Final = frozenset((b"\xef", b"\xfe", b"\xff", b"\x00"))
 # Strict JSON: NaN and Infinity are refused (json.loads takes them, other readers do not).
 _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
 
@@ -165,7 +166,12 @@ _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
 def loads(data: str | bytes) -> Any:
     """Strict JSON: NaN and Infinity are refused; otherwise as ``json.loads``."""
     if isinstance(data, bytes | bytearray):
-        data = data.decode(json.detect_encoding(data), "surrogatepass")
+        # UTF-8 unless a BOM or a NUL in the first bytes says otherwise (as json.loads
+        # decides); the common case without detect_encoding's work
+        if data[:1] in _NOT_PLAIN or data[1:2] == b"\x00":
+            data = data.decode(json.detect_encoding(data), "surrogatepass")
+        else:
+            data = data.decode("utf-8", "surrogatepass")
     elif data.startswith("\ufeff"):
         return json.loads(data)  # refused, as json.loads refuses it
     return _DECODER.decode(data)
@@ -287,9 +293,8 @@ def _slog(value: object) -> SlogLine | None:
     fields = value.get("fields") or {}
     if not isinstance(fields, dict):
         raise MalformedRecord("'last_slog.fields' must be an object")
-    return SlogLine(
-        msg=str(_req(value, "msg", str)), fields={str(k): str(v) for k, v in fields.items()}
-    )
+    texts = dict(zip(map(str, fields), map(str, fields.values()), strict=True))
+    return SlogLine(msg=str(_req(value, "msg", str)), fields=texts)
 
 
 def _spawned(value: object) -> tuple[tuple[int, int | None], ...]:

@@ -15,7 +15,6 @@ import errno
 import os
 import stat as st
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from doeff_flow_core.errors import NotRegularFile, SymlinkRefused
@@ -53,13 +52,13 @@ class Chain:
         """``trace.jsonl: a FIFO (not read)`` for each name refused."""
         return tuple(f"{name}: {kind_of(mode)} (not read)" for name, mode in self.refused)
 
-    def missing(self, directory: Path) -> OSError:
+    def missing(self, directory: str) -> OSError:
         """Why there is no part to read: the first name refused, or no file at all."""
         for name, mode in self.refused:
             if st.S_ISLNK(mode):
-                return SymlinkRefused(directory / name)
-            return NotRegularFile(directory / name, kind_of(mode))
-        return FileNotFoundError(errno.ENOENT, "no trace", str(directory / TRACE_FILE_NAME))
+                return SymlinkRefused(os.path.join(directory, name))
+            return NotRegularFile(os.path.join(directory, name), kind_of(mode))
+        return FileNotFoundError(errno.ENOENT, "no trace", os.path.join(directory, TRACE_FILE_NAME))
 
     def index_of(self, ident: FileId) -> int | None:
         for index, part in enumerate(self.parts):

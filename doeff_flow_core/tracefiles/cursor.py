@@ -18,7 +18,13 @@ from typing import Generic, TypeVar
 
 from doeff_flow_core.tracefiles.chain import Chain, FileId, Part, chain_of, file_id, open_part
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
-from doeff_flow_core.tracefiles.lines import CHUNK, Backward, RawLine, read_forward
+from doeff_flow_core.tracefiles.lines import (
+    CHUNK,
+    Backward,
+    RawLine,
+    may_have_holes,
+    read_forward,
+)
 from doeff_flow_core.tracefiles.safeopen import Directory
 
 T = TypeVar("T")
@@ -29,10 +35,9 @@ Parse = Callable[[RawLine, FileId], "T | None"]
 def open_newest(directory: Directory) -> tuple[int, Part] | None:
     """``trace.jsonl`` opened, or None when there is none."""
     try:
-        fd = directory.open_file(TRACE_FILE_NAME)
+        fd, status = directory.open_status(TRACE_FILE_NAME)
     except FileNotFoundError:
         return None
-    status = os.fstat(fd)
     return fd, Part(0, file_id(status), status.st_size)
 
 
@@ -183,12 +188,19 @@ class Scan(Generic[T]):
         return None if self.ident is None else (self.ident, self.end)
 
 
-def tail_of_fd(fd: int, n: int, parse: Parse[T], end: int | None = None) -> Scan[T]:
-    """The last ``n`` items of one open file before ``end`` (default: its size)."""
-    status = os.fstat(fd)
+def tail_of_fd(
+    fd: int,
+    n: int,
+    parse: Parse[T],
+    end: int | None = None,
+    status: os.stat_result | None = None,
+) -> Scan[T]:
+    """The last ``n`` items of one open file before ``end`` (default: its size);
+    ``status``: the file's, when the caller has it."""
+    status = status or os.fstat(fd)
     ident = file_id(status)
     limit = status.st_size if end is None else max(0, min(end, status.st_size))
-    lines = Backward(fd, limit)
+    lines = Backward(fd, limit, holes=may_have_holes(status))
     items: list[T] = []
     skipped = 0
     for line in lines if n > 0 else ():
@@ -215,14 +227,14 @@ def tail(directory: Directory, n: int, parse: Parse[T], until: Position | None =
     FileNotFoundError when the chain has no file."""
     if until is None:  # most often trace.jsonl alone holds them: no listing needed
         try:
-            newest = open_newest(directory)
+            fd, status = directory.open_status(TRACE_FILE_NAME)
         except OSError:
-            newest = None  # not a regular file: the chain says why, or reads the parts
-        if newest is not None:
+            fd = -1  # none, or not a regular file: the chain says why, or has parts
+        if fd >= 0:
             try:
-                found = tail_of_fd(newest[0], n, parse)
+                found = tail_of_fd(fd, n, parse, status=status)
             finally:
-                os.close(newest[0])
+                os.close(fd)
             if len(found.items) >= n or found.exhausted:
                 return found
     chain = chain_of(directory)
@@ -249,7 +261,9 @@ def tail(directory: Directory, n: int, parse: Parse[T], until: Position | None =
         if found.exhausted:
             break
     if first is None:
-        raise FileNotFoundError(errno.ENOENT, "no trace", str(directory.path / TRACE_FILE_NAME))
+        raise FileNotFoundError(
+            errno.ENOENT, "no trace", os.path.join(directory.path, TRACE_FILE_NAME)
+        )
     return Scan(items, first.end, first.size, first.ident, skipped, first.exhausted)
 
 

@@ -65,9 +65,14 @@ class Chunk:
 @dataclass(frozen=True)
 class WorkflowSummary:
     workflow_id: str
-    path: Path
+    trace_dir: str
     latest: LiveTrace | None
     problem: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """The workflow's ``trace.jsonl``."""
+        return Path(self.trace_dir, self.workflow_id, TRACE_FILE_NAME)
 
 
 def open_parent(path: str | os.PathLike[str]) -> Directory:
@@ -262,12 +267,14 @@ def summarize(workflow_id: str, path: str | os.PathLike[str]) -> WorkflowSummary
         with Directory.open(trace.parent.parent) as root:
             return summarize_in(root, trace.parent.name)
     except OSError as exc:
-        return WorkflowSummary(workflow_id, trace, None, exc.strerror or str(exc))
+        return WorkflowSummary(
+            workflow_id, str(trace.parent.parent), None, exc.strerror or str(exc)
+        )
 
 
 def summarize_in(root: Directory, workflow_id: str) -> WorkflowSummary:
     """``summarize`` for the workflow directory ``workflow_id`` of an open root."""
-    trace = root.path / workflow_id / TRACE_FILE_NAME
+    trace_dir = root.path
     try:
         with root.subdirectory(workflow_id) as directory:
             # Through the rotated parts: a writer killed just after a rotation leaves an
@@ -276,8 +283,8 @@ def summarize_in(root: Directory, workflow_id: str) -> WorkflowSummary:
             if not scan.items:
                 problems = chain_of(directory).problems
                 empty = NO_VALID_RECORDS if scan.skipped or scan.torn else EMPTY_TRACE
-                return WorkflowSummary(workflow_id, trace, None, (*problems, empty)[0])
+                return WorkflowSummary(workflow_id, trace_dir, None, (*problems, empty)[0])
     except OSError as exc:
         problem = NO_TRACE if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
-        return WorkflowSummary(workflow_id, trace, None, problem)
-    return WorkflowSummary(workflow_id, trace, scan.items[-1])
+        return WorkflowSummary(workflow_id, trace_dir, None, problem)
+    return WorkflowSummary(workflow_id, trace_dir, scan.items[-1])

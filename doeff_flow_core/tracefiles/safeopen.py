@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
-from pathlib import Path
 from types import TracebackType
 from typing import Final
 
@@ -54,9 +53,9 @@ class Directory:
     """An open directory: files and subdirectories are opened relative to it, so a
     rename of anything above it changes nothing about what is opened."""
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
-        self.path = path
+        self.path = path  # for messages (a string: cheaper to make than a Path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, follow: bool = True) -> Directory:
@@ -65,16 +64,16 @@ class Directory:
         try:
             fd = os.open(path, flags)
         except OSError as exc:
-            raise _refused(exc, Path(path)) from None
-        return cls(fd, Path(path))
+            raise _refused(exc, os.fspath(path)) from None
+        return cls(fd, os.fspath(path))
 
     def subdirectory(self, name: str) -> Directory:
         """The directory ``name`` in this one, never through a link (SymlinkRefused)."""
         try:
             fd = os.open(name, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=self.fd)
         except OSError as exc:
-            raise _refused(exc, self.path / name, self) from None
-        return Directory(fd, self.path / name)
+            raise _refused(exc, os.path.join(self.path, name), self) from None
+        return Directory(fd, os.path.join(self.path, name))
 
     def lstat(self, name: str) -> os.stat_result:
         return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
@@ -91,23 +90,28 @@ class Directory:
         """A descriptor of the regular file ``name`` here (SymlinkRefused, NotRegularFile,
         or the system's error). Without ``O_CREAT`` the file is looked at before it is
         opened, so nothing but a regular file is ever opened."""
-        path = self.path / name
+        return self.open_status(name, flags, mode)[0]
+
+    def open_status(
+        self, name: str, flags: int = os.O_RDONLY, mode: int = 0o600
+    ) -> tuple[int, os.stat_result]:
+        """``open_file``, and the open file's status."""
         if not flags & os.O_CREAT:
             try:
                 status = self.lstat(name)
             except OSError as exc:
-                raise _refused(exc, path, self) from None
-            check_regular(status, path)
+                raise _refused(exc, os.path.join(self.path, name), self) from None
+            if not st.S_ISREG(status.st_mode):
+                check_regular(status, os.path.join(self.path, name))
         try:
             fd = os.open(name, flags | FILE_FLAGS, mode, dir_fd=self.fd)
         except OSError as exc:
-            raise _refused(exc, path, self) from None
-        try:
-            check_regular(os.fstat(fd), path)
-        except BaseException:
+            raise _refused(exc, os.path.join(self.path, name), self) from None
+        status = os.fstat(fd)
+        if not st.S_ISREG(status.st_mode):
             os.close(fd)
-            raise
-        return fd
+            check_regular(status, os.path.join(self.path, name))
+        return fd, status
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -126,20 +130,20 @@ class Directory:
         self.close()
 
 
-def _refused(error: OSError, path: Path, parent: Directory | None = None) -> OSError:
+def _refused(error: OSError, path: str, parent: Directory | None = None) -> OSError:
     """ELOOP from O_NOFOLLOW (and ENOTDIR from O_DIRECTORY, or ENXIO from a FIFO or
     socket opened for writing) said plainly: which kind of file stood in the way."""
     if error.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EMLINK):
-        return type(error)(error.errno, error.strerror, str(path))  # the whole path, not a name
+        return type(error)(error.errno, error.strerror, path)  # the whole path, not a name
     try:
-        status = parent.lstat(path.name) if parent is not None else os.lstat(path)
+        status = parent.lstat(os.path.basename(path)) if parent is not None else os.lstat(path)
     except OSError:
         return error
     if st.S_ISLNK(status.st_mode):
         return SymlinkRefused(path)
     if error.errno == errno.ENOTDIR:
         return NotADirectoryError(
-            errno.ENOTDIR, f"not a directory ({kind_of(status.st_mode)})", str(path)
+            errno.ENOTDIR, f"not a directory ({kind_of(status.st_mode)})", path
         )
     if not st.S_ISREG(status.st_mode):
         return NotRegularFile(path, kind_of(status.st_mode))
