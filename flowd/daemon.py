@@ -26,6 +26,7 @@ import anyio.to_thread
 
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, part_number
+from doeff_flow_core.tracefiles.safeopen import Directory
 from flowd.discovery import (
     ARGUMENT,
     REGISTRY,
@@ -43,6 +44,7 @@ from flowd.index import (
     LATEST,
     Entry,
     Index,
+    Job,
     Liveness,
     Read,
     Root,
@@ -57,7 +59,6 @@ from flowd.watching import (
     CAME,
     ENTRY_MASK,
     GONE,
-    IDLE_CHECK,
     IN_ATTRIB,
     IN_DELETE_SELF,
     IN_IGNORED,
@@ -88,18 +89,31 @@ READ_SLICE: Final = 0.05  # seconds a worker thread reads before handing back
 IDLE_WAIT: Final = 3600.0
 TICK: Final = 0.05
 SWEEP_INTERVAL: Final = 30.0  # how often idle workflows lose their watch
+IDLE_SLICE: Final = 2000  # idle workflows a root's check looks at (all, in turn)
 
 Target = Root | Entry
 
 
-def read_batch(jobs: list[tuple[Entry, str]], reads: list[Read]) -> None:
-    """Read entries in turn (in a worker thread) until READ_SLICE has passed; the ones
-    left over are the caller's to queue again. Each read is bounded on its own."""
+def read_batch(jobs: list[Job], reads: list[Read]) -> None:
+    """Do jobs in turn (in a worker thread) until READ_SLICE has passed; the ones left
+    over are the caller's to queue again. Each read is bounded on its own; each root is
+    opened once a batch."""
     deadline = time.monotonic() + READ_SLICE
-    for entry, mode in jobs:
-        reads.append(read_job(job_for(entry, mode)))
-        if time.monotonic() > deadline:
-            return
+    roots: dict[str, Directory | None] = {}
+    try:
+        for job in jobs:
+            if job.root not in roots:
+                try:
+                    roots[job.root] = Directory.open(job.root)
+                except OSError:
+                    roots[job.root] = None  # each read says why
+            reads.append(read_job(job, roots[job.root]))
+            if time.monotonic() > deadline:
+                return
+    finally:
+        for root in roots.values():
+            if root is not None:
+                root.close()
 
 
 class Daemon:
@@ -248,7 +262,7 @@ class Daemon:
             self.index.remove_workflow(root, name)  # gone already
             return
         if fresh:
-            entry.track.changed = time.monotonic()
+            entry.tracked().changed = time.monotonic()
         self._reads[entry] = FRESH if fresh else LATEST
 
     def _remove_workflow(self, root: Root, name: str) -> None:
@@ -282,8 +296,9 @@ class Daemon:
                 await anyio.sleep(TICK)  # the ones left are being read elsewhere
                 continue
             reads: list[Read] = []
+            jobs = [job_for(entry, mode) for entry, mode in batch]
             try:
-                await anyio.to_thread.run_sync(read_batch, batch, reads)
+                await anyio.to_thread.run_sync(read_batch, jobs, reads)
             finally:
                 for (entry, mode), read in itertools.zip_longest(batch, reads):
                     entry.reading = False
@@ -294,36 +309,38 @@ class Daemon:
             await anyio.lowlevel.checkpoint()
 
     def _applied(self, entry: Entry, read: Read) -> None:
-        with _guard(entry.path):
+        with _guard(entry):
             update = self.index.apply(entry, read)
             if update is not None:
                 self._publish(update)
                 if update.lines and update.complete:
-                    entry.track.changed = time.monotonic()
+                    entry.tracked().changed = time.monotonic()
         if entry.behind:
             self._reads.setdefault(entry, FOLLOW)
         self._keep_track(entry)
 
     def _keep_track(self, entry: Entry) -> None:
         """Watch a workflow while it runs or changes; poll it, rarely, once idle."""
-        track = entry.track
-        if track.watch < 0 and self._inotify is not None and self._active(entry):
+        if entry.track.watch < 0 and self._inotify is not None and self._active(entry):
             self._watch(entry, entry.directory, ENTRY_MASK)
+        track = entry.track
         now = time.monotonic()
         if track.watch >= 0:
             self._watched.add(entry)
-            if track.due == float("inf") or track.due == 0.0:
+            if track.due == float("inf"):
                 self._schedule.add(track, now, jittered(SAFETY_INTERVAL))
-        elif track.due == float("inf") or track.due == 0.0:
-            if self._inotify is not None:
-                interval = IDLE_CHECK  # the root's watch hears a run starting
-            else:
-                latest = entry.latest
-                # a finished workflow's trace changes only if it is run again
-                ended = latest is not None and latest.status != "running"
-                interval = POLL_IDLE_MAX if ended else next_poll(0, True)
-            track.interval = interval
-            self._schedule.add(track, now, jittered(interval))
+        elif self._inotify is not None and not self._active(entry):
+            # idle: the root's watch hears a run starting (the writer touches its
+            # directory), and the root's sweep looks at it now and then
+            self._schedule.cancel(track)
+            entry.untrack()
+        elif track.due == float("inf"):
+            latest = entry.latest
+            # a finished workflow's trace changes only if it is run again
+            ended = latest is not None and latest.status != "running"
+            track = entry.tracked()
+            track.interval = POLL_IDLE_MAX if ended else next_poll(0, True)
+            self._schedule.add(track, now, jittered(track.interval))
 
     def _active(self, entry: Entry) -> bool:
         latest = entry.latest
@@ -346,7 +363,24 @@ class Daemon:
                 continue
             self._unwatch(entry)
             self._watched.discard(entry)
-            self._schedule.add(entry.track, time.monotonic(), jittered(IDLE_CHECK))
+            self._schedule.cancel(entry.track)  # the root's sweep looks at it now and then
+            entry.untrack()
+
+    def _sweep_idle(self, root: Root) -> None:
+        """Look at the next IDLE_SLICE idle workflows of a root (a safety net: a run
+        starting is heard through the root's watch), round the root in turn."""
+        names = root.sweep
+        if names is None:
+            names = root.sweep = iter(list(root.entries))
+        looked = 0
+        for name in itertools.islice(names, IDLE_SLICE):
+            looked += 1
+            entry = root.entries.get(name)
+            if entry is not None and entry.track.watch < 0 and not entry.reading:
+                with _guard(entry):
+                    self._poll(entry)
+        if looked < IDLE_SLICE:
+            root.sweep = None  # round done: the next sweep starts again
 
     def _refresh(self, entry: Entry) -> None:
         """Read what is new in a trace (soon, in a batch)."""
@@ -367,7 +401,7 @@ class Daemon:
             return False
         if entry.track.watch >= 0:
             log.debug("%s changed with no inotify event", entry.path)
-        entry.track.changed = time.monotonic()
+        entry.tracked().changed = time.monotonic()
         self._refresh(entry)
         return True
 
@@ -382,9 +416,8 @@ class Daemon:
     # -- inotify ----------------------------------------------------------------------
 
     def _watch(self, target: Target, path: str, mask: int) -> bool:
-        track = target.track
-        if self._inotify is None or track.watch >= 0:
-            return track.watch >= 0
+        if self._inotify is None or target.track.watch >= 0:
+            return target.track.watch >= 0
         try:
             wd = self._inotify.add(path, mask)
         except OSError as exc:
@@ -392,15 +425,16 @@ class Daemon:
                 self._out_of_watches = True
                 log.warning("inotify watch limit reached; polling the traces beyond it")
             return False
-        track.watch = wd
+        (target.tracked() if isinstance(target, Entry) else target.track).watch = wd
         self._wds.setdefault(wd, []).append(target)
         return True
 
     def _unwatch(self, target: Target) -> None:
         track = target.track
-        wd, track.watch = track.watch, -1
+        wd = track.watch
         if wd < 0:
             return
+        track.watch = -1
         targets = self._wds.get(wd, [])
         if target in targets:
             targets.remove(target)
@@ -440,7 +474,7 @@ class Daemon:
         elif event.mask & IN_ATTRIB:
             entry = root.entries.get(event.name)
             if entry is not None:  # touched by a writer starting a run: watch it again
-                entry.track.changed = time.monotonic()
+                entry.tracked().changed = time.monotonic()
                 self._keep_track(entry)
                 self._dirty[entry] = None
         elif event.mask & CAME:
@@ -528,12 +562,12 @@ class Daemon:
                 if item.removed:
                     continue
                 changed = False
-                with _guard(item.path):
+                with _guard(item):
                     changed = self._poll(item)
                 if item.track.watch >= 0:
                     self._schedule.add(track, now, jittered(SAFETY_INTERVAL))
-                elif self._inotify is not None:
-                    self._schedule.add(track, now, jittered(IDLE_CHECK))
+                elif self._inotify is not None and not self._active(item):
+                    pass  # idle: the root's sweep looks at it
                 else:
                     track.interval = next_poll(track.interval, changed)
                     self._schedule.add(track, now, track.interval)
@@ -561,6 +595,8 @@ class Daemon:
                 self._watch(root, root.path, ROOT_MASK)
             self._rescan(root)
         watched = root.track.watch >= 0
+        if root.present and self._inotify is not None:
+            self._sweep_idle(root)
         if root.present:
             interval = SAFETY_INTERVAL if watched else ROOT_POLL
             self._schedule.add(root.track, now, jittered(interval) if watched else interval)
@@ -569,7 +605,7 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def _guard(what: str) -> Iterator[None]:
+def _guard(what: object) -> Iterator[None]:
     """A bug met while handling one thing is logged, and the daemon goes on."""
     try:
         yield

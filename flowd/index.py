@@ -32,7 +32,7 @@ from doeff_flow_core.tracefiles.cursor import (
     read_on,
     tail,
 )
-from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, trace_file
+from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
 from doeff_flow_core.tracefiles.lines import CHUNK, RawLine
 from doeff_flow_core.tracefiles.safeopen import Directory
 from flowd.stored import StoredRecord, stored
@@ -50,14 +50,44 @@ class Tracking:
 
     __slots__ = ("changed", "due", "interval", "moving", "owner", "replaced", "watch")
 
-    def __init__(self, owner: Root | Entry) -> None:
+    def __init__(self, owner: Root | Entry | None) -> None:
         self.owner = owner
         self.watch = -1
         self.interval = 0.0
-        self.due = 0.0
+        self.due = INF  # not scheduled
         self.changed = 0.0  # monotonic time of the last change seen
         self.replaced = False  # told the trace file was created, moved or deleted
         self.moving: tuple[int, bool] | None = None  # a move's cookie, ``replaced`` before it
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to remember: no watch, no poll due, nothing heard of."""
+        return self.watch < 0 and self.due == INF and not self.replaced and self.moving is None
+
+
+class _Untracked(Tracking):
+    """The state every idle workflow shares (most of 100,000): no watch, no poll due,
+    nothing heard. Read-only: ``Entry.tracked()`` gives an entry a state of its own."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if getattr(self, name, None) != value:
+            raise AttributeError(f"an untracked workflow's {name} is read-only")
+
+
+INF: Final = float("inf")
+UNTRACKED: Final = _Untracked.__new__(_Untracked)
+for _name, _value in (
+    ("owner", None),
+    ("watch", -1),
+    ("interval", 0.0),
+    ("due", INF),
+    ("changed", 0.0),
+    ("replaced", False),
+    ("moving", None),
+):
+    object.__setattr__(UNTRACKED, _name, _value)
 
 
 class Entry:
@@ -68,9 +98,9 @@ class Entry:
         "cursor",
         "first",
         "gen",
-        "key",
         "latest",
-        "newest",
+        "newest_ident",
+        "newest_size",
         "problem",
         "reading",
         "removed",
@@ -84,11 +114,12 @@ class Entry:
     def __init__(self, root: str, workflow_id: str) -> None:
         self.root = root
         self.workflow_id = workflow_id
-        self.key: Key = (root, workflow_id)
         self.latest: StoredRecord | None = None
         self.cursor = Cursor()
         self.first: FileId | None = None  # the file this generation began with
-        self.newest: Part | None = None  # trace.jsonl as last read (None: no file)
+        # trace.jsonl as last read (no file: None, -1); two fields, not a Part: 100,000 of them
+        self.newest_ident: FileId | None = None
+        self.newest_size = -1
         self.gen = 0  # bumped whenever the trace is read again from its start
         self.problem: str | None = NO_TRACE
         self.skipped = 0  # malformed lines met in this generation
@@ -96,11 +127,46 @@ class Entry:
         self.behind = False  # more to read than one read takes
         self.removed = False
         self.reading = False  # a read is in flight
-        self.track = Tracking(self)
+        self.track: Tracking = UNTRACKED  # its own once it is watched or polled
+
+    def tracked(self) -> Tracking:
+        """Its change-watch state, made its own if it had none."""
+        if self.track is UNTRACKED:
+            self.track = Tracking(self)
+        return self.track
+
+    def untrack(self) -> None:
+        """Give the state back once there is nothing in it (memory, at 100,000)."""
+        if self.track is not UNTRACKED and self.track.idle:
+            self.track = UNTRACKED
+
+    @property
+    def newest(self) -> Part | None:
+        """``trace.jsonl`` as last read (None: there was none)."""
+        if self.newest_ident is None:
+            return None
+        return Part(0, self.newest_ident, self.newest_size)
+
+    @newest.setter
+    def newest(self, part: Part | None) -> None:
+        if part is None:
+            self.newest_ident, self.newest_size = None, -1
+        else:  # one identity tuple for the file, however many hold it
+            same = part.ident == self.cursor.ident
+            self.newest_ident = self.cursor.ident if same else part.ident
+            self.newest_size = part.size
+
+    @property
+    def key(self) -> Key:
+        return (self.root, self.workflow_id)
 
     @property
     def path(self) -> str:
-        return str(trace_file(self.root, self.workflow_id))
+        # the id was checked when the entry was made (a directory name that is one)
+        return os.path.join(self.root, self.workflow_id, TRACE_FILE_NAME)
+
+    def __str__(self) -> str:
+        return self.path
 
     @property
     def updated(self) -> float:
@@ -124,7 +190,7 @@ class Entry:
 class Root:
     """A trace directory: workflows are its subdirectories."""
 
-    __slots__ = ("entries", "mtime", "origin", "path", "present", "track")
+    __slots__ = ("entries", "mtime", "origin", "path", "present", "sweep", "track")
 
     def __init__(self, path: str, origin: str) -> None:
         self.path = path
@@ -132,6 +198,7 @@ class Root:
         self.entries: dict[str, Entry] = {}
         self.present = False  # the directory exists and has been scanned
         self.mtime = -1  # st_mtime_ns at the last scan (polling)
+        self.sweep: Iterator[str] | None = None  # idle workflows still to look at, in turn
         self.track = Tracking(self)
 
 
@@ -207,10 +274,14 @@ def job_for(entry: Entry, mode: str) -> Job:
     return Job(entry.root, entry.workflow_id, mode, replace(entry.cursor), track.replaced)
 
 
-def read_job(job: Job) -> Read:
-    """Do one job (blocking, bounded): never raises for a file's sake."""
+def read_job(job: Job, root: Directory | None = None) -> Read:
+    """Do one job (blocking, bounded): never raises for a file's sake. ``root``: its
+    root, open already (a batch of jobs opens each root once)."""
     try:
-        with _workflow(job.root, job.workflow_id) as directory:
+        if root is None:
+            with _workflow(job.root, job.workflow_id) as directory:
+                return _read(directory, job)
+        with root.subdirectory(job.workflow_id) as directory:
             return _read(directory, job)
     except OSError as exc:
         return Read(job, error=exc)
@@ -272,9 +343,11 @@ def _latest(directory: Directory, job: Job, found: bool) -> Read:
     if scan.ident is not None and scan.position is not None:
         try:
             status = directory.lstat(TRACE_FILE_NAME)
-            newest = Part(0, (status.st_dev, status.st_ino), status.st_size)
         except FileNotFoundError:
             pass
+        else:  # one identity tuple for the file, however many hold it
+            ident = (status.st_dev, status.st_ino)
+            newest = Part(0, scan.ident if ident == scan.ident else ident, status.st_size)
     return Read(
         job,
         cursor,
@@ -363,7 +436,6 @@ def history(root: str, workflow_id: str, n: int, until: Position | None) -> Scan
 class Index:
     def __init__(self) -> None:
         self.roots: dict[str, Root] = {}
-        self._by_id: dict[str, dict[str, Entry]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -379,12 +451,22 @@ class Index:
 
     def resolve(self, workflow_id: str, root: str | None = None) -> Entry | None:
         """The workflow under ``root``, or without one the most recently updated."""
-        found = self._by_id.get(workflow_id)
-        if not found:
-            return None
+        found = self._found(workflow_id)
         if root is not None:
-            return found.get(root)
-        return max(found.values(), key=lambda entry: (entry.updated, entry.root))
+            return next((entry for entry in found if entry.root == root), None)
+        if len(found) == 1:
+            return found[0]
+        return max(found, key=lambda entry: (entry.updated, entry.root), default=None)
+
+    def _found(self, workflow_id: str) -> list[Entry]:
+        """The workflow's entries, one per root it is under (a few roots: looked up in
+        each, no index of ids kept)."""
+        found = []
+        for root in self.roots.values():
+            entry = root.entries.get(workflow_id)
+            if entry is not None:
+                found.append(entry)
+        return found
 
     def add_root(self, path: str, origin: str) -> Root | None:
         """A new root (not scanned yet), or None when ``path`` is one already."""
@@ -411,7 +493,6 @@ class Index:
         if name in root.entries:
             return None
         entry = root.entries[name] = Entry(root.path, name)
-        self._by_id.setdefault(name, {})[root.path] = entry
         self._count += 1
         return entry
 
@@ -420,11 +501,6 @@ class Index:
         if entry is None:
             return None
         entry.removed = True
-        roots = self._by_id.get(name)
-        if roots is not None:
-            roots.pop(root.path, None)
-            if not roots:
-                del self._by_id[name]
         self._count -= 1
         return entry
 
@@ -435,7 +511,7 @@ class Index:
 
     def apply(self, entry: Entry, read: Read) -> Update | None:
         """Take a read into its entry; what was new, or None when nothing was."""
-        if read.job.replaced:
+        if read.job.replaced and entry.track.replaced:
             entry.track.replaced = False
         if read.error is not None:
             return self._unreadable(entry, read.error)
@@ -444,7 +520,8 @@ class Index:
         entry.behind = read.behind
         if read.reset:
             entry.gen += 1
-            entry.first = read.first
+            first = read.first
+            entry.first = entry.cursor.ident if first == entry.cursor.ident else first
             entry.skipped = 0
             entry.latest = None
         entry.skipped += read.skipped

@@ -8,8 +8,10 @@ is skipped and counted by the reader, never an error.
 
 from __future__ import annotations
 
+import sys
+
 from doeff_flow_core.errors import MalformedRecord
-from doeff_flow_core.records import LiveTrace, parse_record
+from doeff_flow_core.records import RUNNING, LiveTrace, parse_record
 from doeff_flow_core.tracefiles.chain import FileId
 from doeff_flow_core.tracefiles.lines import MAX_LINE_BYTES, RawLine
 
@@ -30,36 +32,41 @@ class StoredRecord:
         "raw",
         "record",
         "run",
-        "start",
         "status",
         "step",
         "updated",
     )
 
     def __init__(
-        self, raw: bytes, record: LiveTrace, start: int, end: int, ident: FileId | None = None
+        self, raw: bytes, record: LiveTrace, end: int, ident: FileId | None = None
     ) -> None:
-        self.raw = raw
+        self.raw = raw  # the whole line but its newline (JSON allows the odd blank)
         self.record: LiveTrace | None = record
         self.ident = ident  # the file it was read from (None: not said)
-        self.start = start  # file offset of this line's first byte
         self.end = end  # file offset just after this line's newline
         self.step = record.step
-        self.status = record.status
+        self.status = sys.intern(record.status)  # a few words, shared by all records
         self.run = record.run
-        self.pid = record.pid
-        self.host = record.host
-        self.pid_start = record.pid_start
         self.updated = record.updated_at.timestamp()
+        # the writer, for a record whose liveness is asked (only a running one's is)
+        running = record.status == RUNNING
+        self.pid = record.pid if running else None
+        self.host = sys.intern(record.host) if running and record.host else None
+        self.pid_start = record.pid_start if running else None
+
+    @property
+    def start(self) -> int:
+        """The file offset of this line's first byte."""
+        return self.end - len(self.raw) - 1
 
 
 def stored(line: RawLine, ident: FileId | None = None) -> StoredRecord | None:
-    """The record on ``line`` (stripped of surrounding whitespace), or None."""
-    raw = line.data.strip()
-    if not raw or len(raw) > MAX_LINE_BYTES:
+    """The record on ``line``, or None."""
+    raw = line.data
+    if len(raw) > MAX_LINE_BYTES or not raw.strip():
         return None
     try:
-        return StoredRecord(raw, parse_record(raw), line.start, line.end, ident)
+        return StoredRecord(raw, parse_record(raw), line.end, ident)
     except MalformedRecord:
         return None
 

@@ -5,8 +5,9 @@ is running or changed lately (watches stay far below the per-user limit with 100
 workflows): a workflow directory created or removed under a root, a run starting (the
 writer touches its directory, which the root's watch reports), a trace created,
 appended to, truncated, moved or deleted — each wakes flowd at once. An idle workflow
-loses its watch and is looked at on a slow timer (IDLE_CHECK); every watched item is
-also checked on one (SAFETY_INTERVAL), in case an event was lost.
+loses its watch; its root's check looks at a slice of its idle workflows each time, so
+each is looked at now and then (every ~50 minutes at 100,000); every watched item is
+also checked on a slow timer (SAFETY_INTERVAL), in case an event was lost.
 
 Without inotify (unavailable, out of watches, or ``--watcher poll``), each trace is
 polled with ``os.stat``: every POLL_FIRST seconds after it changed, then less and less
@@ -59,7 +60,6 @@ POLL_ACTIVE_MAX: Final = 1.0  # doubling up to here
 POLL_IDLE_MAX: Final = 10.0  # then slowly up to here
 IDLE_GROWTH: Final = 1.1
 SAFETY_INTERVAL: Final = 60.0  # items inotify watches
-IDLE_CHECK: Final = 120.0  # an idle workflow under a watched root
 UNWATCH_AFTER: Final = 60.0  # a workflow unchanged this long, and not running, is idle
 ROOT_POLL: Final = 0.5  # a root's mtime, when polling
 ROOT_MISSING: Final = 1.0  # a root that does not exist (yet)
@@ -174,7 +174,8 @@ class Schedule:
         return due
 
     def cancel(self, item: Scheduled) -> None:
-        item.due = float("inf")
+        if item.due != float("inf"):
+            item.due = float("inf")
 
 
 def next_poll(interval: float, changed: bool) -> float:

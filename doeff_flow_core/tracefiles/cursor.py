@@ -52,7 +52,7 @@ def _open(directory: Directory, ident: FileId) -> tuple[int, Part] | None:
     return open_part(directory, ident)
 
 
-@dataclass
+@dataclass(slots=True)
 class Cursor:
     """Where a reader stands: after the last complete line it read, in the file
     ``ident`` (None: nowhere yet; the next read starts at the chain's oldest file).
