@@ -236,14 +236,19 @@ class RpcInterface:
             (e for e in self._daemon.index.entries() if root is None or e.root == root),
             key=lambda entry: (entry.workflow_id, entry.root),
         )
-        found = []
+        out = bytearray(b'{"workflows":[')
+        first = True
         for count, entry in enumerate(entries, 1):
             status = liveness.status(entry.latest) if entry.latest is not None else None
             if wanted is None or status in wanted:
-                found.append(summary(entry, status))
+                if not first:
+                    out += b","
+                summary_into(out, entry, status)
+                first = False
             if count % PS_SLICE == 0:
                 await anyio.lowlevel.checkpoint()  # others are answered meanwhile
-        return RawJson(b'{"workflows":[' + b",".join(found) + b"]}")
+        out += b"]}"
+        return RawJson(bytes(out))
 
     async def get(self, call: RpcCall) -> Any:
         entry = self._entry(Params(call, "workflow_id", "root"))
@@ -328,23 +333,27 @@ class RpcInterface:
 
 def summary(entry: Entry, status: str | None) -> bytes:
     """``{"workflow_id", "root", "status", "record", "problem"}`` as JSON, the record
-    spliced in as stored (built directly: ``ps`` makes thousands of these)."""
+    spliced in as stored."""
+    out = bytearray()
+    summary_into(out, entry, status)
+    return bytes(out)
+
+
+def summary_into(out: bytearray, entry: Entry, status: str | None) -> None:
+    """``summary`` appended to ``out``: ``ps`` writes 100,000 of them into one buffer,
+    with no object per workflow (they would stay in the heap's fragments afterwards)."""
     latest = entry.latest
-    return b"".join(
-        (
-            b'{"workflow_id":',
-            _json_string(entry.workflow_id),
-            b',"root":',
-            _json_string(entry.root),
-            b',"status":',
-            b"null" if status is None else _json_string(status),
-            b',"record":',
-            b"null" if latest is None else latest.raw,
-            b',"problem":',
-            b"null" if entry.problem is None else _json_string(entry.problem),
-            b"}",
-        )
-    )
+    out += b'{"workflow_id":'
+    out += _json_string(entry.workflow_id)
+    out += b',"root":'
+    out += _json_string(entry.root)
+    out += b',"status":'
+    out += b"null" if status is None else _json_string(status)
+    out += b',"record":'
+    out += b"null" if latest is None else latest.raw
+    out += b',"problem":'
+    out += b"null" if entry.problem is None else _json_string(entry.problem)
+    out += b"}"
 
 
 def _json_string(text: str) -> bytes:
