@@ -6,8 +6,9 @@ Parsing is strict about types so that readers can trust what they display.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -124,6 +125,10 @@ class LiveTrace:
 
     @classmethod
     def from_dict(cls, data: object) -> LiveTrace:
+        if type(data) is dict:
+            record = _plain_record(cls, data)
+            if record is not None:
+                return record
         if not isinstance(data, dict):
             raise MalformedRecord(f"expected a JSON object, got {type(data).__name__}")
         status = _req(data, "status", str)
@@ -137,7 +142,7 @@ class LiveTrace:
             step=_req(data, "step", int),
             status=status,
             current_effect=_opt(data, "current_effect", str),
-            trace=tuple(_frame(item) for item in trace_raw),
+            trace=tuple(map(_frame, trace_raw)),
             started_at=_time(data, "started_at"),
             updated_at=_time(data, "updated_at"),
             error=_opt(data, "error", str),
@@ -154,6 +159,75 @@ class LiveTrace:
         )
 
 
+def _plain_record(cls: type[LiveTrace], data: dict[str, Any]) -> LiveTrace | None:
+    """``from_dict`` of a record whose every field has exactly the type it must (all a
+    writer writes): the same record, with the checks made inline rather than field by
+    field. None for any other, which ``from_dict`` then checks field by field; a part
+    that fails here (a frame, a time, the slog, task events) fails with the error
+    ``from_dict`` gives, as every field it checks first has passed."""
+    get = data.get
+    workflow_id, step, status = get("workflow_id"), get("step"), get("status")
+    effect, error, result = get("current_effect"), get("error"), get("result")
+    task, pid, pid_start = get("task"), get("pid"), get("pid_start")
+    host, run, exact = get("host"), get("run"), get("trace_exact", True)
+    trace, started, updated = get("trace"), get("started_at"), get("updated_at")
+    if not (
+        type(workflow_id) is str
+        and type(step) is int
+        and type(status) is str
+        and status in WRITTEN_STATUSES
+        and (effect is None or type(effect) is str)
+        and (trace is None or type(trace) is list)
+        and (error is None or type(error) is str)
+        and (result is None or type(result) is str)
+        and (task is None or type(task) is int)
+        and (pid is None or type(pid) is int)
+        and (host is None or type(host) is str)
+        and (run is None or type(run) is str)
+        and (exact is None or type(exact) is bool)
+        and (pid_start is None or type(pid_start) is int)
+        and type(started) is str
+        and type(updated) is str
+    ):
+        return None
+    frames = tuple(map(_frame, trace)) if trace else ()
+    try:
+        started_at, updated_at = parse_timestamp(started), parse_timestamp(updated)
+    except ValueError:
+        return None
+    slog = get("last_slog")
+    spawned, finished = get("spawned"), get("finished_tasks")
+    values = (
+        workflow_id,
+        step,
+        status,
+        effect,
+        frames,
+        started_at,
+        updated_at,
+        error,
+        result,
+        None if slog is None else _slog(slog),
+        task,
+        pid,
+        host,
+        run,
+        exact is not False,
+        pid_start,
+        _spawned(spawned) if spawned else (),
+        _tasks(finished) if finished else (),
+    )
+    # What ``cls(*values)`` makes (LiveTrace has no __post_init__), without the frozen
+    # dataclass's object.__setattr__ call for each field.
+    record = _new(cls)
+    record.__dict__.update(zip(_RECORD_FIELDS, values, strict=True))
+    return record
+
+
+_RECORD_FIELDS: Final = tuple(item.name for item in dataclasses.fields(LiveTrace))
+_new: Final = object.__new__
+
+
 def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
@@ -161,6 +235,8 @@ def _refuse_constant(name: str) -> object:
 _NOT_PLAIN: Final = frozenset((b"\xef", b"\xfe", b"\xff", b"\x00"))
 # Strict JSON: NaN and Infinity are refused (json.loads takes them, other readers do not).
 _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+# The scanner ``_DECODER.decode`` calls: (value, end), or StopIteration.
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def loads(data: str | bytes) -> Any:
@@ -174,6 +250,17 @@ def loads(data: str | bytes) -> Any:
             data = data.decode("utf-8", "surrogatepass")
     elif data.startswith("\ufeff"):
         return json.loads(data)  # refused, as json.loads refuses it
+    if data[:1] == "{":
+        # A record's line: the decoder's scanner at once, without ``decode``'s look for
+        # whitespace around the value; anything else (whitespace, more after the value,
+        # no value) is left to ``decode``, whose answer or error it is.
+        try:
+            value, end = _SCAN(data, 0)
+        except StopIteration:
+            pass
+        else:
+            if end == len(data):
+                return value
     return _DECODER.decode(data)
 
 
@@ -293,8 +380,8 @@ def _slog(value: object) -> SlogLine | None:
     fields = value.get("fields") or {}
     if not isinstance(fields, dict):
         raise MalformedRecord("'last_slog.fields' must be an object")
-    texts = dict(zip(map(str, fields), map(str, fields.values()), strict=True))
-    return SlogLine(msg=str(_req(value, "msg", str)), fields=texts)
+    texts = {str(name): str(text) for name, text in fields.items()}
+    return SlogLine(str(_req(value, "msg", str)), texts)
 
 
 def _spawned(value: object) -> tuple[tuple[int, int | None], ...]:

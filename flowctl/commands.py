@@ -7,6 +7,7 @@ The shell is handed ``dispatch`` when it starts, so it never imports this module
 
 from __future__ import annotations
 
+import gc
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from flowctl.console import Console
 from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
 from flowctl.options import ALL_COMMANDS, Request
 from flowctl.render.text import history_json_line, history_line, ps_json, ps_lines
-from flowctl.sources.base import UNREADABLE, Source
+from flowctl.sources.base import UNREADABLE, Source, WorkflowEntry
 from flowctl.sources.connect import open_source
 from flowctl.sources.files import FileSource
 from flowctl.watch.model import DashboardWatch, WatchModel, WorkflowWatch
@@ -38,6 +39,23 @@ def malformed(skipped: int) -> str:
 
 
 def run_ps(console: Console, request: Request, source: Source) -> int:
+    # A long listing makes many objects that live until it is printed, none of them in
+    # a cycle: the collector, which would look at them all again and again, waits
+    # until they are gone.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        unreadable = _print_ps(console, request, source)
+    finally:
+        if collecting:
+            gc.enable()
+    for entry in unreadable:
+        warn(console, f"{entry.name}: {entry.problem}")
+    return exitcodes.BAD_TRACE if unreadable else exitcodes.OK
+
+
+def _print_ps(console: Console, request: Request, source: Source) -> list[WorkflowEntry]:
+    """``ps`` printed; the entries that could not be read."""
     entries = source.list_workflows()
     if request.status is not None:
         entries = [entry for entry in entries if entry.status == request.status]
@@ -47,10 +65,7 @@ def run_ps(console: Console, request: Request, source: Source) -> int:
     else:
         console.out.write("".join(line + "\n" for line in ps_lines(entries, now)))
     console.out.flush()
-    unreadable = [entry for entry in entries if entry.status == UNREADABLE]
-    for entry in unreadable:
-        warn(console, f"{entry.name}: {entry.problem}")
-    return exitcodes.BAD_TRACE if unreadable else exitcodes.OK
+    return [entry for entry in entries if entry.status == UNREADABLE]
 
 
 def _workflow_id(request: Request) -> str:

@@ -7,6 +7,7 @@ across rotation), and a live feed costs one ``lstat`` per poll while nothing cha
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from doeff_flow_core import InvalidWorkflowId, LiveTrace, effective_status
 from doeff_flow_core.errors import SymlinkRefused
 from doeff_flow_core.ids import is_workflow_id, validate_workflow_id
+from doeff_flow_core.liveness import derive_status, process_alive
 from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.tracefiles.chain import chain_of
 from doeff_flow_core.tracefiles.cursor import Cursor, read_on, tail
@@ -48,6 +50,9 @@ JUMP_BYTES = 1024 * 1024
 READ_LIMIT = 8 * 1024 * 1024
 # A directory feed spends at most 1/DUTY_DIVISOR of the time checking for changes.
 DUTY_DIVISOR = 50
+# Processes reading a large directory's traces for ``list_workflows`` (this one parses
+# every record they find: more would wait on it).
+MAX_READERS = 4
 
 FileKey = tuple[int, int, int]  # inode, size, mtime in ns
 
@@ -69,6 +74,14 @@ def checked_id(workflow_id: str) -> str:
 
 def entry_of(summary: WorkflowSummary) -> WorkflowEntry:
     return workflow_entry(summary.workflow_id, summary.latest, summary.problem)
+
+
+def usable_cores() -> int:
+    """The processors this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _workflow_names(root: Path) -> list[str]:
@@ -112,10 +125,21 @@ class FileSource:
 
     def list_workflows(self) -> list[WorkflowEntry]:
         try:
-            summaries = scan_workflows(self._root)
+            summaries = scan_workflows(self._root, processes=min(usable_cores(), MAX_READERS))
         except OSError as exc:
             raise self._unavailable(exc) from None
-        return [entry_of(summary) for summary in summaries]
+        # One listing is one moment: each writer is asked after once, however many of
+        # its records are running.
+        alive = functools.cache(process_alive)
+        entries = []
+        for summary in summaries:
+            latest, status = summary.latest, None
+            if latest is not None:
+                status = derive_status(
+                    latest.status, latest.pid, latest.host, latest.pid_start, alive
+                )
+            entries.append(workflow_entry(summary.workflow_id, latest, summary.problem, status))
+        return entries
 
     def workflow_ids(self) -> list[str]:
         try:
