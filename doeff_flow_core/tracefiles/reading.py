@@ -352,7 +352,7 @@ def _start_worker(
     except BaseException as exc:
         from_worker.close()
         to_worker.close()
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError | EOFError):  # EOFError: the fork server could not fork
             return None
         raise
     finally:

@@ -8,6 +8,7 @@ import gc
 import io
 import json
 import multiprocessing
+import multiprocessing.process
 import os
 import signal
 from collections.abc import Iterator
@@ -163,6 +164,33 @@ def test_a_directory_at_the_bound_is_read_in_this_process(
 
     monkeypatch.setattr(multiprocessing, "get_context", no_processes)
     assert len(scan_workflows(root, processes=4)) == count
+
+
+@pytest.mark.parametrize("error", [OSError(11, "no more processes"), EOFError("unexpected EOF")])
+@pytest.mark.parametrize("started", [0, 1])
+def test_workers_that_cannot_start_change_nothing(
+    tmp_path: Path,
+    small_batches: None,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    started: int,
+) -> None:
+    """None of the workers start, or the first does and the second does not: what they
+    would have read is read here."""
+    root = awkward_root(tmp_path / "traces")
+    alone = scan_workflows(root)
+    start = multiprocessing.process.BaseProcess.start
+    calls: list[object] = []
+
+    def refused(process: multiprocessing.process.BaseProcess) -> None:
+        calls.append(process)
+        if len(calls) > started:
+            raise error
+        start(process)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refused)
+    assert scan_workflows(root, processes=3) == alone
+    assert len(calls) == started + 1  # no more were tried after one failed
 
 
 def kill_workers(killed: list[int]) -> None:
