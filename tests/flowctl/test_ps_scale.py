@@ -232,13 +232,20 @@ def test_ctrl_c_leaves_no_worker_behind(
     root = awkward_root(tmp_path / "traces", good=60)
     workers: list[int] = []
     calls: list[object] = []
+    start_worker = reading._start_worker
+
+    def started(*args: Any) -> Any:  # every worker started, done by now or not
+        worker = start_worker(*args)
+        if worker is not None and worker[0].pid:
+            workers.append(worker[0].pid)
+        return worker
 
     def interrupted(argument: object) -> None:
         calls.append(argument)
         if when == "reading" or len(calls) == 3:  # _enlarge: twice for each worker
-            workers.extend(child.pid for child in multiprocessing.active_children() if child.pid)
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(reading, "_start_worker", started)
     monkeypatch.setattr(reading, "_enlarge" if when == "starting" else "_record", interrupted)
     with pytest.raises(KeyboardInterrupt):
         scan_workflows(root, processes=3)
