@@ -9,6 +9,7 @@ import argparse
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -27,7 +28,6 @@ CORRUPT_FILES = (1000, 100)
 HOSTILE_MESSAGES = (10000, 1000)
 FLOWD_KILLS = (5, 2)
 WATCHERS = (20, 8)
-CLASSES = ("kills", "corrupt", "hostile", "restarts", "files")
 
 
 class Figures(Protocol):
@@ -38,16 +38,15 @@ class Figures(Protocol):
     def ok(self) -> bool: ...
 
 
-def run_class(name: str, size: int, seed: int) -> Figures:
-    if name == "kills":
-        return kills.run(KILLS[size], seed)
-    if name == "corrupt":
-        return corrupt.run(CORRUPT_FILES[size], seed)
-    if name == "hostile":
-        return hostile.run(HOSTILE_MESSAGES[size], seed)
-    if name == "files":
-        return files.run(quick=size == 1, seed=seed)
-    return restarts.run(FLOWD_KILLS[size], WATCHERS[size], seed)
+# Each class: how to run it, given size (0 full, 1 quick) and seed. One row per class.
+RUNNERS: dict[str, Callable[[int, int], Figures]] = {
+    "kills": lambda size, seed: kills.run(KILLS[size], seed),
+    "corrupt": lambda size, seed: corrupt.run(CORRUPT_FILES[size], seed),
+    "hostile": lambda size, seed: hostile.run(HOSTILE_MESSAGES[size], seed),
+    "restarts": lambda size, seed: restarts.run(FLOWD_KILLS[size], WATCHERS[size], seed),
+    "files": lambda size, seed: files.run(quick=size == 1, seed=seed),
+}
+CLASSES = tuple(RUNNERS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for name in args.only or CLASSES:
         begun = time.monotonic()
-        figures = run_class(name, size, args.seed)
+        figures = RUNNERS[name](size, args.seed)
         print(f"{figures.line()}  [{time.monotonic() - begun:.1f} s]", flush=True)
         if not figures.ok():
             failed = True
