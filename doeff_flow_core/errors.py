@@ -16,13 +16,26 @@ class InvalidWorkflowId(ValueError):
         )
 
 
+# What a failure to write means for the one who reads the message.
+_WRITE_HINTS = {
+    errno.EFBIG: "the process's file size limit, ulimit -f, is reached",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+}
+
+
 class TraceDirUnwritable(OSError):
-    """The trace directory cannot be created or written; raised before the workflow runs."""
+    """The trace directory cannot be created or written; raised before the workflow runs.
+    ``errno`` is the cause's (``ENOSPC``, ``EFBIG``, ``EACCES`` ...) when it had one."""
 
     def __init__(self, path: object, cause: BaseException) -> None:
         self.path = path
+        number = getattr(cause, "errno", None)
         detail = getattr(cause, "strerror", None) or str(cause)
-        super().__init__(f"cannot write traces under {path}: {detail}")
+        hint = _WRITE_HINTS.get(number) if isinstance(number, int) else None
+        reason = f"{detail} ({hint})" if hint else detail
+        super().__init__(f"cannot write traces under {path}: {reason}")
+        self.errno = number
 
 
 class MalformedRecord(ValueError):
@@ -102,3 +115,17 @@ class SharedTraceDir(OSError):
             f"writable by other users without the sticky bit (mode {mode:o})",
             str(path),
         )
+
+
+class UnsafeSocketDir(OSError):
+    """flowd's socket directory when another user could control it (a symbolic link, not a
+    directory, someone else's, or open to group or others): a server listening there
+    could be anyone's, and a file created there could land where they chose."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(errno.EPERM, reason, str(path))
+
+    def __str__(self) -> str:
+        return f"socket directory {self.path}: {self.reason}"

@@ -6,8 +6,10 @@ Traces hold effect arguments, log fields and results, so they are private: direc
 the group). Nothing is written through a symbolic link or into another user's files: a
 workflow directory or file owned by someone else, a trace directory anyone can write
 without the sticky bit, a link or FIFO where a file should be — each is refused with a
-clear error before the workflow runs. Once it runs, a failure never reaches the
-workflow: tracing stops with one line on stderr.
+clear error before the workflow runs. A start that fails (a full disk, the file size
+limit, a read-only file system) leaves nothing behind: every descriptor closed, the lock
+released, the directories it made removed, an existing trace untouched. Once it runs, a
+failure never reaches the workflow: tracing stops with one line on stderr.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class Place:
     """A workflow's directory, created if need be and held open, and its files.
 
     The trace directory is the user's choice (followed, created); the workflow
-    directory in it is never a link and must be the user's own.
+    directory in it is never a link and must be the user's own. What this start created
+    (``made``: directories, deepest last) is removed by ``discard`` if the start fails.
     """
 
     def __init__(self, trace_dir: Path, workflow_id: str, mode: int = DEFAULT_MODE) -> None:
@@ -111,18 +114,28 @@ class Place:
         self.workflow_id = workflow_id
         self.mode = mode
         self.path = trace_dir / workflow_id
+        self.made: list[Path] = []
+        self.made_workflow = False
         try:
             self._root = self._open_root()
             try:
                 self.directory = self._open_workflow()
             except BaseException:
+                if self.made_workflow:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(self.workflow_id, dir_fd=self._root.fd)
                 self._root.close()
                 raise
-        except OSError as exc:
-            raise TraceDirUnwritable(exc.filename or trace_dir, exc) from None
+        except BaseException as exc:
+            self._remove_made()
+            if isinstance(exc, OSError):
+                raise TraceDirUnwritable(exc.filename or trace_dir, exc) from None
+            raise
 
     def _open_root(self) -> Directory:
         created = not self.trace_dir.exists()
+        if created:
+            self.made = _missing_levels(self.trace_dir)
         os.makedirs(self.trace_dir, mode=directory_mode(self.mode), exist_ok=True)
         root = Directory.open(self.trace_dir)
         status = os.fstat(root.fd)
@@ -139,6 +152,7 @@ class Place:
             os.mkdir(self.workflow_id, directory_mode(self.mode), dir_fd=self._root.fd)
         except FileExistsError:
             created = False
+        self.made_workflow = created
         directory = self._root.subdirectory(self.workflow_id)
         try:
             status = os.fstat(directory.fd)
@@ -204,6 +218,40 @@ class Place:
         self.directory.close()
         self._root.close()
 
+    def remove_made(self, name: str) -> None:
+        """Unlink ``name`` if this start made the workflow directory (so nobody else's
+        file is there): called while the lock is still held."""
+        if self.made_workflow:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self.directory.fd)
+
+    def discard(self) -> None:
+        """Close, and remove the directories this start made if they are empty (another
+        process's files in them keep them)."""
+        if self.made_workflow:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.workflow_id, dir_fd=self._root.fd)
+        self.close()
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        for path in reversed(self.made):
+            try:
+                os.rmdir(path)
+            except OSError:
+                break  # not empty, or gone: the levels above are not ours to judge
+        self.made = []
+
+
+def _missing_levels(path: Path) -> list[Path]:
+    """The levels of ``path`` that do not exist yet, outermost first."""
+    missing: list[Path] = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    missing.reverse()
+    return missing
+
 
 class WriterLock:
     """One writer per workflow: an advisory lock on ``writer.lock``. The kernel drops it
@@ -221,14 +269,32 @@ class WriterLock:
             holder = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip()
             os.close(self._fd)
             raise WorkflowBusy(place.workflow_id, holder) from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            # Written over the old pid, then cut to length: a write that fails leaves
+            # the file as it was.
+            pid = f"{os.getpid()}\n".encode()
+            os.pwrite(self._fd, pid, 0)
+            os.ftruncate(self._fd, len(pid))
+        except OSError as exc:  # a full disk, the file size limit: give it all back
+            place.remove_made(LOCK_FILE_NAME)
+            self.release()
+            raise TraceDirUnwritable(place.path, exc) from None
 
     def release(self) -> None:
         fd, self._fd = self._fd, -1  # released once: the number may be reused
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)  # closing the descriptor drops the lock
+
+
+def _check_room(fd: int) -> None:
+    """ENOSPC when the file system of ``fd`` has no block left for this user: a run on a
+    full disk fails at its start, not at its first record. (A file system that reports
+    no blocks at all, as some virtual ones do, is taken at its word when written.)"""
+    stats = os.fstatvfs(fd)
+    free = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+    if stats.f_blocks and not free:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 class TraceWriter:
@@ -254,17 +320,25 @@ class TraceWriter:
         self.failed: str | None = None
         self._recovered = False
         self._fd = -1
+        self._made_trace = False  # trace.jsonl is this start's (removed if it fails)
         try:
             self._lock = WriterLock(self.place)
+        except WorkflowBusy:
+            self.place.close()  # the holder's directory and files: nothing here is ours
+            raise
         except BaseException:
-            self.place.close()
+            self.place.discard()
             raise
         try:
+            self._made_trace = self.place.identity(TRACE_FILE_NAME) is None
             self._open()
+            _check_room(self._fd)
             self._cut_torn_tail()
-        except OSError as exc:
-            self.close()
-            raise TraceDirUnwritable(exc.filename or self.place.path, exc) from None
+        except BaseException as exc:
+            self.abandon()
+            if isinstance(exc, OSError):
+                raise TraceDirUnwritable(exc.filename or self.place.path, exc) from None
+            raise
         self.place.touch()
         self._touched = time.monotonic()
 
@@ -370,3 +444,16 @@ class TraceWriter:
         self._close_file()
         self._lock.release()
         self.place.close()
+
+    def abandon(self) -> None:
+        """Close a writer that has written nothing, removing what its start made: an
+        empty ``trace.jsonl`` it created, and the workflow directory if it made it (files
+        first, while the lock is held; an existing trace is left as it was)."""
+        self._close_file()
+        if self._made_trace or self.place.made_workflow:
+            with contextlib.suppress(OSError):
+                if not self.place.directory.lstat(TRACE_FILE_NAME).st_size:
+                    os.unlink(TRACE_FILE_NAME, dir_fd=self.place.directory.fd)
+        self.place.remove_made(LOCK_FILE_NAME)
+        self._lock.release()
+        self.place.discard()

@@ -113,7 +113,15 @@ class TraceObserver:
         self.trace_dir = resolve_trace_dir(trace_dir).absolute()
         self.path = trace_file(self.trace_dir, self.workflow_id)
         self._file = TraceWriter(self.trace_dir, self.workflow_id, rotation, trace_mode)
+        try:
+            self._prepare(capture_args, flush_interval)
+        except BaseException:
+            self._file.abandon()  # nothing written yet: leave nothing half-made
+            raise
         register_trace_dir(self.trace_dir)
+        _task_routing.attach(self)
+
+    def _prepare(self, capture_args: bool | None, flush_interval: float) -> None:
         from doeff_core_effects import SlogEffect
 
         self.run_id = uuid.uuid4().hex[:12]
@@ -146,9 +154,9 @@ class TraceObserver:
             self._context = Context(
                 self._buffer, self._hand_over, SlogEffect, _args_wanted(capture_args)
             )
+        self._last_written = ""  # the last batch written: its last line is where the run is
         self._flusher = Flusher(self.flush, flush_interval)
         self._flusher.start()
-        _task_routing.attach(self)
 
     def enter_task(self, task: int | None) -> None:
         """The scheduler switched to ``task`` (None: the root)."""
