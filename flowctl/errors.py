@@ -166,3 +166,24 @@ class WorkflowInUse(FlowctlError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
+
+
+class DaemonUntrusted(DaemonUnavailable):
+    """A socket flowctl will not use: its directory is not this user's own private one,
+    or the server on it runs as another user (an attack or a misconfiguration). Nothing
+    is sent to it; flowctl says so in one line, even without ``--verbose``, and reads
+    the trace files."""
+
+    def __init__(self, socket_path: str, detail: str) -> None:
+        super().__init__(socket_path, f"not trusted: {detail}; nothing sent to it")
+
+
+class AnswerTooLong(DaemonUnavailable):
+    """A line from flowd longer than flowctl reads: the connection is dropped once the
+    line passes the bound, so it is never held whole."""
+
+    def __init__(self, socket_path: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            socket_path, f"sent a line longer than {limit >> 20} MiB; connection dropped"
+        )

@@ -3,7 +3,11 @@
 The socket is ``--socket``, else ``$DOEFF_FLOW_SOCKET``, else
 ``$XDG_RUNTIME_DIR/doeff-flow/flowd.sock``, else ``/tmp/doeff-flow-$UID/flowd.sock``.
 A missing or dead daemon is not an error: flowctl reads files and says so only with
-``--verbose``. Through flowd, a trace directory given explicitly (``--trace-dir`` or
+``--verbose``. A socket it will not trust (another user's or a shared directory, a
+server of another uid) or an answer line over the bound is said in one line on stderr
+always, since it is an attack or a misconfiguration to fix; flowctl then reads files.
+
+Through flowd, a trace directory given explicitly (``--trace-dir`` or
 ``$DOEFF_FLOW_TRACE_DIR``) scopes what is shown to that directory, as the files would;
 with neither, every workflow flowd indexes is shown.
 """
@@ -16,7 +20,7 @@ from typing import TextIO
 
 from doeff_flow_core.locations import default_socket_path
 from doeff_flow_core.tracefiles.layout import TRACE_DIR_ENV, default_trace_dir
-from flowctl.errors import DaemonUnavailable
+from flowctl.errors import AnswerTooLong, DaemonUnavailable, DaemonUntrusted
 from flowctl.options import GlobalOptions
 from flowctl.sources.base import Source
 from flowctl.sources.daemon import DaemonSource
@@ -40,7 +44,7 @@ def open_source(options: GlobalOptions, err: TextIO) -> Source:
     try:
         source = DaemonSource.connect(sock, root, str(trace_dir) if explicit else sock)
     except DaemonUnavailable as exc:
-        if options.verbose:
+        if options.verbose or isinstance(exc, (DaemonUntrusted, AnswerTooLong)):
             print(f"flowctl: {exc}; reading trace files in {trace_dir}", file=err)
         return FileSource(trace_dir)
     if options.verbose:

@@ -51,6 +51,7 @@ from doeff_flow_core.records import LOST, RUNNING
 from doeff_flow_core.tracefiles.layout import trace_file
 from doeff_flow_core.tracefiles.reading import read_latest
 from flowctl.errors import (
+    AnswerTooLong,
     DaemonError,
     DaemonUnavailable,
     FlowctlError,
@@ -181,6 +182,8 @@ class DaemonSource:
         conn = Connection(socket_path, timeout=PING_TIMEOUT)
         try:
             pong = conn.call(PING)
+        except AnswerTooLong:
+            raise  # said as it is, not as "not flowd?"
         except FlowctlError as exc:
             conn.close()
             raise DaemonUnavailable(socket_path, f"not flowd? {exc}") from None
@@ -208,9 +211,9 @@ class DaemonSource:
                     add_root(self._conn, self.root, self._location)
                     self._root_added = True
                 return self._conn.call(method, **params)
-            except DaemonUnavailable:
+            except DaemonUnavailable as exc:
                 self._conn.close()
-                if attempt == 2:
+                if attempt == 2 or isinstance(exc, AnswerTooLong):  # would be as long again
                     raise
         raise AssertionError("unreachable")
 

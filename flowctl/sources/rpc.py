@@ -6,19 +6,29 @@ is one socket: ``call`` sends a request and waits for its answer, keeping the ``
 notifications that arrive meanwhile; ``pushed`` returns those and waits for more.
 Failing to reach or to hear flowd is ``DaemonUnavailable``; an error answer is
 ``RpcFailure`` with flowd's code, message and data.
+
+Only a daemon this user can trust is spoken to (DaemonUntrusted otherwise, before any
+byte is sent): the socket's directory passes ``check_socket_dir`` (a real directory of
+this user's, mode 0700 or stricter) and the server's uid (SO_PEERCRED) is this user's or
+root's. A line may be at most MAX_LINE bytes: a longer one is dropped with the
+connection as it arrives (AnswerTooLong), never held whole.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import select
 import socket
+import struct
 import time
 from collections import deque
 from typing import Any, Final
 
-from flowctl.errors import DaemonError, DaemonUnavailable
+from doeff_flow_core.errors import UnsafeSocketDir
+from doeff_flow_core.locations import check_socket_dir
+from flowctl.errors import AnswerTooLong, DaemonError, DaemonUnavailable, DaemonUntrusted
 
 CONNECT_TIMEOUT: Final = 0.5  # a socket nobody accepts on is given up after this
 CALL_TIMEOUT: Final = 30.0  # an answer (ps over 10,000 workflows takes ~20 ms)
@@ -26,7 +36,11 @@ RECEIVE_BYTES: Final = 1 << 20
 # What one poll of pushed notifications reads at most, so a busy stream never starves
 # the caller.
 PUSHED_BYTES_PER_POLL: Final = 8 << 20
-MAX_LINE: Final = 1 << 30  # a runaway line from a confused peer
+# The longest line read. flowd's largest answers are ``ps`` (one summary per workflow:
+# about 50 MB at 100,000 workflows of short records, 85 MB with records of a real
+# workflow's size) and ``history`` (up to HISTORY_MAX records); 128 MiB holds those, and
+# a peer that sends more costs flowctl about that much memory, no more.
+MAX_LINE: Final = 128 << 20
 
 Message = dict[str, Any]
 
@@ -39,6 +53,31 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+def check_place(path: str) -> None:
+    """Nothing at ``path``: DaemonUnavailable (no daemon, said only with --verbose). A
+    socket in a directory that fails ``check_socket_dir``: DaemonUntrusted."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise DaemonUnavailable(path, _reason(exc)) from None
+    except OSError:
+        pass  # a directory this user cannot search: its check says why
+    try:
+        check_socket_dir(os.path.dirname(path) or ".", os.geteuid())
+    except UnsafeSocketDir as exc:
+        raise DaemonUntrusted(path, str(exc)) from None
+    except OSError as exc:
+        raise DaemonUnavailable(path, _reason(exc)) from None
+
+
+def check_peer(path: str, sock: socket.socket) -> None:
+    """DaemonUntrusted unless the server's uid is this user's or root's."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    if uid not in (os.geteuid(), 0):
+        raise DaemonUntrusted(path, f"served by uid {uid}, not {os.geteuid()} (nor root)")
+
+
 class Connection:
     """One connection to flowd; not thread-safe, one user at a time."""
 
@@ -46,18 +85,22 @@ class Connection:
         self.path = path
         self._timeout = timeout  # for an answer, and for sending
         self._ids = itertools.count(1)
-        self._lines: deque[bytes] = deque()  # complete lines received, not parsed yet
-        self._partial: list[bytes] = []  # the start of the next line
-        self._partial_size = 0
+        self._lines: deque[bytes | bytearray] = deque()  # complete lines, not parsed yet
+        self._partial = bytearray()  # the start of the next line
         self._pushed: deque[Message] = deque()
+        check_place(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(path)
             sock.settimeout(timeout)
+            check_peer(path, sock)
         except OSError as exc:
             sock.close()
             raise DaemonUnavailable(path, _reason(exc)) from None
+        except DaemonUntrusted:
+            sock.close()
+            raise
         self._sock: socket.socket | None = sock
 
     def close(self) -> None:
@@ -114,22 +157,33 @@ class Connection:
             raise self._lost(_reason(exc)) from None
         if not data:
             raise self._lost("closed the connection")
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._partial.append(data)
-            self._partial_size += len(data)
-            if self._partial_size > MAX_LINE:
-                raise self._lost("sent a line longer than 1 GiB")
-            return len(data)
-        head = b"".join((*self._partial, data[:cut])) if self._partial else data[:cut]
-        self._lines.extend(head.split(b"\n"))
-        rest = data[cut + 1 :]
-        self._partial = [rest] if rest else []
-        self._partial_size = len(rest)
+        self._split(data)
         return len(data)
 
-    def _parse(self, line: bytes) -> Message | None:
-        if not line.strip():
+    def _split(self, data: bytes) -> None:
+        """Complete lines to ``_lines``, the rest to ``_partial``; AnswerTooLong as soon
+        as a line passes MAX_LINE (the bytes of the line held never do)."""
+        first = data.find(b"\n")
+        if first < 0:
+            self._extend(data)
+            return
+        self._extend(data[:first])
+        self._lines.append(self._partial)  # the line itself, not a copy of it
+        cut = data.rfind(b"\n")
+        if cut > first:
+            self._lines.extend(data[first + 1 : cut].split(b"\n"))
+        self._partial = bytearray()
+        self._extend(data[cut + 1 :])
+
+    def _extend(self, data: bytes) -> None:
+        if len(self._partial) + len(data) > MAX_LINE:
+            self.close()
+            self._partial = bytearray()
+            raise AnswerTooLong(self.path, MAX_LINE)
+        self._partial += data
+
+    def _parse(self, line: bytes | bytearray) -> Message | None:
+        if not line or line.isspace():  # (strip would copy a line of up to MAX_LINE)
             return None
         try:
             message = json.loads(line)
