@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from doeff_flow_core import LiveTrace
+from doeff_flow_core.escape import safe, safe_clip
 from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.records import RUNNING, UNKNOWN
 from doeff_flow_core.tracefiles.layout import resolve_trace_dir
@@ -30,8 +31,13 @@ from flowctl.watch.model import DashboardWatch, WatchModel, WorkflowWatch
 FOLLOW_POLL: Final = 0.1
 
 
+MAX_MESSAGE_CHARS: Final = 1000
+
+
 def warn(console: Console, message: str) -> None:
-    print(f"flowctl: {message}", file=console.err)
+    """One line on stderr; a message may name anything a trace or flowd said, so it is
+    escaped (and bounded) here, whoever built it."""
+    print(f"flowctl: {safe_clip(message, MAX_MESSAGE_CHARS)}", file=console.err)
 
 
 def malformed(skipped: int) -> str:
@@ -228,6 +234,7 @@ def dispatch(console: Console, request: Request, source: Source | None = None) -
         return exitcodes.OK
     except Exception as exc:  # a bug: still one line, and the traceback when asked
         if request.options.verbose:
-            traceback.print_exc(file=console.err)
+            for line in traceback.format_exc().splitlines():
+                print(safe(line), file=console.err)
         warn(console, f"internal error: {type(exc).__name__}: {exc}")
         return exitcodes.INTERNAL

@@ -30,6 +30,7 @@ from typing import Final
 
 from doeff_flow_core import effective_status
 from doeff_flow_core.errors import NotRegularFile, SymlinkRefused
+from doeff_flow_core.escape import safe
 from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.records import COMPLETED, FAILED, LOST
 from doeff_flow_core.tracefiles.chain import FileId, file_id
@@ -41,7 +42,6 @@ from doeff_flow_core.tracefiles.layout import (
 from doeff_flow_core.tracefiles.reading import summarize_in
 from doeff_flow_core.tracefiles.safeopen import Directory, kind_of
 from flowctl.errors import SourceUnavailable, TraceDirMissing, UsageError
-from flowctl.render.escape import safe
 from flowctl.render.timefmt import age, seconds_between
 
 PRUNABLE: Final = (COMPLETED, FAILED, LOST)
@@ -308,7 +308,8 @@ def report_lines(report: PruneReport, now: datetime) -> list[str]:
     ]
     count = len(report.pruned)
     total = f"{count} workflow{'' if count == 1 else 's'}, {human_size(report.freed)}"
-    lines.append(f"{'would free' if report.dry_run else 'freed'} {total} in {report.root}")
+    where = safe(str(report.root))
+    lines.append(f"{'would free' if report.dry_run else 'freed'} {total} in {where}")
     return lines
 
 

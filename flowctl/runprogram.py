@@ -27,6 +27,7 @@ from doeff_flow_core import (
     validate_workflow_id,
 )
 from doeff_flow_core import transform as core
+from doeff_flow_core.escape import safe, safe_clip
 from flowctl import exitcodes
 from flowctl.console import Console
 from flowctl.errors import (
@@ -40,7 +41,6 @@ from flowctl.errors import (
     WorkflowRunFailed,
 )
 from flowctl.options import Request
-from flowctl.render.escape import safe_clip
 
 MAX_REPORT_CHARS: Final = 500
 # How doeff.run starts the traceback it prints on failure (doeff.traceback.format_default).
@@ -78,7 +78,8 @@ def run_program(console: Console, request: Request) -> int:
     error = result.error
     if error is not None:
         if request.options.verbose and not hasattr(error, "__doeff_traceback__"):
-            traceback.print_exception(error, file=console.err)
+            for line in traceback.format_exception(error):
+                console.err.write("".join(safe(part) + "\n" for part in line.splitlines()))
         raise WorkflowRunFailed(result.workflow_id, one_line(f"{type(error).__name__}: {error}"))
     return exitcodes.OK
 

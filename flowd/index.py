@@ -34,6 +34,7 @@ from doeff_flow_core.tracefiles.cursor import (
 )
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
 from doeff_flow_core.tracefiles.lines import CHUNK, RawLine
+from doeff_flow_core.tracefiles.reading import id_problem
 from doeff_flow_core.tracefiles.safeopen import Directory
 from flowd.stored import StoredRecord, stored
 
@@ -583,8 +584,9 @@ def _reason(error: OSError) -> str:
 
 
 def _problem(entry: Entry, refused: str | None) -> str | None:
-    if entry.latest is not None:
-        return None
+    if entry.latest is not None:  # a record naming another workflow is said, as files say it
+        record = entry.latest.record  # held until handed on: the problem was set while it was
+        return entry.problem if record is None else id_problem(entry.workflow_id, record)
     if refused is not None and entry.cursor.ident is None:
         return refused
     return NO_VALID_RECORDS if entry.skipped or entry.torn or entry.cursor.skipping else EMPTY_TRACE

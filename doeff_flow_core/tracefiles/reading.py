@@ -90,6 +90,22 @@ class WorkflowSummary:
         return Path(self.trace_dir, self.workflow_id, TRACE_FILE_NAME)
 
 
+MAX_SHOWN_ID: Final = 100  # of another id a record gives, in its problem
+
+
+def id_problem(name: str, record: LiveTrace) -> str | None:
+    """What is wrong with ``record`` as the latest of directory ``name``: None, or that it
+    names another workflow. Such a workflow is listed under its directory's name, never
+    the one its records give (anyone who can write the trace can write anything there)."""
+    if record.workflow_id == name:
+        return None
+    return f"record says workflow_id {record.workflow_id[:MAX_SHOWN_ID]}"
+
+
+def summary_of(name: str, trace_dir: str, record: LiveTrace) -> WorkflowSummary:
+    return WorkflowSummary(name, trace_dir, record, id_problem(name, record))
+
+
 def open_parent(path: str | os.PathLike[str]) -> Directory:
     """The directory holding the file ``path``: its own parent is followed (the caller's
     choice), the directory itself is not when it is a workflow directory below one."""
@@ -328,7 +344,7 @@ def _scan_in_parallel(root: Directory, names: list[str], processes: int) -> list
                 if record is None:
                     summaries.append(summarize_in(root, name))
                 else:
-                    summaries.append(WorkflowSummary(name, root.path, record))
+                    summaries.append(summary_of(name, root.path, record))
     finally:  # however the scan ends (Ctrl-C too), no worker outlives it
         for process, from_process in workers:
             from_process.close()
@@ -487,7 +503,7 @@ def summarize_in(root: Directory, workflow_id: str) -> WorkflowSummary:
         with root.subdirectory(workflow_id) as directory:
             for data in _last_first(_last_block(directory)):
                 if data.strip() and (record := _record(data)) is not None:
-                    return WorkflowSummary(workflow_id, trace_dir, record)
+                    return summary_of(workflow_id, trace_dir, record)
             # Through the rotated parts: a writer killed just after a rotation leaves an
             # empty trace.jsonl, and its latest record in trace.jsonl.1.
             scan = tail(directory, 1, parse_line)
@@ -498,4 +514,4 @@ def summarize_in(root: Directory, workflow_id: str) -> WorkflowSummary:
     except OSError as exc:
         problem = NO_TRACE if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
         return WorkflowSummary(workflow_id, trace_dir, None, problem)
-    return WorkflowSummary(workflow_id, trace_dir, scan.items[-1])
+    return summary_of(workflow_id, trace_dir, scan.items[-1])

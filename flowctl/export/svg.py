@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from typing import Final, NamedTuple, TextIO
 from xml.sax.saxutils import escape
 
+from doeff_flow_core.escape import safe, safe_clip
 from doeff_flow_core.timeline.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
 from flowctl.export.chrome import thread_name
 from flowctl.export.timeaxis import tick_label, ticks
-from flowctl.render.escape import safe, safe_clip
 from flowctl.render.timefmt import duration
 
 WIDTH: Final = 1200

@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Final
 
 from doeff_flow_core import LiveTrace, TraceFrame
+from doeff_flow_core.escape import safe, safe_clip
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING, UNKNOWN
-from flowctl.render.escape import safe
 from flowctl.render.text import (
     INEXACT,
     chain_text,
@@ -45,7 +45,8 @@ def plain(lines: Iterable[Line]) -> str:
 
 
 def status_style(status: str) -> str:
-    return f"class:status.{status}"
+    # a status flowd sent may be any text: only a plain word becomes a style class
+    return f"class:status.{status}" if status.isalpha() and status.isascii() else ""
 
 
 # -- the watch box -------------------------------------------------------------------------
@@ -132,17 +133,17 @@ def watch_box(
     record = view.latest
     if record is None or status is None:
         title: Line = [
-            ("class:title", f"{view.workflow_id} "),
+            ("class:title", f"{safe(view.workflow_id)} "),
             ("class:status.waiting", "[waiting]"),
         ]
         body: list[Line] = [
-            [("class:note", f"waiting for {view.workflow_id} to start")],
+            [("class:note", f"waiting for {safe(view.workflow_id)} to start")],
             [("class:note", f"(no trace in {safe(location)} yet)" if not view.present else "")],
         ]
         return box(title, body, columns)
     title = [
-        ("class:title", f"{view.workflow_id} "),
-        (status_style(status), f"[{status}]"),
+        ("class:title", f"{safe(view.workflow_id)} "),
+        (status_style(status), f"[{safe_clip(status, 40)}]"),
         ("class:title", f" step {record.step}"),
     ]
     body = []
@@ -206,7 +207,7 @@ def status_counts(statuses: Iterable[str]) -> str:
     counts = Counter(statuses)
     parts = [f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]]
     parts += [f"{n} {s}" for s, n in sorted(counts.items()) if s not in STATUS_ORDER]
-    return " · ".join(parts) if parts else "no workflows"
+    return safe(" · ".join(parts)) if parts else "no workflows"
 
 
 def _sort_key(entry: WorkflowEntry) -> tuple[int, str]:

@@ -1,7 +1,8 @@
 """Line renderers for ``ps``, ``history`` and plain ``watch``: records in, text out.
 
-Every piece of text that came from a trace goes through ``escape.safe``; the JSON
-renderers are exact (JSON escapes control characters itself; output is ASCII).
+Every piece of text that came from a trace or from flowd (ids, names, statuses, paths,
+problems) goes through the core's ``escape.safe``; the JSON renderers are exact (JSON
+escapes control characters itself; output is ASCII).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from datetime import datetime
 from typing import Any, Final
 
 from doeff_flow_core import LiveTrace, TraceFrame
+from doeff_flow_core.escape import safe, safe_clip
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, UNKNOWN
-from flowctl.render.escape import safe, safe_clip
 from flowctl.render.timefmt import age, clock, seconds_between
 from flowctl.sources.base import WorkflowEntry
 
@@ -63,12 +64,15 @@ def outcome_text(record: LiveTrace, status: str, limit: int = MAX_NOTE_CHARS) ->
 
 def ps_columns(entry: WorkflowEntry, now: datetime, id_width: int) -> tuple[str, str, str]:
     """The id and the status, padded, then step, age and last slog (or the problem)."""
-    head = (f"{entry.name:<{id_width}}", f"{entry.status:<{STATUS_WIDTH}}")
+    head = (f"{safe(entry.name):<{id_width}}", f"{safe_clip(entry.status, 40):<{STATUS_WIDTH}}")
     record = entry.latest
     if record is None:
         return (*head, f"{'-':<{STEP_WIDTH}}{safe_clip(entry.problem or '', MAX_NOTE_CHARS)}")
     ago = age(seconds_between(record.updated_at, now)) + " ago"
-    note = safe_clip(str(record.last_slog), MAX_NOTE_CHARS) if record.last_slog else ""
+    if entry.problem:  # a record, but one that cannot be taken as it says (another id)
+        note = safe_clip(entry.problem, MAX_NOTE_CHARS)
+    else:
+        note = safe_clip(str(record.last_slog), MAX_NOTE_CHARS) if record.last_slog else ""
     return (*head, f"{'step ' + str(record.step):<{STEP_WIDTH}}{ago:<{AGE_WIDTH}}{note}")
 
 
@@ -79,7 +83,7 @@ def ps_line(entry: WorkflowEntry, now: datetime, id_width: int = ID_WIDTH) -> st
 
 def id_column(entries: Sequence[WorkflowEntry]) -> int:
     """The seed's 10 columns, wider when an id needs it."""
-    return max([ID_WIDTH - 2, *(len(e.name) for e in entries)]) + 2
+    return max([ID_WIDTH - 2, *(len(safe(e.name)) for e in entries)]) + 2
 
 
 def ps_lines(entries: Sequence[WorkflowEntry], now: datetime) -> list[str]:
@@ -124,7 +128,8 @@ def history_line(record: LiveTrace) -> str:
     else:
         text = effect_text(record)
     task = f"  [task {record.task}]" if record.task is not None else ""
-    return f"step {record.step:4d}  {record.status:<{HISTORY_STATUS_WIDTH}}  {text}{task}"
+    status = safe_clip(record.status, 40)
+    return f"step {record.step:4d}  {status:<{HISTORY_STATUS_WIDTH}}  {text}{task}"
 
 
 def history_json_line(record: LiveTrace) -> str:
@@ -132,11 +137,14 @@ def history_json_line(record: LiveTrace) -> str:
 
 
 def change_line(
-    record: LiveTrace, status: str, now: datetime, *, status_only: bool, name: str | None = None
+    record: LiveTrace, status: str, now: datetime, *, status_only: bool, name: str
 ) -> str:
-    """Plain ``watch``: one line per change, ``12:00:00.123 wf-001 running step 4 ...``;
-    ``name`` instead of the record's id where that is ambiguous."""
-    head = f"{clock(now)}  {name or record.workflow_id}  {status:<{HISTORY_STATUS_WIDTH}}"
+    """Plain ``watch``: one line per change, ``12:00:00.123 wf-001 running step 4 ...``.
+
+    ``name`` is the workflow as its directory (or flowd) names it, never the record's own
+    ``workflow_id``: a record may say anything there."""
+    status = safe_clip(status, 40)
+    head = f"{clock(now)}  {safe(name)}  {status:<{HISTORY_STATUS_WIDTH}}"
     if status_only:
         return head.rstrip()
     head = f"{head}  step {record.step}"
@@ -152,4 +160,4 @@ def change_line(
 
 
 def waiting_line(workflow_id: str, location: str) -> str:
-    return f"waiting for {workflow_id} to start (no trace in {safe(location)} yet)"
+    return f"waiting for {safe(workflow_id)} to start (no trace in {safe(location)} yet)"

@@ -65,9 +65,10 @@ def workflow_entry(
     """The entry for a workflow's latest record (its effective status: ``status`` when
     known, else derived now), or for the problem that leaves it without one (the core's
     and flowd's words: ``no trace.jsonl``, ``empty trace``, ``no valid records``, or the
-    system's error)."""
+    system's error). A record that names another workflow comes with its problem too."""
     if latest is not None:
-        return WorkflowEntry(workflow_id, latest, status or effective_status(latest), None, root)
+        status = status or effective_status(latest)
+        return WorkflowEntry(workflow_id, latest, status, problem, root)  # problem: another id
     nothing_yet = problem in (NO_TRACE, EMPTY_TRACE)
     return WorkflowEntry(workflow_id, None, EMPTY if nothing_yet else UNREADABLE, problem, root)
 

@@ -13,10 +13,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Final, Protocol
 
+from doeff_flow_core.escape import safe
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING
 from flowctl import exitcodes
 from flowctl.render.box import Line, dashboard, watch_box
-from flowctl.render.escape import safe
 from flowctl.render.text import change_line, ps_object, waiting_line
 from flowctl.render.timefmt import clock
 from flowctl.sources.base import Source, WorkflowEntry
@@ -103,7 +103,11 @@ class WorkflowWatch:
             return [json.dumps(ps_object(entry, now))]
         if record is None or status is None:
             return [waiting_line(self.view.workflow_id, self._source.location)]
-        return [change_line(record, status, now, status_only=self._status_only)]
+        return [
+            change_line(
+                record, status, now, status_only=self._status_only, name=self.view.workflow_id
+            )
+        ]
 
     def screen(self, columns: int, now: datetime) -> list[Line]:
         return watch_box(
@@ -177,7 +181,8 @@ class DashboardWatch:
             if self._as_json:
                 lines.append(json.dumps(ps_object(entry, now)))
             elif entry.latest is None:
-                lines.append(f"{clock(now)}  {name}  {entry.status}  {safe(entry.problem or '')}")
+                shown = f"{clock(now)}  {name}  {entry.status}  {entry.problem or ''}"
+                lines.append(safe(shown))
             else:
                 lines.append(
                     change_line(
@@ -185,7 +190,7 @@ class DashboardWatch:
                         entry.status,
                         now,
                         status_only=self._status_only,
-                        name=None if entry.root is None else name,
+                        name=name,
                     )
                 )
         self._changed.clear()

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from doeff_flow_core import LiveTrace, SlogLine, TraceFrame
+from doeff_flow_core.escape import safe
 from flowctl.render.box import chain_lines, dashboard, plain, status_counts, watch_box
-from flowctl.render.escape import safe
 from flowctl.render.text import (
     change_line,
     history_json_line,
@@ -125,7 +125,7 @@ def test_an_inexact_chain_is_marked() -> None:
     assert "≈ main_workflow" in text and "approximate" in text
     assert "≈" not in box_text(view_of(rec()), "running")
     assert "≈ main_workflow" in change_line(
-        rec(trace_exact=False), "running", T0, status_only=False
+        rec(trace_exact=False), "running", T0, status_only=False, name="wf-001"
     )
 
 
@@ -216,7 +216,7 @@ def all_renderings(record: LiveTrace) -> list[str]:
     entry = WorkflowEntry("wf-001", record, "running")
     out = [ps_line(entry, T0), history_line(record), history_line(replace(record, status="failed"))]
     for status in ("running", "completed", "failed", "lost", "unknown"):
-        out.append(change_line(record, status, T0, status_only=False))
+        out.append(change_line(record, status, T0, status_only=False, name=record.workflow_id))
         out.append(box_text(view_of(record), status))
     out.append(plain(dashboard([entry], T0, 200, source=HOSTILE)))
     return out
