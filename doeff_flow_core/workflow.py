@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from doeff_flow_core.errors import WorkflowFailed
 from doeff_flow_core.tracing import TraceObserver
+from doeff_flow_core.tracing.terminate import sigterm_recorded
 
 T = TypeVar("T")
 
@@ -115,7 +116,11 @@ def run_workflow(
     memo handler's storage calls, say) is not.
 
     An exception from the workflow is returned as ``result.error``, never raised;
-    ``KeyboardInterrupt`` and ``SystemExit`` are recorded and re-raised. Invalid ids,
+    ``KeyboardInterrupt`` and ``SystemExit`` are recorded and re-raised. SIGTERM, when
+    this runs in the main thread and SIGTERM has its default disposition, writes a
+    ``failed`` record (``Terminated: SIGTERM``, the stack where the run was) and then ends
+    the process as SIGTERM would have; a handler the application installed is left alone,
+    and the disposition is put back when this returns (``tracing.terminate``). Invalid ids,
     unwritable trace directories and a workflow id another process is tracing now raise
     before the workflow starts. ``max_trace_bytes`` / ``keep_rotated`` /
     ``capture_args`` / ``trace_mode``: see ``TraceObserver``.
@@ -134,7 +139,8 @@ def run_workflow(
     )
     try:
         traced = tracer.instrument(program, handlers)
-        value = doeff.run(scheduled(doeff.with_handlers(runtime, traced)))
+        with sigterm_recorded(tracer):
+            value = doeff.run(scheduled(doeff.with_handlers(runtime, traced)))
     except Exception as exc:
         tracer.close(exc)
         return WorkflowResult(workflow_id, None, exc, tracer.path, tracer.run_id)

@@ -23,6 +23,7 @@ library alone.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -32,6 +33,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from doeff_flow_core.clock import IsoClock
@@ -55,9 +57,12 @@ from doeff_flow_core.tracing.monitor import dispatcher, internal_dirs, monitorin
 from doeff_flow_core.tracing.routing import _task_routing
 from doeff_flow_core.tracing.shadow import Context
 from doeff_flow_core.tracing.stacktext import StackText
+from doeff_flow_core.tracing.terminate import sigterm_recorded
 
 # How far back the handler looks for its effect when others were observed after it.
 CLAIM_WINDOW = 16
+# How long a run being terminated waits for a lock the flusher holds (seconds).
+LOCK_WAIT = 0.5
 
 Program = Any
 TRACER_VARIABLE = "DOEFF_FLOW_TRACER"  # "hooks": the fallback tracer even on 3.12+
@@ -150,6 +155,7 @@ class TraceObserver:
         self._write_lock = threading.Lock()
         self._outcome: tuple[str, str | None, str | None, list[Frame]] | None = None
         self._closed = False
+        self._ended = False  # the terminal record is written (guarded by the write lock)
         if self.exact:
             self._context = Context(
                 self._buffer, self._hand_over, SlogEffect, _args_wanted(capture_args)
@@ -181,21 +187,24 @@ class TraceObserver:
     def encode_buffered(self, *, final: bool = False) -> None:
         """Move buffered effects into the outbox as encoded lines."""
         with self._lock:
-            buffer = self._buffer
-            count = len(buffer)
-            if not count:
-                return
-            last = buffer[count - 1]
-            if not final and type(last) is not tuple and last is not self._unclaimed_candidate:
-                # The last effect may be on its way to the handler: leave it one interval.
-                self._unclaimed_candidate = last
-                count -= 1
-            batch: list[Entry] = buffer[:count]
-            del buffer[:count]
-            try:
-                self._outbox.append(self._encoder.running(batch, time.time()))
-            except Exception as exc:  # pragma: no cover - defensive
-                print(f"doeff-flow: could not encode records: {exc!r}", file=sys.stderr)
+            self._encode(final)
+
+    def _encode(self, final: bool) -> None:
+        buffer = self._buffer
+        count = len(buffer)
+        if not count:
+            return
+        last = buffer[count - 1]
+        if not final and type(last) is not tuple and last is not self._unclaimed_candidate:
+            # The last effect may be on its way to the handler: leave it one interval.
+            self._unclaimed_candidate = last
+            count -= 1
+        batch: list[Entry] = buffer[:count]
+        del buffer[:count]
+        try:
+            self._outbox.append(self._encoder.running(batch, time.time()))
+        except Exception as exc:  # pragma: no cover - defensive
+            print(f"doeff-flow: could not encode records: {exc!r}", file=sys.stderr)
 
     def flush(self, *, final: bool = False) -> None:
         """Encode what is buffered and write the outbox: one ``write`` per encoded batch
@@ -203,13 +212,19 @@ class TraceObserver:
         size limit even when the flusher fell behind."""
         self.encode_buffered(final=final)
         with self._write_lock:
-            outbox = self._outbox
-            count = len(outbox)
-            batches = outbox[:count]
-            del outbox[:count]
-            for text in batches:
-                # The write releases the GIL: the workflow runs on meanwhile.
-                self._file.write(text)
+            if not self._ended:
+                self._write_outbox()
+
+    def _write_outbox(self) -> None:
+        """Write the encoded batches (the write lock held)."""
+        outbox = self._outbox
+        count = len(outbox)
+        batches = outbox[:count]
+        del outbox[:count]
+        for text in batches:
+            # The write releases the GIL: the workflow runs on meanwhile.
+            self._file.write(text)
+            self._last_written = text
 
     def _hand_over(self) -> None:
         """From the workflow's thread: encode now, let the flusher thread write."""
@@ -289,8 +304,83 @@ class TraceObserver:
                 line = self._encoder.terminal(
                     status, time.time(), result=result, error=message, frames=frames
                 )
-                self._file.write(line)
+            with self._write_lock:
+                if not self._ended:
+                    self._ended = True
+                    self._file.write(line)
         self._file.close()
+
+    def terminate(self, error: str, frame: FrameType | None = None) -> None:
+        """Record that the process is being ended (from a signal handler on the main
+        thread, ``frame`` the one it interrupted): what is buffered, then a ``failed``
+        record with ``error`` and the stack of the latest record (its innermost line
+        where ``frame`` shows it). The flusher is stopped, not joined; a lock the
+        interrupted code holds is not waited for, one the flusher holds only briefly."""
+        if self._ended:
+            return
+        self._closed = True
+        self._flusher.stop(wait=False)
+        # A lock the interrupted code is inside is not waited for: it would never come.
+        inside = _methods_running(frame, self)
+        encoding = _take(self._lock, wait=not inside & {"_encode", "_claim_earlier", "close"})
+        writing = _take(self._write_lock, wait=not inside & {"_write_outbox", "close"})
+        try:
+            if self._ended:
+                return
+            if encoding:
+                self._encode(final=True)
+            self._write_outbox()
+            frames = _latest_stack(self._last_written, frame)
+            line = self._encoder.terminal(FAILED, time.time(), error=error, frames=frames)
+            self._ended = True
+            self._file.write(line)
+            self._file.close()
+        finally:
+            if writing:
+                self._write_lock.release()
+            if encoding:
+                self._lock.release()
+
+
+def _take(lock: threading.Lock, *, wait: bool) -> bool:
+    return lock.acquire(timeout=LOCK_WAIT) if wait else lock.acquire(blocking=False)
+
+
+def _methods_running(frame: FrameType | None, tracer: TraceObserver) -> set[str]:
+    """The names of ``tracer``'s methods on the stack that ends in ``frame``."""
+    names: set[str] = set()
+    while frame is not None:
+        if frame.f_code.co_filename == __file__ and frame.f_locals.get("self") is tracer:
+            names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return names
+
+
+def _latest_stack(batch: str, frame: FrameType | None) -> list[Frame]:
+    """The stack of the last record in ``batch``, outermost first; its innermost frame's
+    line is ``frame``'s (or a caller's of it) when that frame runs the same function."""
+    start = batch.rfind("\n", 0, len(batch) - 1) + 1
+    try:
+        record = json.loads(batch[start:])
+    except ValueError:
+        return []
+    trace = record.get("trace") if isinstance(record, dict) else None
+    frames: list[Frame] = [
+        (str(f.get("function")), str(f.get("file")), int(f.get("line") or 0))
+        for f in (trace if isinstance(trace, list) else [])
+        if isinstance(f, dict)
+    ]
+    if frames:
+        function, file, _ = frames[-1]
+        while frame is not None:
+            code = frame.f_code
+            if code.co_filename == file and function in (code.co_qualname, code.co_name):
+                # Not a body's first instruction: its line is the decorator's.
+                if frame.f_lineno > code.co_firstlineno:
+                    frames[-1] = (function, file, frame.f_lineno)
+                break
+            frame = frame.f_back
+    return frames
 
 
 def raise_site(error: BaseException) -> list[Frame]:
@@ -318,6 +408,9 @@ def trace_observer(
 
     >>> with trace_observer("wf-001", ".doeff-flow") as observe:
     ...     value = doeff.run(my_handlers(observe(my_workflow())))
+
+    Within the block, in the main thread, SIGTERM at its default disposition is recorded
+    as ``failed`` before it ends the process, as under ``run_workflow``.
     """
     tracer = TraceObserver(
         workflow_id,
@@ -328,7 +421,8 @@ def trace_observer(
         trace_mode=trace_mode,
     )
     try:
-        yield tracer.observe
+        with sigterm_recorded(tracer):
+            yield tracer.observe
     except BaseException as exc:
         tracer.close(exc)
         raise

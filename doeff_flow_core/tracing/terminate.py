@@ -1,0 +1,84 @@
+"""SIGTERM recorded: a run stopped by systemd, Kubernetes or a supervisor ends its trace
+with a ``failed`` record (``error: "Terminated: SIGTERM"``, the stack where it was), not
+as a ``running`` record that readers can only call ``lost``.
+
+While a run traced in the main thread is under way and SIGTERM has its default
+disposition, a handler is installed that records the signal in every such run, puts the
+default back and sends SIGTERM again: the process ends as it would have (status -15,
+143 from a shell). A handler the application installed (or SIG_IGN) is left alone, and
+so is a run in another thread (only the main thread may set handlers). The disposition
+found is put back when the last of the runs ends. SIGINT needs nothing here: it raises
+KeyboardInterrupt in the workflow, which is recorded as a failure.
+
+Python runs signal handlers in the main thread between bytecodes, so the record waits
+for the main thread to run Python again: at once in a workflow's own code, in a handler
+sleeping, or in ``Await`` (doeff's scheduler waits in Python); a single long call into C
+or Rust that never returns to Python delays it until that call returns.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, Final, Protocol
+
+TERMINATED: Final = "Terminated: SIGTERM"
+
+
+class Terminable(Protocol):
+    @property
+    def path(self) -> object: ...
+
+    def terminate(self, error: str, frame: FrameType | None = None) -> None: ...
+
+
+_runs: list[Terminable] = []  # the runs recording SIGTERM now, innermost last
+_found: list[Any] = []  # the disposition found when the first of them began
+
+
+@contextmanager
+def sigterm_recorded(run: Terminable) -> Iterator[None]:
+    """Within this block, SIGTERM writes ``run``'s terminal record before it ends the
+    process (see the module's docstring for when it does not)."""
+    if not _join(run):
+        yield
+        return
+    try:
+        yield
+    finally:
+        _leave(run)
+
+
+def _join(run: Terminable) -> bool:
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(signal.SIGTERM)
+    if not _runs:
+        if current is not signal.SIG_DFL:
+            return False  # the application's choice
+        _found[:] = [signal.signal(signal.SIGTERM, _on_sigterm)]
+    elif current is not _on_sigterm:
+        return False  # replaced by the application meanwhile: its choice now
+    _runs.append(run)
+    return True
+
+
+def _leave(run: Terminable) -> None:
+    _runs.remove(run)
+    if not _runs and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, _found.pop() if _found else signal.SIG_DFL)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    for run in reversed(_runs):
+        try:
+            run.terminate(TERMINATED, frame)
+        except Exception as exc:  # the process ends whatever the trace can hold
+            print(f"doeff-flow: could not record SIGTERM in {run.path}: {exc}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
