@@ -1,5 +1,9 @@
 """Untrusted text made safe to print: nothing a workflow writes can drive the terminal.
 
+The one escaping function of the project: flowctl passes every text from a trace or from
+flowd through it before it reaches a terminal, and flowd every text it logs (paths, ids,
+a collector's answers), so it lives here, in the standard-library core both may import.
+
 Effect reprs, slog messages, errors, results and even function and file names come from
 the traced program. Control characters (C0, DEL, C1: ESC, CSI, OSC, ``\\r``, ...), bidi
 overrides and isolates, line separators and lone surrogates are shown escaped

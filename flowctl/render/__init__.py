@@ -2,8 +2,10 @@
 
 - ``text``: lines for ``ps``, ``history`` and plain ``watch`` (and their JSON).
 - ``box``: the full-screen watch box and dashboard, as lines of styled fragments.
-- ``escape``: untrusted text made safe to print; ``textwidth``: terminal column widths;
-  ``timefmt``: clock times and ages.
+- ``textwidth``: terminal column widths; ``timefmt``: clock times and ages.
+
+Untrusted text is escaped by the core's ``doeff_flow_core.escape``, the one function flowd's
+log lines go through too.
 
 Dependency rule: may import the standard library, ``doeff_flow_core``,
 ``flowctl.sources.base`` (the entries it draws) and ``flowctl.watch.state`` (the watch

@@ -12,7 +12,8 @@ out, or an ``OtlpSettingError`` saying what is wrong. The URL is chosen in this 
 Headers: ``OTEL_EXPORTER_OTLP_HEADERS``, then ``OTEL_EXPORTER_OTLP_TRACES_HEADERS``
 (``k=v,k2=v2``, values percent-decoded), then each ``--otlp-header K=V``; a later one
 replaces an earlier one of the same name (names compare without case). A URL is logged
-and reported only through ``shown``, which hides what may be credentials.
+and reported only through ``shown``: ``scheme://host:port/path``, without what may be
+credentials (userinfo, the query, a fragment), escaped and bounded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from doeff_flow_core.escape import safe_clip
 from flowd.errors import InvalidOtlpEndpoint, InvalidOtlpHeader, OtlpHeaderWithoutEndpoint
 
 TRACES_PATH: Final = "/v1/traces"
@@ -32,6 +34,7 @@ ENDPOINT_VAR: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 TRACES_ENDPOINT_VAR: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 HEADERS_VAR: Final = "OTEL_EXPORTER_OTLP_HEADERS"
 TRACES_HEADERS_VAR: Final = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+SHOWN_CHARS: Final = 200  # of a URL in a log line or an answer
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110)
 _BAD_VALUE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF and other controls
@@ -85,15 +88,17 @@ def _chosen_url(option: str | None, environ: Mapping[str, str]) -> tuple[str, st
 
 
 def shown(url: str) -> str:
-    """``url`` fit to log and report: what may be credentials (anything up to an ``@``
-    before any ``?`` or ``#``, past the scheme) becomes ``***``. Wider than urllib's
-    userinfo: a password with a ``/`` in it would otherwise show as a host and path."""
+    """``url`` fit to log and report: ``scheme://host:port/path`` and nothing else. The
+    query and fragment go (``?api_key=...``), and so does whatever may be credentials:
+    anything up to an ``@`` before them, past the scheme (wider than urllib's userinfo: a
+    password with a ``/`` in it would otherwise show as a host and path). Escaped and
+    bounded, since a URL that is refused may hold anything."""
     scheme, separator, rest = url.partition("://")
     if not separator:
         scheme, rest = "", url
     end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     at = rest.rfind("@", 0, end)
-    return url if at < 0 else f"{scheme}{separator}***{rest[at:]}"
+    return safe_clip(f"{scheme}{separator}{rest[at + 1 : end]}", SHOWN_CHARS)
 
 
 def _post_url(given: str, source: str) -> str:

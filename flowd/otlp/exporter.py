@@ -22,6 +22,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from doeff_flow_core.escape import safe, safe_clip
 from doeff_flow_core.timeline.spans import Span
 from flowd.errors import OtlpSettingError
 from flowd.otlp.endpoint import OPTION, Endpoint, endpoint_from
@@ -32,12 +33,18 @@ from flowd.otlp.queue import QUEUE_LIMIT, SpanQueue
 
 log = logging.getLogger("flowd")
 
-BATCH_SPANS: Final = 512
+BATCH_SPANS: Final = 512  # a batch is sent once this many spans wait (or BATCH_WAIT passed)
 BATCH_WAIT: Final = 1.0
+# When more wait (spans come faster than batches of BATCH_SPANS go), a batch takes up to
+# BATCH_MOST of them, past the first BATCH_SPANS no more than BATCH_WEIGHT spans and
+# events (a few MB of OTLP/JSON): each request costs flowd more than its spans do.
+BATCH_MOST: Final = 8192
+BATCH_WEIGHT: Final = 16_384
 TIMEOUT: Final = 10.0  # for one request, in all
 CLOSE_SECONDS: Final = 3.0  # to send what is queued when flowd stops
 SWEEP_SECONDS: Final = 2.0  # between looks for runs whose writer is gone
 BUG_PAUSE: Final = 1.0  # after an unexpected failure: a loop never spins on a bug
+MESSAGE_CHARS: Final = 200  # of an exception's message (it may quote a path, a record)
 
 
 def exporter_from(
@@ -52,7 +59,7 @@ def exporter_from(
     try:
         endpoint = endpoint_from(option, headers, environ)
     except OtlpSettingError as exc:
-        log.error("otlp: %s; not exporting spans", exc)
+        log.error("otlp: %s; not exporting spans", safe_clip(str(exc), MESSAGE_CHARS))
         return Exporter(None, Health(exc.endpoint, invalid=str(exc)))
     if endpoint is None:
         return None
@@ -76,6 +83,7 @@ class Exporter:
         # None when there is nothing to export to: the daemon then feeds nothing
         self.feed = SpanFeed(self._offer, self._ask_rebuild) if endpoint is not None else None
         self._batch: list[Span] = []  # taken from the queue, not sent yet
+        self.produced = 0  # spans that came to the exporter (see ``stats``)
         self._failures = 0  # in a row
         self._replays: deque[Replay] = deque()
         self._wake = anyio.Event()  # enough spans came, or closing
@@ -89,8 +97,33 @@ class Exporter:
         return len(self.queue) + len(self._batch)
 
     def stats(self) -> dict[str, Any]:
-        """The ``otlp`` object of ``ping`` and ``stats``."""
-        return self.health.snapshot(self.queued)
+        """The ``otlp`` object of ``ping`` and ``stats``: ``endpoint``, ``state`` and
+        ``last_error`` (see health.py), and these figures, in spans unless they say:
+
+        - ``produced_spans``: spans that ended and came to the exporter since flowd
+          started. At every moment it equals ``sent_spans + dropped_spans +
+          rejected_spans + queued``: a span is counted once, where it is now.
+        - ``sent_spans``: the collector took them (2xx, less a partial success's
+          ``rejectedSpans``).
+        - ``rejected_spans``: the collector refused them (a status that is not "try again
+          later", or a partial success): they are not sent again.
+        - ``dropped_spans``: flowd let them go unsent: the queue was full (the oldest go
+          first: a collector too slow or down for long, or spans coming faster than they
+          can be sent), or an unexpected failure while sending their batch.
+        - ``failed_requests``: requests without a usable answer (no connection, a
+          timeout, 429, 502, 503, 504); their spans stay queued and are sent again.
+        - ``queued``: spans waiting, the batch being sent included.
+        - ``queue_limit``: the queue's bound; past it the oldest spans are dropped.
+        - ``queue_weight`` and ``queue_weight_limit``: spans plus their events in the
+          queue (the batch being sent apart), and the bound on that.
+        """
+        return {
+            **self.health.snapshot(self.queued),
+            "produced_spans": self.produced,
+            "queue_limit": self.queue.limit,
+            "queue_weight": self.queue.total_weight,
+            "queue_weight_limit": self.queue.weight_limit,
+        }
 
     async def run(self) -> None:
         """Send spans until ``close``; rebuild runs found mid-way meanwhile."""
@@ -126,6 +159,7 @@ class Exporter:
     # -- the span feed's side (on the event loop, cheap) ------------------------------
 
     def _offer(self, spans: list[Span]) -> None:
+        self.produced += len(spans)
         self._note(self.health.drop(self.queue.put(spans), self.queue.bound))
         if len(self.queue) >= self._wanted:  # not for every record: a wake costs more
             self._wake.set()
@@ -186,7 +220,7 @@ class Exporter:
             if remaining <= 0:
                 break
             await self._spans_or_closing(remaining, full)
-        self._batch = self.queue.take(BATCH_SPANS)
+        self._batch = self.queue.take(BATCH_MOST, BATCH_WEIGHT, least=BATCH_SPANS)
         if not self.queue:
             self.health.drained()
         return True
@@ -242,19 +276,24 @@ class Exporter:
         except OSError as exc:
             log.warning(
                 "otlp: %s: cannot replay its current run (%s); its spans are not exported",
-                replay.path,
-                exc.strerror or exc,
+                safe(replay.path),
+                safe_clip(str(exc.strerror or exc), MESSAGE_CHARS),
             )
         except Exception as exc:  # a bug: that run goes unexported, the others do not
-            log.error("otlp: replaying %s: %s: %s", replay.path, type(exc).__name__, exc)
+            log.error(
+                "otlp: replaying %s: %s",
+                safe(replay.path),
+                safe_clip(f"{type(exc).__name__}: {exc}", MESSAGE_CHARS),
+            )
             log.debug("otlp: replaying", exc_info=True)
         if result is not None:
+            self.produced += result.dropped  # ended while the run was rebuilt, let go
             self._note(self.health.drop(result.dropped, self.queue.bound))
             if result.builder is None and result.last_step == WHOLE_RUN:
                 log.info(
                     "otlp: %s: the start of its current run is no longer in its trace; "
                     "that run's spans are not exported",
-                    replay.path,
+                    safe(replay.path),
                 )
         self.feed.rebuilt(replay, result)
 
@@ -269,8 +308,8 @@ class _Trouble:
         self._last: str | None = None
 
     def met(self, exc: Exception, about: str | None = None) -> None:
-        what = self.what if about is None else f"{self.what} {about}"
-        message = f"otlp: {what}: {type(exc).__name__}: {exc}"
+        what = self.what if about is None else f"{self.what} {safe(about)}"
+        message = f"otlp: {what}: {safe_clip(f'{type(exc).__name__}: {exc}', MESSAGE_CHARS)}"
         log.log(logging.DEBUG if message == self._last else logging.ERROR, "%s", message)
         log.debug("otlp: %s", what, exc_info=exc)
         self._last = message

@@ -1,6 +1,8 @@
 """How exporting to the collector goes: each request's outcome, counters, log lines.
 
-Pure. ``answer`` and ``no_answer`` turn what an HTTP request gave into an ``Outcome``;
+Pure. ``answer`` and ``no_answer`` turn what an HTTP request gave into an ``Outcome``,
+whose text (the collector's words, an exception's message) is escaped and bounded here:
+it goes to the log and to ``ping``/``stats`` answers;
 ``Health`` keeps the counters that ``ping`` and ``stats`` report and decides what to
 log: one line when the collector's condition changes (reachable, failing, rejecting,
 the queue overflowing), never one per request or retry.
@@ -11,8 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import urllib.error
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Final
+
+from doeff_flow_core.escape import safe_clip
+from flowd.otlp.endpoint import shown
 
 IDLE: Final = "idle"  # nothing sent yet
 OK: Final = "ok"  # the collector answered the last request (rejections included)
@@ -22,7 +28,8 @@ _REJECTING: Final = "rejecting"  # a condition logged, reported as OK
 
 FIRST_BACKOFF: Final = 0.5
 MOST_BACKOFF: Final = 30.0
-DETAIL_CHARS: Final = 300  # of a collector's answer, in last_error and the log
+DETAIL_CHARS: Final = 200  # of a collector's answer, in last_error and the log
+REASON_CHARS: Final = 80  # of an HTTP reason phrase or an exception's name
 # OTLP/HTTP: only these say "try again later"; any other error status is final (a 500
 # answered to one batch would be answered to it forever, and hold up every batch behind)
 RETRYABLE: Final = frozenset({429, 502, 503, 504})
@@ -68,8 +75,8 @@ class Notice:
 
 def answer(status: int, reason: str, body: bytes) -> Outcome:
     """What an HTTP status (and the body that came with it) means for a batch."""
-    head = f"HTTP {status} {reason}".rstrip()
-    text = body.decode("utf-8", "replace").strip()[:DETAIL_CHARS]
+    head = f"HTTP {status} {safe_clip(reason, REASON_CHARS)}".rstrip()
+    text = safe_clip(body.decode("utf-8", "replace").strip(), DETAIL_CHARS)
     detail = f"{head}: {text}" if text else head
     if 200 <= status < 300:
         return _partial_success(body)
@@ -84,7 +91,7 @@ def _partial_success(body: bytes) -> Sent:
         data = json.loads(body) if body.strip() else {}
         partial = data.get("partialSuccess") or {}
         rejected = int(partial.get("rejectedSpans") or 0)  # int64: a string in OTLP/JSON
-        message = str(partial.get("errorMessage") or "")[:DETAIL_CHARS]
+        message = safe_clip(str(partial.get("errorMessage") or ""), DETAIL_CHARS)
     except (ValueError, TypeError, AttributeError):
         return Sent()  # an answer that is not OTLP/JSON: the spans were taken
     if rejected <= 0:
@@ -92,14 +99,27 @@ def _partial_success(body: bytes) -> Sent:
     return Sent(rejected, f"partial success: {message}" if message else "partial success")
 
 
-def no_answer(error: BaseException) -> Failed:
-    """A request that got no HTTP answer (``URLError`` wraps the socket's error)."""
+def no_answer(error: BaseException, url: str = "") -> Failed:
+    """A request to ``url`` that got no HTTP answer (``URLError`` wraps the socket's
+    error). Where the error's message repeats the URL, it shows it as logs do."""
     cause: object = error.reason if isinstance(error, urllib.error.URLError) else error
+    text = _without_url(str(cause), url)
     if isinstance(cause, BaseException):
         name = type(cause).__name__
-        text = str(cause)
         return Failed(name, f"{name}: {text}" if text else name)
-    return Failed(str(cause), str(cause))
+    return Failed(text, text)
+
+
+def _without_url(text: str, url: str) -> str:
+    """``text`` escaped and bounded, with ``url``, its query and its fragment (where an
+    API key may be) replaced by the URL as it is shown."""
+    if url:
+        text = text.replace(url, shown(url))
+        parts = urllib.parse.urlsplit(url)
+        for secret in (parts.query, parts.fragment, parts.netloc.rpartition("@")[0]):
+            if secret:
+                text = text.replace(secret, "***")
+    return safe_clip(text, DETAIL_CHARS)
 
 
 def backoff(failures: int) -> float:

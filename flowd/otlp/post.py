@@ -161,7 +161,7 @@ def post(endpoint: Endpoint, spans: Sequence[Span], timeout: float) -> Outcome:
     worker.join(timeout)
     if not came:
         deadline.expire()  # its connection shut down: it ends as soon as it can
-        return no_answer(TimeoutError(f"no complete answer within {timeout:g} s"))
+        return no_answer(TimeoutError(f"no complete answer within {timeout:g} s"), endpoint.url)
     if isinstance(came[0], Exception):
         raise came[0]
     return came[0]
@@ -177,7 +177,7 @@ def _exchange(
         with error:
             return answer(error.code, str(error.reason or ""), _body_of(error))
     except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
-        return no_answer(error)
+        return no_answer(error, request.full_url)
 
 
 def _body_of(error: urllib.error.HTTPError) -> bytes:

@@ -83,13 +83,13 @@ def test_a_url_is_shown_without_what_may_be_credentials() -> None:
     environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://me:s3cret@c:4318/v1/traces"}
     with pytest.raises(OtlpSettingError) as raised:
         endpoint_from(None, [], environ)
-    assert raised.value.endpoint == "https://***@c:4318/v1/traces"
+    assert raised.value.endpoint == "https://c:4318/v1/traces"
     assert "s3cret" not in str(raised.value)
     for url, seen in [
-        ("http://tok3n@c", "http://***@c"),
-        ("http://me:pa/ss@c:4318/x", "http://***@c:4318/x"),  # a / in the password
-        ("me:s3cret@c:4318", "***@c:4318"),
-        ("http://c:4318/v1/traces?at=@x", "http://c:4318/v1/traces?at=@x"),
+        ("http://tok3n@c", "http://c"),
+        ("http://me:pa/ss@c:4318/x", "http://c:4318/x"),  # a / in the password
+        ("me:s3cret@c:4318", "c:4318"),
+        ("http://c:4318/v1/traces?at=@x", "http://c:4318/v1/traces"),  # the query is left out
         ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
     ]:
         assert shown(url) == seen
