@@ -138,6 +138,11 @@ class Place:
             self.made = _missing_levels(self.trace_dir)
         os.makedirs(self.trace_dir, mode=directory_mode(self.mode), exist_ok=True)
         root = Directory.open(self.trace_dir)
+        try:
+            _check_room(root.fd)
+        except BaseException:
+            root.close()
+            raise
         status = os.fstat(root.fd)
         if created and status.st_uid == os.geteuid():
             os.fchmod(root.fd, directory_mode(self.mode))
@@ -289,8 +294,9 @@ class WriterLock:
 
 def _check_room(fd: int) -> None:
     """ENOSPC when the file system of ``fd`` has no block left for this user: a run on a
-    full disk fails at its start, not at its first record. (A file system that reports
-    no blocks at all, as some virtual ones do, is taken at its word when written.)"""
+    full disk fails at its start, before it changes anything, not at its first record.
+    (A file system that reports no blocks at all, as some virtual ones do, is taken at
+    its word when written.)"""
     stats = os.fstatvfs(fd)
     free = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
     if stats.f_blocks and not free:
@@ -332,7 +338,6 @@ class TraceWriter:
         try:
             self._made_trace = self.place.identity(TRACE_FILE_NAME) is None
             self._open()
-            _check_room(self._fd)
             self._cut_torn_tail()
         except BaseException as exc:
             self.abandon()

@@ -105,6 +105,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def old_trace(trace_dir: Path) -> dict[str, bytes]:
     """A workflow with a finished trace already, as a later failed start must leave it."""
     assert run_workflow(counting(3), "wf-old", trace_dir).value == 2
+    (trace_dir / "wf-old" / "writer.lock").write_text("1\n")  # another process's, earlier
     return snapshot(trace_dir / "wf-old")
 
 
