@@ -49,9 +49,22 @@ class SpanQueue:
             dropped += 1
         return dropped
 
-    def take(self, most: int) -> list[Span]:
-        """Up to ``most`` spans, the oldest first."""
+    @property
+    def total_weight(self) -> int:
+        """Of the queued spans: spans plus their events."""
+        return self._weight
+
+    def take(self, most: int, weight_most: int | None = None, least: int = 0) -> list[Span]:
+        """Up to ``most`` spans, the oldest first; past the first ``least`` of them, no
+        more than ``weight_most`` of weight in all."""
         spans = self._spans
-        taken = [spans.popleft() for _ in range(min(most, len(spans)))]
-        self._weight -= sum(map(weight, taken))
+        taken = [spans.popleft() for _ in range(min(most, least, len(spans)))]
+        total = sum(map(weight, taken))
+        more = min(most, len(spans) + len(taken)) - len(taken)
+        while more > 0 and (weight_most is None or total + weight(spans[0]) <= weight_most):
+            span = spans.popleft()
+            total += weight(span)
+            taken.append(span)
+            more -= 1
+        self._weight -= total
         return taken

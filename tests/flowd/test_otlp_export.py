@@ -108,6 +108,10 @@ def test_spans_of_a_run_reach_the_collector_with_names_parents_resource_and_stat
             "rejected_spans": 0,
             "failed_requests": 0,
             "last_error": None,
+            "produced_spans": len(expected),
+            "queue_limit": 20_000,
+            "queue_weight": 0,
+            "queue_weight_limit": 200_000,
         }
         with daemon.client() as client:
             assert client.call("ping")["otlp"] == report
