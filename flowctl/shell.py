@@ -27,9 +27,10 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
+from doeff_flow_core.escape import safe
 from doeff_flow_core.locations import state_dir
 from flowctl import exitcodes
-from flowctl.console import Console
+from flowctl.console import Console, escaped
 from flowctl.errors import FlowctlError, UsageError
 from flowctl.options import (
     COMMANDS,
@@ -207,7 +208,7 @@ class FlowShell:
         out = out or sys.stdout
         if interactive is None:
             interactive = sys.stdin.isatty() and sys.stdout.isatty()
-        self.console = Console(out, err or sys.stderr, interactive, in_shell=True)
+        self.console = Console(out, err or escaped(sys.stderr), interactive, in_shell=True)
         self._ids = Cached(source.workflow_ids)
         self._toolbar = Cached(self._toolbar_text)
         self._history, self._input, self._output = history, input, output
@@ -218,11 +219,11 @@ class FlowShell:
         return ids if isinstance(ids, list) else []
 
     def _toolbar_text(self) -> str:
-        where = f" source: {self.source.kind} ({self.source.location})"
+        where = f" source: {self.source.kind} ({safe(self.source.location)})"
         try:
             counts = status_counts(entry.status for entry in self.source.list_workflows())
         except FlowctlError as exc:
-            return f"{where} · {exc}"
+            return f"{where} · {safe(str(exc))}"
         return f"{where} · {counts} "
 
     def toolbar(self) -> str:
@@ -300,7 +301,7 @@ class FlowShell:
         )
         self.active_prompt = prompt
         self._print(
-            f"flowctl shell: {self.source.kind} in {self.source.location}. "
+            f"flowctl shell: {self.source.kind} in {safe(self.source.location)}. "
             "Type 'help'; Ctrl-D leaves."
         )
         while True:

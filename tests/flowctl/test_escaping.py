@@ -232,3 +232,32 @@ def test_the_full_screen_dashboard_through_flowd_shows_crafted_names_escaped(
         term.wait_for("EXIT=0")
     finally:
         daemon.cleanup()
+
+
+def test_the_shell_shows_a_crafted_trace_directory_escaped(
+    traces: Path, terminal: list[Tmux]
+) -> None:
+    crafted = traces.parent / f"t{EVIL}"
+    traces.rename(crafted)
+    term = Tmux("flowctl-esc", flowctl_command("--trace-dir", crafted), columns=250)
+    terminal.append(term)
+    screen = term.wait_for("1 lost · 1 failed · 1 completed")  # the toolbar
+    assert screen.count(safe(str(crafted))) >= 2, screen  # the banner and the toolbar
+    term.keys("ps", "Enter")
+    screen = term.wait_for("wf-lost ")
+    assert "record says workflow_id wf-lost\\x1b[2J" in screen, screen
+    term.keys("C-d")
+    term.wait_for("EXIT=0")
+
+
+def test_shell_commands_from_a_pipe_print_only_escapes(traces: Path) -> None:
+    done = subprocess.run(
+        flowctl_command("--trace-dir", traces, "shell"),
+        env=python_env(),
+        input=b"ps\nhistory wf-failed\nwatch wf-done --exit-on-complete\nhistory nope\n",
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    out, err = inert(done.stdout), inert(done.stderr)
+    assert "wf-lost " in out and SHOWN in out and "nope" in err, (out, err)
