@@ -1,0 +1,211 @@
+"""SIGTERM a traced worker at random moments, as systemd, Kubernetes and supervisors stop
+workers: every trace ends with one ``failed`` record saying ``Terminated: SIGTERM`` and
+holding a stack, every worker ends with the status SIGTERM gives (-15), and the time from
+the signal to the process gone stays small.
+
+Workers alternate between ``run_workflow`` and ``trace_observer`` and, when the project's
+Python 3.13 environment is there, between the interpreters (3.11: doeff's hooks; 3.13:
+``sys.monitoring``). The workflow mixes effect-dense nested calls, ``Await`` of short
+sleeps, a handler that sleeps and stretches of its own computing, so the signal lands in
+each of them.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import PY, ROOT, env, read_parts, tempdir
+
+from doeff_flow_core.tracefiles.reading import read_latest
+from tests.support.procs import wait_until
+
+# argv: trace_dir workflow_id entry ("run_workflow" | "trace_observer")
+WORKER = r"""
+import asyncio, sys, time
+import doeff
+from doeff import Await, EffectBase, Get, Put, Resume, do, handler, slog, with_handlers
+from doeff_core_effects.scheduler import scheduled
+from doeff_flow_core import run_workflow, trace_observer
+from doeff_flow_core.workflow import standard_handlers
+
+trace_dir, workflow_id, entry = sys.argv[1], sys.argv[2], sys.argv[3]
+
+class Nap(EffectBase):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+@handler
+def nap_handler(effect: Nap, k):
+    time.sleep(effect.seconds)
+    return (yield Resume(k, None))
+
+@do
+def leaf(i):
+    v = yield Get("n")
+    yield Put("n", (v or 0) + i)
+    return v
+
+@do
+def middle(i):
+    yield slog("middle", i=i)
+    yield leaf(i)
+    if i % 50 == 0:
+        yield Await(asyncio.sleep(0.02))
+    if i % 70 == 0:
+        yield Nap(0.02)
+    if i % 90 == 0:
+        total = 0
+        for j in range(200_000):
+            total += j
+    return i
+
+@do
+def flow():
+    i = 0
+    while True:
+        yield middle(i)
+        i += 1
+
+if entry == "run_workflow":
+    run_workflow(flow(), workflow_id, trace_dir, handlers=[nap_handler])
+else:
+    with trace_observer(workflow_id, trace_dir) as observe:
+        traced = with_handlers([nap_handler], observe(flow()))
+        doeff.run(scheduled(with_handlers(standard_handlers(), traced)))
+"""
+
+TERMINATED = "Terminated: SIGTERM"
+WORST_ALLOWED = 2.0  # seconds from the signal to the process gone
+
+
+@dataclass
+class Figures:
+    runs: int = 0
+    recorded: int = 0  # terminal failed record saying SIGTERM, with a stack
+    default_status: int = 0  # ended with -SIGTERM
+    worst_exit: float = 0.0
+    worst_record: float = 0.0
+    by_python: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        pythons = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_python.items()))
+        return (
+            f"sigterm: {self.runs} runs ({pythons}), failed records saying SIGTERM: "
+            f"{self.recorded}/{self.runs}, exit status -15: {self.default_status}/{self.runs}, "
+            f"worst signal to record {self.worst_record * 1000:.0f} ms, "
+            f"signal to exit {self.worst_exit * 1000:.0f} ms"
+        )
+
+    def ok(self) -> bool:
+        return (
+            self.runs > 0
+            and self.recorded == self.runs
+            and self.default_status == self.runs
+            and self.worst_exit <= WORST_ALLOWED
+            and not self.problems
+        )
+
+
+def _pythons() -> list[tuple[str, str]]:
+    found = [("3.11" if "3.11" in _version(PY) else _version(PY), PY)]
+    other = ROOT / ".venv313" / "bin" / "python"
+    if other.exists() and str(other) != PY:
+        found.append((_version(str(other)), str(other)))
+    return found
+
+
+def _version(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done.stdout.strip() or python
+
+
+def _check(fig: Figures, trace: Path, pid: int, sent_at: float, label: str) -> None:
+    records = [r for _, tail in read_parts(trace) for r in tail.records if r.pid == pid]
+    if not records:
+        fig.problems.append(f"{label}: no record of this run")
+        return
+    last = records[-1]
+    terminal = [r for r in records if r.status != "running"]
+    if last.status == "failed" and last.error == TERMINATED and last.trace and len(terminal) == 1:
+        fig.recorded += 1
+        written = last.updated_at.timestamp()
+        fig.worst_record = max(fig.worst_record, written - sent_at)
+    else:
+        fig.problems.append(
+            f"{label}: ends {last.status} {last.error!r}, {len(terminal)} terminal records"
+        )
+    steps = [r.step for r in records]
+    if steps != list(range(steps[0], steps[0] + len(steps))):
+        fig.problems.append(f"{label}: steps not contiguous")
+
+
+def run(count: int, seed: int = 0) -> Figures:
+    """``count`` workers, each SIGTERMed at a random moment after its first record."""
+    rng = random.Random(seed)
+    fig = Figures()
+    pythons = _pythons()
+    base = tempdir("fsg")
+    trace_dir = base / "traces"
+    try:
+        for i in range(count):
+            version, python = pythons[i % len(pythons)]
+            entry = ("run_workflow", "trace_observer")[(i // len(pythons)) % 2]
+            workflow_id = f"wf-term-{i}"
+            trace = trace_dir / workflow_id / "trace.jsonl"
+            label = f"run {i} ({version}, {entry})"
+            proc = subprocess.Popen(
+                [python, "-c", WORKER, str(trace_dir), workflow_id, entry],
+                env=env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            fig.runs += 1
+            fig.by_python[version] = fig.by_python.get(version, 0) + 1
+
+            def started(trace: Path = trace, pid: int = proc.pid) -> bool:
+                try:
+                    latest = read_latest(trace)
+                except OSError:
+                    return False
+                return latest is not None and latest.pid == pid
+
+            if not wait_until(started, 30, 0.002) or proc.poll() is not None:
+                fig.problems.append(f"{label}: the worker never wrote")
+                proc.kill()
+                proc.communicate()
+                continue
+            time.sleep(rng.uniform(0.0, 0.5))
+            sent_at = time.time()
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+                fig.problems.append(f"{label}: still running 30 s after SIGTERM")
+            fig.worst_exit = max(fig.worst_exit, time.monotonic() - sent)
+            if proc.returncode == -signal.SIGTERM:
+                fig.default_status += 1
+            else:
+                fig.problems.append(f"{label}: ended {proc.returncode}: {err[-300:]!r}")
+            if err.strip():
+                fig.problems.append(f"{label}: said on stderr: {err[-300:]!r}")
+            _check(fig, trace, proc.pid, sent_at, label)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return fig
