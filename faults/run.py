@@ -21,6 +21,8 @@ import files
 import hostile
 import kills
 import restarts
+import sigterm
+import startup
 
 # Sizes of each class: full, then quick (--quick, part of make test).
 KILLS = (200, 20)
@@ -45,6 +47,8 @@ RUNNERS: dict[str, Callable[[int, int], Figures]] = {
     "hostile": lambda size, seed: hostile.run(HOSTILE_MESSAGES[size], seed),
     "restarts": lambda size, seed: restarts.run(FLOWD_KILLS[size], WATCHERS[size], seed),
     "files": lambda size, seed: files.run(quick=size == 1, seed=seed),
+    "startup": lambda size, seed: startup.run((20, 4)[size], seed),
+    "sigterm": lambda size, seed: sigterm.run((40, 8)[size], seed),
 }
 CLASSES = tuple(RUNNERS)
 
