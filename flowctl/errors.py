@@ -179,11 +179,12 @@ class DaemonUntrusted(DaemonUnavailable):
 
 
 class AnswerTooLong(DaemonUnavailable):
-    """A line from flowd longer than flowctl reads: the connection is dropped once the
-    line passes the bound, so it is never held whole."""
+    """More from flowd than flowctl reads: a line past its bound, or notifications past
+    theirs while an answer is awaited. The connection is dropped as the bound is passed,
+    so what was sent is never held whole."""
 
-    def __init__(self, socket_path: str, limit: int) -> None:
+    def __init__(self, socket_path: str, limit: int, what: str = "one line") -> None:
         self.limit = limit
         super().__init__(
-            socket_path, f"sent a line longer than {limit >> 20} MiB; connection dropped"
+            socket_path, f"sent more than {limit >> 20} MiB in {what}; connection dropped"
         )

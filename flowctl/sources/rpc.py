@@ -10,8 +10,9 @@ Failing to reach or to hear flowd is ``DaemonUnavailable``; an error answer is
 Only a daemon this user can trust is spoken to (DaemonUntrusted otherwise, before any
 byte is sent): the socket's directory passes ``check_socket_dir`` (a real directory of
 this user's, mode 0700 or stricter) and the server's uid (SO_PEERCRED) is this user's or
-root's. A line may be at most MAX_LINE bytes: a longer one is dropped with the
-connection as it arrives (AnswerTooLong), never held whole.
+root's. A line may be at most MAX_LINE bytes, and the notifications that arrive while
+an answer is awaited KEPT_BYTES: past either, the connection is dropped as the bytes
+arrive (AnswerTooLong), never held whole.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ RECEIVE_BYTES: Final = 1 << 20
 # What one poll of pushed notifications reads at most, so a busy stream never starves
 # the caller.
 PUSHED_BYTES_PER_POLL: Final = 8 << 20
+# The notifications kept while ``call`` waits for its answer, at most: as much as one poll
+# reads (flowd sends one per new record: a few MB while it answers ``ps`` over 100,000
+# workflows). Parsed, they take about ten times that.
+KEPT_BYTES: Final = PUSHED_BYTES_PER_POLL
 # The longest line read. flowd's largest answers are ``ps`` (one summary per workflow:
 # about 50 MB at 100,000 workflows of short records, 85 MB with records of a real
 # workflow's size) and ``history`` (up to HISTORY_MAX records); 128 MiB holds those, and
@@ -88,6 +93,7 @@ class Connection:
         self._lines: deque[bytes | bytearray] = deque()  # complete lines, not parsed yet
         self._partial = bytearray()  # the start of the next line
         self._pushed: deque[Message] = deque()
+        self._line_size = 0  # of the last message parsed
         check_place(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -185,6 +191,7 @@ class Connection:
     def _parse(self, line: bytes | bytearray) -> Message | None:
         if not line or line.isspace():  # (strip would copy a line of up to MAX_LINE)
             return None
+        self._line_size = len(line)
         try:
             message = json.loads(line)
         except ValueError:
@@ -215,12 +222,17 @@ class Connection:
             request["params"] = params
         self._send(request)
         deadline = time.monotonic() + self._timeout
+        kept = 0  # bytes of the notifications kept meanwhile
         while True:
             message = self._next(deadline - time.monotonic())
             if message is None:
                 raise self._lost(f"no answer to {method} within {self._timeout:g} s")
             if "method" in message:
                 self._pushed.append(message)  # a notification, for ``pushed``
+                kept += self._line_size
+                if kept > KEPT_BYTES:
+                    self.close()
+                    raise AnswerTooLong(self.path, KEPT_BYTES, f"notifications before {method}")
             elif message.get("id") == ident:
                 break
         error = message.get("error")

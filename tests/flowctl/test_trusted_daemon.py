@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from doeff_flow_core.locations import check_socket_dir
-from flowctl.sources.rpc import MAX_LINE
+from flowctl import exitcodes
+from flowctl.sources.rpc import KEPT_BYTES, MAX_LINE
 from tests.support.fakeflowd import SPOOFED_ID, FakeFlowd
 from tests.support.flowctl import flowctl, flowctl_command
 from tests.support.flowd import Flowd, socket_dir
@@ -157,11 +158,23 @@ def test_a_900_mb_answer_line_is_dropped_at_the_bound_with_bounded_memory(place:
         assert code == 0, err
         assert (place.base / "stdout").read_text().split()[0] == "wf-real"
         lines = err.splitlines()
-        assert len(lines) == 1 and f"longer than {MAX_LINE >> 20} MiB" in lines[0], err
+        assert len(lines) == 1 and f"more than {MAX_LINE >> 20} MiB in one line" in lines[0], err
         assert "reading trace files" in lines[0]
         # read up to the bound and no further: the server could not send it all
         assert fake.sent() < MAX_LINE + (16 << 20), fake.sent()
     assert peak_kib < (MAX_LINE >> 10) * 1.25 + 100_000, f"peak RSS {peak_kib} KiB"
+
+
+def test_notifications_instead_of_an_answer_are_dropped_at_their_bound(place: Place) -> None:
+    place.sock_dir.mkdir(mode=0o700)  # a trusted server that pings, then only pushes
+    with place.fake("--flood") as fake:
+        command = flowctl_command("--trace-dir", place.traces, "ps")
+        code, err, peak_kib = run_measured(command, place.env(), place.base)
+        assert code == exitcodes.UNAVAILABLE, err
+        bound = f"more than {KEPT_BYTES >> 20} MiB in notifications before roots.add"
+        assert err.count("\n") == 1 and err.startswith("flowctl: ") and bound in err, err
+        assert fake.sent() < KEPT_BYTES + (16 << 20), fake.sent()
+    assert peak_kib < 200_000, f"peak RSS {peak_kib} KiB"
 
 
 def test_the_socket_directory_check(place: Place) -> None:

@@ -6,7 +6,9 @@
 (``ping``, ``ps`` with one workflow named ``spoofed-wf`` or ``--workflows`` made-up ones,
 ``{}`` for anything else). Every line it receives is appended to LOG (``line <bytes>``),
 and with ``--huge`` the first request is answered with one line of BYTES bytes, written a
-MiB at a time (never held whole) until the client hangs up (``sent <bytes>`` in LOG).
+MiB at a time (never held whole) until the client hangs up (``sent <bytes>`` in LOG);
+with ``--flood`` a request other than ``ping`` is never answered: ``trace``
+notifications follow, endlessly, until the client hangs up (``sent <bytes>`` too).
 
 ``FakeFlowd`` runs it as a subprocess for the tests and the fault suite.
 """
@@ -101,6 +103,9 @@ class _Session:
         if self.args.huge:
             self.stream_huge(ident)
             return False
+        if self.args.flood and method != "ping":
+            self.flood()
+            return False
         if method == "ping":
             result = json.dumps({"pid": os.getpid(), "version": "0"}).encode()
         elif method == "ps":
@@ -113,6 +118,20 @@ class _Session:
         except OSError:
             return False
         return True
+
+    def flood(self) -> None:
+        record = {"workflow_id": SPOOFED_ID, "step": 1, "status": "running"}
+        params = {"subscription": "s1", "workflow_id": SPOOFED_ID, "record": record}
+        line = json.dumps({"jsonrpc": "2.0", "method": "trace", "params": params}) + "\n"
+        chunk = line.encode() * max(1, CHUNK // len(line))
+        sent = 0
+        try:
+            while True:
+                self.conn.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass
+        self.note(f"sent {sent}")
 
     def stream_huge(self, ident: object) -> None:
         head = b'{"jsonrpc":"2.0","id":' + json.dumps(ident).encode() + b',"result":"'
@@ -138,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uid", type=int)
     parser.add_argument("--socket-mode", type=lambda text: int(text, 8))
     parser.add_argument("--huge", type=int, default=0)
+    parser.add_argument("--flood", action="store_true")
     parser.add_argument("--workflows", type=int, default=0)
     parser.add_argument("--record-bytes", type=int, default=700)
     args = parser.parse_args(argv)
