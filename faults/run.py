@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 import corrupt
+import crafted
 import files
 import hostile
 import kills
@@ -49,6 +50,7 @@ RUNNERS: dict[str, Callable[[int, int], Figures]] = {
     "files": lambda size, seed: files.run(quick=size == 1, seed=seed),
     "startup": lambda size, seed: startup.run((20, 4)[size], seed),
     "sigterm": lambda size, seed: sigterm.run((40, 8)[size], seed),
+    "crafted": lambda size, seed: crafted.run((2000, 200)[size], seed, quick=size == 1),
 }
 CLASSES = tuple(RUNNERS)
 
