@@ -131,9 +131,21 @@ class SocketPathTaken(StartupError):
 
 
 class SocketDirUnsafe(StartupError):
-    def __init__(self, path: str, owner: int) -> None:
+    """The socket's directory fails ``check_socket_dir`` (``reason`` says how): another
+    user could answer in flowd's place there, or choose where its files land."""
+
+    def __init__(self, path: str, reason: str) -> None:
         self.path = path
-        super().__init__(f"{path}: owned by uid {owner}, not by this user; not listening there")
+        super().__init__(f"socket directory {path}: {reason}; not listening there")
+
+
+class SocketLockUnsafe(StartupError):
+    """The socket's lock file is a symbolic link or not a regular file: never followed
+    nor used."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {reason}; not using it as the socket's lock")
 
 
 class SocketUnavailable(StartupError):

@@ -2,7 +2,11 @@
 
 ``bind_socket`` creates the directory 0700 and the socket 0600, replaces a stale socket
 file and refuses to take over one a live process answers on (under a lock, so two
-flowds starting together cannot both decide it is stale). ``Server.serve`` accepts on
+flowds starting together cannot both decide it is stale). Before it creates anything
+there, the directory must pass the core's ``check_socket_dir`` (a real directory, not a
+link, flowd's own, mode 0700), as flowctl checks it before it connects; the lock file is
+opened without following a link and must be a regular file. An inherited socket
+(systemd) is not bound here, so none of this applies to it. ``Server.serve`` accepts on
 a listening socket (bound here or inherited from systemd), checks each peer's uid with
 SO_PEERCRED, and runs a reader and a writer per connection: requests are answered one
 at a time in order; responses and notifications leave through the bounded outbox.
@@ -25,11 +29,15 @@ from typing import Any, Final
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 
+from doeff_flow_core.errors import UnsafeSocketDir
+from doeff_flow_core.locations import check_socket_dir
 from doeff_flow_core.protocol import MAX_REQUEST_BYTES
+from doeff_flow_core.tracefiles.safeopen import kind_of
 from flowd.errors import (
     LineTooLong,
     SocketDirUnsafe,
     SocketInUse,
+    SocketLockUnsafe,
     SocketPathTaken,
     SocketUnavailable,
 )
@@ -53,15 +61,12 @@ def bind_socket(path: Path) -> socket.socket:
     directory = path.parent
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        owner = directory.stat().st_uid
+        check_socket_dir(directory, os.geteuid())
+    except UnsafeSocketDir as exc:
+        raise SocketDirUnsafe(str(directory), exc.reason) from None
     except OSError as exc:
         raise SocketUnavailable(str(path), exc) from None
-    if owner not in (os.getuid(), 0):
-        raise SocketDirUnsafe(str(directory), owner)
-    try:
-        lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise SocketUnavailable(str(path), exc) from None
+    lock = _open_lock(f"{path}.lock")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _clear_stale(path)
@@ -81,6 +86,23 @@ def bind_socket(path: Path) -> socket.socket:
         return sock
     finally:
         os.close(lock)  # releases the lock
+
+
+def _open_lock(path: str) -> int:
+    """The lock file, made 0600 if new; never through a link, never anything but a
+    regular file (a FIFO or device there is refused, not opened for good)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SocketLockUnsafe(path, "a symbolic link (not followed)") from None
+        raise SocketUnavailable(path, exc) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise SocketLockUnsafe(path, f"not a regular file ({kind_of(mode)})")
+    return fd
 
 
 def _clear_stale(path: Path) -> None:
