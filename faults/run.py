@@ -23,6 +23,7 @@ import hostile
 import kills
 import restarts
 import sigterm
+import spoof
 import startup
 
 # Sizes of each class: full, then quick (--quick, part of make test).
@@ -51,6 +52,7 @@ RUNNERS: dict[str, Callable[[int, int], Figures]] = {
     "startup": lambda size, seed: startup.run((20, 4)[size], seed),
     "sigterm": lambda size, seed: sigterm.run((40, 8)[size], seed),
     "crafted": lambda size, seed: crafted.run((2000, 200)[size], seed, quick=size == 1),
+    "spoof": lambda size, seed: spoof.run(quick=size == 1, seed=seed),
 }
 CLASSES = tuple(RUNNERS)
 
