@@ -41,10 +41,10 @@ PUSHED_BYTES_PER_POLL: Final = 8 << 20
 # reads (flowd sends one per new record: a few MB while it answers ``ps`` over 100,000
 # workflows). Parsed, they take about ten times that.
 KEPT_BYTES: Final = PUSHED_BYTES_PER_POLL
-# The longest line read. flowd's largest answers are ``ps`` (one summary per workflow:
-# about 50 MB at 100,000 workflows of short records, 85 MB with records of a real
-# workflow's size) and ``history`` (up to HISTORY_MAX records); 128 MiB holds those, and
-# a peer that sends more costs flowctl about that much memory, no more.
+# The longest line read. flowd's largest answer is ``ps``, one summary per workflow: at
+# 100,000 workflows 50 MB with the benchmark's records, 74 MiB with 700-byte records (a
+# short real workflow's); 128 MiB holds 100,000 summaries of up to 1,300 bytes. Parsing
+# such an answer takes flowctl ~400 MB; a peer that sends a longer line costs it ~150 MB.
 MAX_LINE: Final = 128 << 20
 
 Message = dict[str, Any]
