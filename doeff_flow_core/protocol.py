@@ -24,6 +24,7 @@ WATCH: Final = "watch"
 UNWATCH: Final = "unwatch"
 ROOTS_LIST: Final = "roots.list"
 ROOTS_ADD: Final = "roots.add"
+ROOTS_REMOVE: Final = "roots.remove"
 STATS: Final = "stats"
 TRACE_NOTIFICATION: Final = "trace"
 
@@ -37,11 +38,21 @@ UNKNOWN_WORKFLOW: Final = -32001
 UNKNOWN_SUBSCRIPTION: Final = -32002
 NOT_A_DIRECTORY: Final = -32003
 TRACE_UNREADABLE: Final = -32004
+TOO_MANY_WATCHES: Final = -32005  # ``watch`` past MAX_WATCHES or MAX_WATCHES_TOTAL
+ROOT_REFUSED: Final = -32006  # ``roots.add``: a system directory, or another user's
+UNKNOWN_ROOT: Final = -32007  # ``roots.remove``: not a root, registered or added
 
 # Limits.
 MAX_REQUEST_BYTES: Final = 1024 * 1024  # a request line, newline excluded
 HISTORY_DEFAULT: Final = 10  # ``history``'s ``last`` when not given
 HISTORY_MAX: Final = 10000  # ``history``'s ``last`` at most
+# Subscriptions one connection may hold at once (a dashboard needs one; ``watch`` with
+# no workflow_id covers every workflow), and all connections together. Each costs flowd
+# memory (about 300 bytes, more for one that is behind) until ``unwatch`` or the
+# connection closes, so no client, nor many at once, can grow flowd without bound; past
+# either, ``watch`` is TOO_MANY_WATCHES, answered before anything is made for it.
+MAX_WATCHES: Final = 1000
+MAX_WATCHES_TOTAL: Final = 10000
 
 # A workflow summary (``ps``'s items, ``get``'s result): these members, in this order.
 # ``record`` is the latest record as stored (or null); ``status`` its effective status

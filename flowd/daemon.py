@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Final
 
 import anyio
@@ -25,6 +26,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from doeff_flow_core.ids import is_workflow_id
+from doeff_flow_core.registry import ADDED_ROOTS, forget_missing, system_refusal
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, part_number
 from doeff_flow_core.tracefiles.safeopen import Directory
 from flowd.discovery import (
@@ -33,6 +35,8 @@ from flowd.discovery import (
     REGISTRY_POLL,
     RPC,
     RegistryWatch,
+    forget_root,
+    refusal,
     remember_root,
     remembered_roots,
     root_path,
@@ -94,6 +98,17 @@ IDLE_SLICE: Final = 2000  # idle workflows a root's check looks at (all, in turn
 Target = Root | Entry
 
 
+@dataclass(frozen=True)
+class Forgotten:
+    """A root ``roots.remove`` dropped: how it was a root (None: it was only listed, not
+    indexed), the workflows that left the index with it, and the lists it left."""
+
+    path: str
+    origin: str | None
+    workflows: int
+    lists: tuple[str, ...]
+
+
 def read_batch(jobs: list[Job], reads: list[Read]) -> None:
     """Do jobs in turn (in a worker thread) until READ_SLICE has passed; the ones left
     over are the caller's to queue again. Each read is bounded on its own; each root is
@@ -126,6 +141,7 @@ class Daemon:
         self.started = time.monotonic()
         self._arguments = [root_path(path) for path in roots]
         self._registry = RegistryWatch()
+        self._refused: set[str] = set()  # registered paths refused (warned once)
         self._schedule = Schedule()
         self._dirty: dict[Entry, None] = {}
         self._reads: dict[Entry, str] = {}  # entries to read, and how
@@ -152,12 +168,36 @@ class Daemon:
 
     async def load(self) -> None:
         """Index every root given, registered and added before (before flowd reports
-        ready)."""
+        ready). Registered directories that no longer exist are forgotten first, and
+        added roots that may not be roots (a system directory, another user's, added by
+        an older flowd) are dropped from the list."""
+        try:
+            gone = await anyio.to_thread.run_sync(forget_missing)
+        except OSError as exc:
+            log.warning("registry: cannot forget directories that are gone: %s", exc)
+        else:
+            if gone:
+                log.info("registry: forgot %d directories that no longer exist", len(gone))
         for path in self._arguments:
             await self.add_root(path, ARGUMENT)
         await self._check_registry()
-        for path in remembered_roots():
-            await self.add_root(root_path(path), RPC)
+        refused: dict[str, str] = {}
+        for added in remembered_roots():
+            path = root_path(added)
+            try:
+                reason = refusal(path) if os.path.isdir(path) else system_refusal(path)
+            except OSError:
+                reason = None
+            if reason is not None:
+                refused[added] = reason
+                log.warning("root %s (rpc): %s; forgotten", path, reason)
+                continue
+            await self.add_root(path, RPC)
+        if refused:
+            try:
+                await anyio.to_thread.run_sync(ADDED_ROOTS.remove, refused.__contains__)
+            except OSError as exc:
+                log.warning("%s: cannot drop refused roots: %s", ADDED_ROOTS.path, exc)
 
     async def add_rpc_root(self, path: str) -> bool:
         """``roots.add``: index a root and remember it for the next start."""
@@ -165,6 +205,20 @@ class Daemon:
         if not remember_root(path):
             log.warning("root %s: could not be remembered for the next start", path)
         return added
+
+    async def forget_rpc_root(self, path: str) -> Forgotten | None:
+        """``roots.remove``: stop indexing a root and drop it from the lists that would
+        bring it back at the next start; None when it is neither a root nor listed.
+        OSError (and nothing dropped from the index) when a list cannot be rewritten."""
+        root = self.index.roots.get(path)
+        origin = None if root is None else root.origin
+        workflows = 0 if root is None else len(root.entries)
+        # the lists first: the registry's watch, meanwhile, then finds it gone itself
+        lists = await anyio.to_thread.run_sync(forget_root, path)
+        if root is None and not lists:
+            return None
+        self.remove_root(path)
+        return Forgotten(path, origin, workflows, tuple(lists))
 
     async def add_root(self, path: str, origin: str) -> bool:
         """Index a new root; False when it is one already."""
@@ -191,6 +245,12 @@ class Daemon:
         if registered is None:
             return
         for path in registered:
+            reason = system_refusal(path)
+            if reason is not None:
+                if path not in self._refused:
+                    self._refused.add(path)
+                    log.warning("registered %s: %s; not indexed", path, reason)
+                continue
             await self.add_root(path, REGISTRY)
         gone = [
             root.path
@@ -519,6 +579,7 @@ class Daemon:
         """Keep the index current, forever."""
         async with anyio.create_task_group() as group:
             group.start_soon(self._registry_loop)
+            group.start_soon(self.hub.run)
             await self._change_loop()
 
     async def _registry_loop(self) -> None:

@@ -7,8 +7,12 @@ REGISTRY_POLL seconds), so a workflow started from any directory is indexed with
 a second or so with no configuration.
 
 Roots added with ``roots.add`` are kept in ``$XDG_STATE_HOME/doeff-flow/flowd-roots`` (one
-absolute path per line, rewritten whole and renamed into place) and added again when
-flowd starts, so a restart forgets none of them.
+absolute path per line) and added again when flowd starts, so a restart forgets none of
+them. ``roots.remove`` drops a root from both lists, so it does not come back either. Both
+lists are the core's (``doeff_flow_core.registry``: opened safely, changed under a lock).
+
+``refusal`` says which directories are never roots: ``/``, ``/proc``, ``/sys``, ``/dev``
+and anything under them, and a directory of another user.
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from doeff_flow_core.locations import state_dir
-from doeff_flow_core.registry import registered_trace_dirs, registry_path
+from doeff_flow_core.registry import (
+    ADDED_ROOTS,
+    owner_refusal,
+    registered_trace_dirs,
+    registry_path,
+    system_refusal,
+)
+from doeff_flow_core.registry import REGISTRY as TRACE_DIRS
 
 ARGUMENT: Final = "argument"
 REGISTRY: Final = "registry"
 RPC: Final = "rpc"
 
 REGISTRY_POLL: Final = 0.5
-ROOTS_FILE: Final = "flowd-roots"
 
 
 def root_path(path: str | os.PathLike[str]) -> str:
@@ -59,35 +68,34 @@ class RegistryWatch:
 
 
 def remembered_roots_path() -> str:
-    return str(state_dir() / ROOTS_FILE)
+    return str(ADDED_ROOTS.path)
 
 
 def remembered_roots() -> list[str]:
-    """The roots added with ``roots.add`` before (none if the file cannot be read)."""
-    try:
-        with open(remembered_roots_path(), encoding="utf-8", errors="replace") as handle:
-            text = handle.read(1024 * 1024)
-    except OSError:
-        return []
-    found = (line for line in text.split("\n") if line.startswith("/") and "\0" not in line)
-    return list(dict.fromkeys(found))
+    """The roots added with ``roots.add`` before (none if the list cannot be read)."""
+    return ADDED_ROOTS.read()
 
 
 def remember_root(path: str) -> bool:
     """Add ``path`` to the remembered roots; False (and nothing changed) on failure."""
-    known = remembered_roots()
-    if path in known or "\n" in path:
-        return path in known
-    target = remembered_roots_path()
-    temporary = f"{target}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, "".join(f"{root}\n" for root in [*known, path]).encode())
-        finally:
-            os.close(fd)
-        os.replace(temporary, target)
-    except OSError:
+        ADDED_ROOTS.add(path)
+    except (OSError, ValueError):
         return False
     return True
+
+
+def forget_root(path: str) -> list[str]:
+    """Drop ``path`` from every list that brings it back when flowd starts (the added
+    roots, the writers' registry); the lists' names it was dropped from. OSError when
+    one cannot be rewritten."""
+    dropped = []
+    for paths in (ADDED_ROOTS, TRACE_DIRS):
+        if paths.remove(lambda entry: root_path(entry) == path):
+            dropped.append(paths.name)
+    return dropped
+
+
+def refusal(path: str) -> str | None:
+    """Why ``path`` (a root's name, an existing directory) may not be added, or None."""
+    return system_refusal(path) or owner_refusal(path, os.geteuid())

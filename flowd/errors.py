@@ -15,7 +15,10 @@ from doeff_flow_core.protocol import (
     METHOD_NOT_FOUND,
     NOT_A_DIRECTORY,
     PARSE_ERROR,
+    ROOT_REFUSED,
+    TOO_MANY_WATCHES,
     TRACE_UNREADABLE,
+    UNKNOWN_ROOT,
     UNKNOWN_SUBSCRIPTION,
     UNKNOWN_WORKFLOW,
 )
@@ -114,6 +117,49 @@ class TraceUnreadable(RpcError):
         )
 
 
+class TooManyWatches(RpcError):
+    """A ``watch`` past a limit (``scope``: the connection's, or flowd's across all
+    connections): refused before anything is made for it."""
+
+    code = TOO_MANY_WATCHES
+    CONNECTION: ClassVar[str] = "connection"
+    FLOWD: ClassVar[str] = "flowd"
+
+    def __init__(self, limit: int, scope: str) -> None:
+        where = "on this connection" if scope == self.CONNECTION else "open in flowd"
+        super().__init__(
+            f"too many watches {where} (at most {limit}); unwatch some first",
+            {"limit": limit, "scope": scope},
+        )
+
+
+class RootRefused(RpcError):
+    """``roots.add`` of a directory flowd will not index; ``reason`` says why, in words
+    the message repeats."""
+
+    code = ROOT_REFUSED
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: refused: {reason}", {"path": path, "reason": reason})
+
+
+class UnknownRoot(RpcError):
+    code = UNKNOWN_ROOT
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: not a root (not given, registered nor added)", {"path": path})
+
+
+class RootsUnwritable(RpcError):
+    """``roots.remove``: a list that would bring the root back cannot be rewritten; the
+    root is still indexed."""
+
+    code = INTERNAL_ERROR
+
+    def __init__(self, path: str, error: OSError) -> None:
+        super().__init__(f"{path}: not removed: {error.strerror or error}", {"path": path})
+
+
 class StartupError(Exception):
     """The daemon cannot start; reported as one line on stderr."""
 
@@ -200,3 +246,32 @@ class SweepFailed(Exception):
     def __init__(self, path: str, error: Exception) -> None:
         self.error = error
         super().__init__(f"{path}: {type(error).__name__}: {error}")
+
+
+class UnitsError(Exception):
+    """``flowd install-units`` cannot write the units; reported as one line on stderr."""
+
+
+class UnitExists(UnitsError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: exists with other text; not replacing it without --force")
+
+
+class UnitUnwritable(UnitsError):
+    def __init__(self, path: str, error: OSError) -> None:
+        self.path = path
+        super().__init__(f"{path}: cannot write: {error.strerror or error}")
+
+
+class UnitPathUnusable(UnitsError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path!r} {reason}: a unit file cannot name it")
+
+
+class UnitProgramUnsafe(UnitsError):
+    def __init__(self, program: str, problem: str) -> None:
+        super().__init__(
+            f"--system: {program} would run for every user, but {problem}; "
+            "install flowd where only root can change it, or use --user"
+        )

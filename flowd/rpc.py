@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -28,19 +29,23 @@ from doeff_flow_core.protocol import (
     HISTORY_MAX,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    MAX_WATCHES,
+    MAX_WATCHES_TOTAL,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     PING,
     PS,
     ROOTS_ADD,
     ROOTS_LIST,
+    ROOTS_REMOVE,
     STATS,
     UNWATCH,
     WATCH,
 )
 from doeff_flow_core.records import ALL_STATUSES
+from doeff_flow_core.registry import system_refusal
 from flowd.daemon import Daemon
-from flowd.discovery import root_path
+from flowd.discovery import refusal, root_path
 from flowd.errors import (
     InternalError,
     InvalidParams,
@@ -48,8 +53,12 @@ from flowd.errors import (
     MethodNotFound,
     NotADirectory,
     ParseError,
+    RootRefused,
+    RootsUnwritable,
     RpcError,
+    TooManyWatches,
     TraceUnreadable,
+    UnknownRoot,
     UnknownSubscription,
     UnknownWorkflow,
 )
@@ -163,6 +172,7 @@ class RpcInterface:
         self._daemon = daemon
         self._otlp = otlp
         self._subscriptions = 0
+        self._capped: weakref.WeakSet[Client] = weakref.WeakSet()  # warned of the limit
         self._methods: dict[str, Method] = {
             PING: self.ping,
             PS: self.ps,
@@ -172,6 +182,7 @@ class RpcInterface:
             UNWATCH: self.unwatch,
             ROOTS_LIST: self.roots_list,
             ROOTS_ADD: self.roots_add,
+            ROOTS_REMOVE: self.roots_remove,
             STATS: self.stats,
         }
 
@@ -278,6 +289,13 @@ class RpcInterface:
         }
 
     async def watch(self, call: RpcCall) -> Any:
+        # refused before anything is made for it
+        if len(call.client.subscriptions) >= MAX_WATCHES:
+            self._over_cap(call.client, MAX_WATCHES, TooManyWatches.CONNECTION)
+            raise TooManyWatches(MAX_WATCHES, TooManyWatches.CONNECTION)
+        if self._daemon.hub.live >= MAX_WATCHES_TOTAL:
+            self._over_cap(call.client, MAX_WATCHES_TOTAL, TooManyWatches.FLOWD)
+            raise TooManyWatches(MAX_WATCHES_TOTAL, TooManyWatches.FLOWD)
         params = Params(call, "workflow_id", "root", "after")
         workflow_id = params.workflow_id(required=False)
         root = params.path("root", required=False)
@@ -291,6 +309,12 @@ class RpcInterface:
         call.then.append(lambda: self._daemon.hub.start(sub))
         return {"subscription": ident}
 
+    def _over_cap(self, client: Client, limit: int, scope: str) -> None:
+        """One warning per connection refused (a flood logs one line)."""
+        if client not in self._capped:
+            self._capped.add(client)
+            log.warning("%s: %d watches open (%s); refusing more", client.name, limit, scope)
+
     async def unwatch(self, call: RpcCall) -> Any:
         ident = Params(call, "subscription").subscription()
         sub = call.client.subscriptions.pop(ident, None)
@@ -300,22 +324,69 @@ class RpcInterface:
         return {"unwatched": True}
 
     async def roots_list(self, call: RpcCall) -> Any:
+        """``{"roots": [{"path", "origin", "workflows", "exists", "watch"}]}``: ``exists``
+        whether the directory is there now (a missing one is looked for every few
+        seconds), ``watch`` how changes are noticed (``inotify`` or ``poll``)."""
         Params(call)
         return {
             "roots": [
-                {"path": root.path, "origin": root.origin, "workflows": len(root.entries)}
+                {
+                    "path": root.path,
+                    "origin": root.origin,
+                    "workflows": len(root.entries),
+                    "exists": root.present,
+                    "watch": "inotify" if root.track.watch >= 0 else "poll",
+                }
                 for root in self._daemon.index.roots.values()
             ]
         }
 
     async def roots_add(self, call: RpcCall) -> Any:
+        """``path`` (an absolute directory) indexed and remembered for the next start:
+        ``{"path", "added", "workflows"}`` (``added`` false when it was a root already).
+        Refused (``ROOT_REFUSED``, ``data.reason``): ``/``, ``/proc``, ``/sys``, ``/dev``
+        and anything under them, and a directory flowd's user does not own."""
         path = Params(call, "path").path("path", required=True)
         assert path is not None
+        reason = system_refusal(path)
+        if reason is not None:
+            raise RootRefused(path, reason)
         if not os.path.isdir(path):
             detail = "not a directory" if os.path.exists(path) else "no such directory"
             raise NotADirectory(path, detail)
+        try:
+            reason = refusal(path)
+        except OSError as exc:
+            raise NotADirectory(path, exc.strerror or str(exc)) from None
+        if reason is not None:
+            raise RootRefused(path, reason)
         added = await self._daemon.add_rpc_root(path)
-        return {"path": path, "added": added}
+        root = self._daemon.index.roots.get(path)
+        return {"path": path, "added": added, "workflows": 0 if root is None else len(root.entries)}
+
+    async def roots_remove(self, call: RpcCall) -> Any:
+        """``path``: a root (given with ``--root``, registered, or added) no longer indexed
+        (its workflows leave the index and lose their watches) and dropped from the lists
+        that bring it back at the next start (``flowd-roots``, ``trace-dirs``; a
+        ``--root`` comes back with its argument). ``{"path", "removed": true, "origin",
+        "workflows", "lists"}``: ``origin`` as ``roots.list`` said it (null: only listed),
+        ``workflows`` those dropped, ``lists`` the lists it left. ``UNKNOWN_ROOT`` when it
+        is neither indexed nor listed."""
+        path = Params(call, "path").path("path", required=True)
+        assert path is not None
+        try:
+            forgotten = await self._daemon.forget_rpc_root(path)
+        except OSError as exc:
+            raise RootsUnwritable(path, exc) from None
+        if forgotten is None:
+            raise UnknownRoot(path)
+        return {
+            "path": path,
+            "removed": True,
+            "origin": forgotten.origin,
+            "workflows": forgotten.workflows,
+            "lists": list(forgotten.lists),
+        }
 
     async def stats(self, call: RpcCall) -> Any:
         Params(call)

@@ -16,18 +16,27 @@ until then) or on every workflow. Records reach it two ways:
 A pump's place is a ``Position`` in the chain of files (the file's identity and an
 offset), so a rotation while a client is behind is followed through the rotated parts
 (``read_on``), and a resumed watch finds its step in them too (``resume_position``).
+
+Memory: a connection holds at most ``protocol.MAX_WATCHES`` subscriptions (``watch``
+refuses more before making anything). A subscription waiting for an id is small (no
+backlog, no notification prefix until it needs them; one table entry per id), and
+``stop`` leaves nothing behind: no reference to its connection, no empty table entry.
+Once many have been stopped, ``Hub.run`` runs a full collection, which also empties the
+interpreter's free lists: what a flood of watches took goes back to the system instead
+of staying pinned in half-empty arenas.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.to_thread
 
 from doeff_flow_core.tracefiles.cursor import Position
+from flowd import memory
 from flowd.index import Entry, Index, Key, Update, oldest, read_range, resume_position
 from flowd.jsonrpc import trace_body, trace_prefix
 from flowd.outbox import Outbox
@@ -38,8 +47,11 @@ log = logging.getLogger("flowd")
 READ_BATCH_BYTES: Final = 256 * 1024  # read from a file per pump step
 RETRY_DELAY: Final = 0.05
 RETRIES: Final = 40
+# Stopped subscriptions after which a full collection gives their memory back, and how
+# long after the last stop it runs (the connections that held them are gone by then).
+RELEASED_COLLECT: Final = 1000
+COLLECT_DELAY: Final = 0.2
 
-K = TypeVar("K")
 After = tuple[str | None, int]  # (run, step) the client saw last
 
 
@@ -76,14 +88,33 @@ class Backlog:
         return cursor
 
 
+class _Detached:
+    """The subscriber of a stopped subscription: it holds no connection alive (a
+    connection and its subscriptions would otherwise form a cycle, freed only by a
+    full collection). Nothing is sent through it: a stopped subscription sends nothing."""
+
+    @property
+    def outbox(self) -> Outbox:
+        raise RuntimeError("a stopped subscription has no connection")
+
+    def spawn(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        raise RuntimeError("a stopped subscription has no connection")
+
+
+DETACHED: Final = _Detached()
+# Every subscription's backlog until it has one: shared, never written (``queue`` gives
+# a subscription its own dict first).
+NO_BACKLOG: Final[dict[Key, Backlog]] = {}
+
+
 class Subscription:
     __slots__ = (
+        "_prefix",
         "after",
         "backlog",
         "closed",
         "id",
         "key",
-        "prefix",
         "pumping",
         "root",
         "subscriber",
@@ -104,10 +135,23 @@ class Subscription:
         self.root = root  # None: any root
         self.after = after
         self.key: Key | None = None  # the workflow it is bound to
-        self.backlog: dict[Key, Backlog] = {}
+        self.backlog = NO_BACKLOG
         self.pumping = False
         self.closed = False
-        self.prefix = trace_prefix(ident)
+        self._prefix: bytes | None = None
+
+    @property
+    def prefix(self) -> bytes:
+        """The start of its notifications (made when the first one is sent)."""
+        if self._prefix is None:
+            self._prefix = trace_prefix(self.id)
+        return self._prefix
+
+    def queue(self, key: Key, cursor: Backlog) -> None:
+        """Leave ``key``'s records to the pump, from ``cursor``."""
+        if self.backlog is NO_BACKLOG:
+            self.backlog = {}
+        self.backlog[key] = cursor
 
     def matches_root(self, entry: Entry) -> bool:
         return self.root is None or self.root == entry.root
@@ -122,36 +166,93 @@ def bodies_of(entry: Entry, lines: Iterable[StoredRecord]) -> list[bytes]:
     return [trace_body(entry.workflow_id, entry.root, line.raw) for line in lines]
 
 
+Waiting = Subscription | set[Subscription]  # one subscription on an id, or several
+
+
 class Hub:
     def __init__(self, index: Index) -> None:
         self._index = index
         self._bound: dict[Key, set[Subscription]] = {}
-        self._pending: dict[str, set[Subscription]] = {}
+        self._pending: dict[str, Waiting] = {}  # by workflow id: a set only when shared
         self._everything: set[Subscription] = set()
+        self.live = 0  # subscriptions started and not stopped
+        self._released = 0  # stopped since the last collection
+        self._collect: anyio.Event | None = None  # set: collect soon (``run``)
+
+    @property
+    def waiting(self) -> int:
+        """Workflow ids that subscriptions wait for (none is indexed yet)."""
+        return len(self._pending)
+
+    async def run(self) -> None:
+        """Give the memory of stopped subscriptions back, once many were stopped and
+        no more have been for COLLECT_DELAY (their connections are gone by then)."""
+        while True:
+            self._collect = anyio.Event()
+            await self._collect.wait()
+            while True:
+                released = self._released
+                await anyio.sleep(COLLECT_DELAY)
+                if self._released == released:
+                    break
+            self._released = 0
+            memory.release()
 
     def start(self, sub: Subscription) -> None:
         """Begin sending: call right after the ``watch`` response is queued."""
+        self.live += 1
         if sub.workflow_id is None:
             self._everything.add(sub)
             for entry in self._index.entries():
                 if sub.matches_root(entry):
-                    sub.backlog[entry.key] = Backlog.at_latest(entry)
+                    sub.queue(entry.key, Backlog.at_latest(entry))
             self._pump(sub)
             return
         found = self._index.resolve(sub.workflow_id, sub.root)
         if found is None:
-            self._pending.setdefault(sub.workflow_id, set()).add(sub)
+            self._wait(sub.workflow_id, sub)
         else:
             self._bind(sub, found, None)
 
     def stop(self, sub: Subscription) -> None:
+        if sub.closed:
+            return
+        self.live -= 1
         sub.closed = True
-        sub.backlog.clear()
+        sub.backlog = NO_BACKLOG
+        sub.subscriber = DETACHED
         self._everything.discard(sub)
         if sub.key is not None:
-            _discard(self._bound, sub.key, sub)
-        if sub.workflow_id is not None:
-            _discard(self._pending, sub.workflow_id, sub)
+            subs = self._bound.get(sub.key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._bound[sub.key]
+        elif sub.workflow_id is not None:
+            self._unwait(sub.workflow_id, sub)
+        self._released += 1
+        if self._released >= RELEASED_COLLECT and self._collect is not None:
+            self._collect.set()
+
+    def _wait(self, workflow_id: str, sub: Subscription) -> None:
+        waiting = self._pending.get(workflow_id)
+        if waiting is None:
+            self._pending[workflow_id] = sub
+        elif isinstance(waiting, set):
+            waiting.add(sub)
+        else:
+            self._pending[workflow_id] = {waiting, sub}
+
+    def _unwait(self, workflow_id: str, sub: Subscription) -> None:
+        waiting = self._pending.get(workflow_id)
+        if waiting is sub:
+            del self._pending[workflow_id]
+        elif isinstance(waiting, set):
+            waiting.discard(sub)
+            if not waiting:
+                del self._pending[workflow_id]
+        if not self._pending:
+            self._pending.clear()  # frees the table: one that held many ids would stay
 
     def publish(self, update: Update) -> None:
         entry = update.entry
@@ -167,12 +268,11 @@ class Hub:
                     bodies = bodies_of(entry, update.lines)
                 self._deliver(sub, entry, update.lines, bodies)
         waiting = self._pending.get(entry.workflow_id)
-        if waiting:
-            for sub in [sub for sub in waiting if sub.matches_root(entry)]:
-                waiting.discard(sub)
+        if waiting is not None:
+            subs = waiting if isinstance(waiting, set) else {waiting}
+            for sub in [sub for sub in subs if sub.matches_root(entry)]:
+                self._unwait(entry.workflow_id, sub)
                 self._bind(sub, entry, update)
-            if not waiting:
-                del self._pending[entry.workflow_id]
 
     def _deliver(
         self,
@@ -194,8 +294,9 @@ class Hub:
 
     def _defer(self, sub: Subscription, entry: Entry, position: Position | None) -> None:
         """Leave a workflow's records from ``position`` (None: its latest) to the pump."""
-        sub.backlog[entry.key] = (
-            Backlog(entry, position) if position is not None else Backlog.at_latest(entry)
+        sub.queue(
+            entry.key,
+            Backlog(entry, position) if position is not None else Backlog.at_latest(entry),
         )
         self._pump(sub)
 
@@ -206,7 +307,7 @@ class Hub:
             lines = update.lines if sub.after is None else resume_from(update.lines, *sub.after)
             self._deliver(sub, entry, lines)
         elif sub.after is not None:
-            sub.backlog[entry.key] = Backlog(entry, after=sub.after)
+            sub.queue(entry.key, Backlog(entry, after=sub.after))
             self._pump(sub)
         else:  # its latest record (from its start, if it is new but big)
             self._defer(
@@ -299,11 +400,3 @@ class Hub:
         records, cursor.position = found
         sub.send(bodies_of(entry, records))
         return False
-
-
-def _discard(table: dict[K, set[Subscription]], key: K, sub: Subscription) -> None:
-    subs = table.get(key)
-    if subs is not None:
-        subs.discard(sub)
-        if not subs:
-            del table[key]

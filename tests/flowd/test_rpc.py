@@ -267,10 +267,17 @@ def test_roots_list_and_add(tmp_path: Path, world: World, client: Client) -> Non
     before = {root["path"]: root for root in client.call("roots.list")["roots"]}
     assert before[os.path.realpath(world.root)]["origin"] == "registry"
     assert str(other) not in before
-    assert client.call("roots.add", path=str(other)) == {"path": str(other), "added": True}
-    assert client.call("roots.add", path=str(other) + "/") == {"path": str(other), "added": False}
+    added = {"path": str(other), "added": True, "workflows": 1}
+    assert client.call("roots.add", path=str(other)) == added
+    assert client.call("roots.add", path=str(other) + "/") == {**added, "added": False}
     after = {root["path"]: root for root in client.call("roots.list")["roots"]}
-    assert after[str(other)] == {"path": str(other), "origin": "rpc", "workflows": 1}
+    assert after[str(other)] == {
+        "path": str(other),
+        "origin": "rpc",
+        "workflows": 1,
+        "exists": True,
+        "watch": "inotify",
+    }
     summary = client.call("get", workflow_id="wf-other")
     assert summary["root"] == str(other)
     assert summary["status"] == "completed"

@@ -405,7 +405,15 @@ def test_a_root_that_appears_later_is_indexed(world: World) -> None:
     state = world.base / "later-state"
     with flowd("--root", later, "--watcher", world.watcher, state=state) as daemon:
         roots = daemon.client().call("roots.list")["roots"]
-        assert roots == [{"path": str(later), "origin": "argument", "workflows": 0}]
+        assert roots == [
+            {
+                "path": str(later),
+                "origin": "argument",
+                "workflows": 0,
+                "exists": False,
+                "watch": "poll",  # looked for until it appears
+            }
+        ]
         # written with yet another registry: only the --root can lead flowd there
         run_workflow_to_end(later, "wf-later", 1, env={"XDG_STATE_HOME": str(world.base / "x")})
         with daemon.client() as client:
