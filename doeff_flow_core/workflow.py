@@ -137,15 +137,15 @@ def run_workflow(
         capture_args=capture_args,
         trace_mode=trace_mode,
     )
-    try:
-        traced = tracer.instrument(program, handlers)
-        with sigterm_recorded(tracer):
+    with sigterm_recorded(tracer):  # until the terminal record is written
+        try:
+            traced = tracer.instrument(program, handlers)
             value = doeff.run(scheduled(doeff.with_handlers(runtime, traced)))
-    except Exception as exc:
-        tracer.close(exc)
-        return WorkflowResult(workflow_id, None, exc, tracer.path, tracer.run_id)
-    except BaseException as exc:
-        tracer.close(exc)
-        raise
-    tracer.close()
+        except Exception as exc:
+            tracer.close(exc)
+            return WorkflowResult(workflow_id, None, exc, tracer.path, tracer.run_id)
+        except BaseException as exc:
+            tracer.close(exc)
+            raise
+        tracer.close()
     return WorkflowResult(workflow_id, value, None, tracer.path, tracer.run_id)

@@ -34,10 +34,8 @@ class Flusher:
         """Flush now rather than at the next interval."""
         self._wake.set()
 
-    def stop(self, *, wait: bool = True) -> None:
-        """Stop after the flush under way, if any; ``wait=False`` does not wait for it
-        (from a signal handler: that flush may wait for a lock the interrupted code holds)."""
+    def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if wait and self._thread.is_alive() and self._thread is not threading.current_thread():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()

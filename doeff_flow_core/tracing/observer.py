@@ -222,6 +222,8 @@ class TraceObserver:
         batches = outbox[:count]
         del outbox[:count]
         for text in batches:
+            if self._ended:  # terminated meanwhile, without this lock
+                return
             # The write releases the GIL: the workflow runs on meanwhile.
             self._file.write(text)
             self._last_written = text
@@ -299,31 +301,38 @@ class TraceObserver:
         if self._outcome is None and error is not None:
             self.record_failure(error)
         if self._outcome is not None:
-            status, result, message, frames = self._outcome
-            with self._lock:
-                line = self._encoder.terminal(
-                    status, time.time(), result=result, error=message, frames=frames
-                )
-            with self._write_lock:
-                if not self._ended:
-                    self._ended = True
-                    self._file.write(line)
+            self._end(self._terminal(*self._outcome))
         self._file.close()
+
+    def _terminal(
+        self, status: str, result: str | None, error: str | None, frames: list[Frame]
+    ) -> str:
+        with self._lock:
+            return self._encoder.terminal(
+                status, time.time(), result=result, error=error, frames=frames
+            )
+
+    def _end(self, line: str) -> None:
+        with self._write_lock:
+            if not self._ended:
+                self._ended = True
+                self._file.write(line)
 
     def terminate(self, error: str, frame: FrameType | None = None) -> None:
         """Record that the process is being ended (from a signal handler on the main
         thread, ``frame`` the one it interrupted): what is buffered, then a ``failed``
         record with ``error`` and the stack of the latest record (its innermost line
-        where ``frame`` shows it). The flusher is stopped, not joined; a lock the
-        interrupted code holds is not waited for, one the flusher holds only briefly."""
+        where ``frame`` shows it). Nothing here may wait for what the interrupted code
+        holds: a lock it may hold is only tried, one the flusher holds is waited for
+        briefly, and the flusher is left alone (setting its events takes their locks);
+        its flushes find the trace ended and write nothing."""
         if self._ended:
             return
         self._closed = True
-        self._flusher.stop(wait=False)
-        # A lock the interrupted code is inside is not waited for: it would never come.
+        # A lock the interrupted code may hold is only tried: waiting, it would never come.
         inside = _methods_running(frame, self)
-        encoding = _take(self._lock, wait=not inside & {"_encode", "_claim_earlier", "close"})
-        writing = _take(self._write_lock, wait=not inside & {"_write_outbox", "close"})
+        encoding = _take(self._lock, wait=not inside & _ENCODING)
+        writing = _take(self._write_lock, wait=not inside & _WRITING)
         try:
             if self._ended:
                 return
@@ -340,6 +349,11 @@ class TraceObserver:
                 self._write_lock.release()
             if encoding:
                 self._lock.release()
+
+
+# The methods that hold the encoding lock and the write lock (or are about to).
+_ENCODING = frozenset({"encode_buffered", "_encode", "_claim_earlier", "_terminal"})
+_WRITING = frozenset({"flush", "_write_outbox", "_end"})
 
 
 def _take(lock: threading.Lock, *, wait: bool) -> bool:
@@ -420,10 +434,10 @@ def trace_observer(
         capture_args=capture_args,
         trace_mode=trace_mode,
     )
-    try:
-        with sigterm_recorded(tracer):
+    with sigterm_recorded(tracer):  # until the terminal record is written
+        try:
             yield tracer.observe
-    except BaseException as exc:
-        tracer.close(exc)
-        raise
-    tracer.close()
+        except BaseException as exc:
+            tracer.close(exc)
+            raise
+        tracer.close()

@@ -18,9 +18,9 @@ or Rust that never returns to Python delays it until that call returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,10 +75,19 @@ def _leave(run: Terminable) -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    for run in reversed(_runs):
-        try:
-            run.terminate(TERMINATED, frame)
-        except Exception as exc:  # the process ends whatever the trace can hold
-            print(f"doeff-flow: could not record SIGTERM in {run.path}: {exc}", file=sys.stderr)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    # This runs between two bytecodes of whatever the main thread was doing: nothing here
+    # takes a lock that code may hold (sys.stderr's included: os.write, not print).
+    try:
+        for run in reversed(_runs):
+            try:
+                run.terminate(TERMINATED, frame)
+            except Exception as exc:
+                _say(f"doeff-flow: could not record SIGTERM in {run.path}: {exc}\n")
+    finally:  # the process ends whatever the trace could hold
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode("utf-8", "backslashreplace"))

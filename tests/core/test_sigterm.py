@@ -23,6 +23,8 @@ from doeff import Put, do, with_handlers
 from doeff_core_effects.scheduler import scheduled
 
 from doeff_flow_core import run_workflow, trace_observer
+from doeff_flow_core.tracing.observer import TraceObserver
+from doeff_flow_core.tracing.routing import _task_routing
 from doeff_flow_core.workflow import standard_handlers
 from tests.support.flowctl import flowctl_command
 from tests.support.procs import python_env, wait_until
@@ -41,6 +43,8 @@ import doeff
 from doeff import Await, EffectBase, Get, Put, Resume, do, handler, slog, with_handlers
 from doeff_core_effects.scheduler import scheduled
 from doeff_flow_core import run_workflow, trace_observer
+from doeff_flow_core.tracing.observer import TraceObserver
+from doeff_flow_core.tracing.routing import _task_routing
 from doeff_flow_core.workflow import standard_handlers
 
 MODE = os.environ.get("SIGFLOW_MODE", "await")
@@ -268,3 +272,27 @@ def test_an_installed_handler_is_kept_and_a_thread_changes_nothing(
     worker.join()
     assert seen[-1] is signal.SIG_DFL  # only the main thread may set handlers
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_terminating_waits_for_nothing_the_interrupted_code_holds(tmp_path: Path) -> None:
+    # The signal may come while the main thread sets the flusher's events (close does)
+    # or holds the tracer's own locks: the record is written all the same, promptly.
+    tracer = TraceObserver("wf-held", tmp_path)
+    done = threading.Event()
+
+    def terminate() -> None:
+        tracer.terminate("Terminated: SIGTERM")
+        done.set()
+
+    try:
+        with tracer._flusher._stop._cond, tracer._lock:  # what Event.set and encoding hold
+            started = time.monotonic()
+            threading.Thread(target=terminate, daemon=True).start()
+            assert done.wait(5), "terminate waited for a lock it can never have"
+            took = time.monotonic() - started
+    finally:
+        tracer._flusher.stop()
+        _task_routing.detach(tracer)
+    assert took < 2
+    last = records(tmp_path / "wf-held" / "trace.jsonl")[-1]
+    assert (last["status"], last["error"]) == ("failed", "Terminated: SIGTERM")
