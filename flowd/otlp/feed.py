@@ -10,11 +10,14 @@ root added) comes as its latest record only; when that record says the run is st
 going, the run's open calls are rebuilt by replaying its records from the file
 (``rebuild``, in a worker thread: ``request`` asks for it), so the spans that end later
 have their true start times and the ids ``flowctl export`` gives them, and the spans that
-ended before are not emitted. Records read meanwhile wait for the rebuild (past
-MAX_WAITING the oldest are let go: the rebuild read those from the file; past
-MAX_WAITING_TOTAL for all runs together, the run is skipped). A run met in
-its middle with no way to rebuild it (its start rotated away, its writer gone) is
-skipped: spans numbered from its middle would take other spans' ids. A run whose writer
+ended before are not emitted. A new trace too big to read at once (one that grew past
+the index's first read while flowd was busy) comes as its latest record too: its
+latest run began while flowd ran, so it is replayed whole and every span it ended is
+emitted (they would otherwise be lost without being counted anywhere). Records read
+meanwhile wait for the rebuild (past MAX_WAITING the oldest are let go: the rebuild read
+those from the file; past MAX_WAITING_TOTAL for all runs together, the run is skipped).
+A run met in its middle with no way to rebuild it (its start rotated away, its writer
+gone) is skipped: spans numbered from its middle would take other spans' ids. A run whose writer
 is killed gets no terminal record: ``sweep`` ends it, its open calls incomplete.
 """
 
@@ -47,11 +50,13 @@ After = tuple[str | None, int]  # records of this run up to this step are not fe
 
 @dataclass(frozen=True)
 class Replay:
-    """A run to rebuild, found at its record ``latest`` (spans ended by then are old)."""
+    """A run to rebuild, found at its record ``latest`` (spans ended by then are old,
+    unless ``whole``: the run began while flowd ran, and each of its spans is new)."""
 
     entry: Entry
     path: str
     latest: StoredRecord
+    whole: bool = False
 
     @property
     def run(self) -> str | None:
@@ -97,7 +102,7 @@ def rebuild(
         if last is None and record.step > FIRST_STEP:
             return Rebuilt(None)  # its start is gone (rotated away): skip the run
         spans = builder.add(record)
-        if record.step > replay.step:
+        if replay.whole or record.step > replay.step:
             dropped += ended.put(spans)
         last = record.step
         if record.status != RUNNING:
@@ -150,9 +155,9 @@ class SpanFeed:
         entry = update.entry
         if update.reset:  # read again from its start: what was open there is gone
             self.forget(entry)
-        if not update.complete:  # only its latest record: a trace met mid-way
+        if not update.complete:  # only its latest record: a trace met mid-way, or too big
             if update.lines:
-                self._found(entry, update.lines[-1])
+                self._found(entry, update.lines[-1], whole=not update.found)
             return
         follow = self._follows.get(entry)
         if follow is not None and follow.waiting is not None:
@@ -218,14 +223,14 @@ class SpanFeed:
                 self._emit(list(result.spans))
         self._take(replay.entry, follow, waiting)
 
-    def _found(self, entry: Entry, latest: StoredRecord) -> None:
-        if latest.status != RUNNING:
+    def _found(self, entry: Entry, latest: StoredRecord, whole: bool) -> None:
+        if latest.status != RUNNING and not whole:
             return  # ended: its next run starts from its first record
         follow = self._follows[entry] = _Follow()
-        if Liveness().status(latest) == LOST:
+        if not whole and Liveness().status(latest) == LOST:
             follow.after = (latest.run, WHOLE_RUN)  # its writer is gone
             return
-        follow.replay = Replay(entry, entry.path, latest)
+        follow.replay = Replay(entry, entry.path, latest, whole)
         follow.waiting = deque(maxlen=MAX_WAITING)
         self._rebuilding.add(entry)
         self._request(follow.replay)

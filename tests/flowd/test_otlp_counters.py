@@ -6,14 +6,17 @@ than batches of BATCH_SPANS go, a batch takes more of them (within BATCH_WEIGHT)
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from doeff import Get, Put, do
 
 from doeff_flow_core import run_workflow
 from doeff_flow_core.timeline.spans import CALL, EFFECT, OK, Span, SpanEvent
+from flowd.index import FRESH_LIMIT
 from flowd.otlp.exporter import BATCH_MOST, BATCH_SPANS, BATCH_WEIGHT
 from flowd.otlp.queue import QUEUE_LIMIT, WEIGHT_LIMIT, SpanQueue
 from tests.support.otlp import (
@@ -194,3 +197,57 @@ def test_a_big_batch_stops_at_its_weight_past_the_usual_size() -> None:
     light.put([span(n, 0) for n in range(20_000)])
     assert len(light.take(BATCH_MOST, BATCH_WEIGHT, least=BATCH_SPANS)) == BATCH_MOST
     assert len(light.take(3)) == 3
+
+
+# -- a new trace flowd first reads when it is already big -----------------------------------
+
+
+@do
+def many_then_wait(calls: int, gate: threading.Event | None) -> Any:
+    total = yield many(calls)
+    if gate is not None:
+        assert gate.wait(WAIT)
+    last = yield step()
+    return total + last
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_a_new_trace_too_big_to_read_at_once_has_every_span_exported(
+    tmp_path: Path, collector: Collector, running: bool
+) -> None:
+    """A busy flowd may first read a new workflow's trace after it grew past what the
+    index reads at once (FRESH_LIMIT): it then gets the latest record only. The run
+    began while flowd ran: each of its spans is exported, none lost uncounted. (flowd is
+    stopped while the trace grows, as a busy one is late.)"""
+    traces = trace_dir(tmp_path)
+    gate = threading.Event() if running else None
+    program = many_then_wait(2 * BATCH_SPANS, gate)
+    writer = threading.Thread(
+        target=lambda: run_workflow(program, "wf-big", traces, store={"k": 1})
+    )
+    with exporting(tmp_path, collector.url) as daemon:
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            writer.start()
+            trace = traces / "wf-big" / "trace.jsonl"
+            if running:
+                done = f"Put('total', {2 * BATCH_SPANS})".encode()
+                wait_for(lambda: trace.exists() and done in trace.read_bytes(), WAIT, "calls")
+            else:
+                writer.join(WAIT)
+            assert trace.stat().st_size > FRESH_LIMIT
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        try:
+            wait_for(lambda: stats(daemon)["produced_spans"] > 2 * BATCH_SPANS, WAIT, "spans")
+        finally:
+            if gate is not None:
+                gate.set()
+            writer.join(WAIT)
+        expected = trace_spans(traces, "wf-big")
+        report = wait_for(
+            lambda: (r := stats(daemon))["sent_spans"] == len(expected) and r, WAIT, "all sent"
+        )
+        assert report["produced_spans"] == len(expected)
+        assert accounted(report), report
+    assert set(collector.taken()) == {hex_id(span) for span in expected}
