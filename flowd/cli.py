@@ -2,11 +2,16 @@
 
 flowd [--socket PATH] [--root DIR ...] [--log-level L] [--watcher auto|inotify|poll]
       [--stall-timeout S] [--otlp-endpoint URL [--otlp-header K=V ...]]
+flowd install-units [--user | --system] [--dry-run] [--force]
 
 Logs one line per event to stderr. SIGTERM (or SIGINT) stops it: STOPPING=1 to systemd,
 the socket file removed (unless systemd owns it), the spans queued for the collector
 sent (for up to a few seconds), exit 0. A failure to start is one line on stderr and
 exit 1; wrong OpenTelemetry settings are not: flowd serves on, exporting nothing.
+
+``install-units`` writes flowd.socket and flowd.service running this flowd (see
+flowd/units.py) and prints the systemctl commands that start it: exit 0; 1 when they
+cannot be written; 3 when a unit with other text is there (--force replaces it).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import anyio
 from anyio import CancelScope
 
 from doeff_flow_core.locations import default_socket_path
+from flowd import units
 from flowd.daemon import Daemon
-from flowd.errors import StartupError
+from flowd.errors import StartupError, UnitExists, UnitsError
+from flowd.logs import EscapingFormatter
 from flowd.otlp.exporter import TIMEOUT, Exporter, exporter_from
 from flowd.otlp.queue import QUEUE_LIMIT
 from flowd.outbox import STALL_SECONDS
@@ -41,6 +48,8 @@ from flowd.systemd import Notifier, inherited_socket, watchdog_interval
 OK: Final = 0
 START_FAILED: Final = 1
 USAGE: Final = 2  # argparse's own
+UNITS_EXIST: Final = 3  # install-units: a unit with other text is there
+INSTALL_UNITS: Final = "install-units"
 YOUNG_COLLECTION: Final = 20_000  # allocations between collections (Python's default: 700)
 
 log = logging.getLogger("flowd")
@@ -50,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flowd",
         description="Index every doeff-flow trace directory; answer JSON-RPC on a Unix socket.",
+        epilog=f"flowd {INSTALL_UNITS} [--user|--system] [--dry-run] [--force]: write the "
+        "systemd units that start this flowd (see flowd install-units --help)",
     )
     p.add_argument(
         "--socket",
@@ -117,9 +128,7 @@ def _positive_int(text: str) -> int:
 
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s flowd %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+    handler.setFormatter(EscapingFormatter())
     log.handlers[:] = [handler]
     log.setLevel(level.upper())
     log.propagate = False
@@ -137,6 +146,9 @@ def raise_file_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [INSTALL_UNITS]:
+        return install_units(argv[1:])
     args = parser().parse_args(argv)
     configure_logging(args.log_level)
     raise_file_limit()
@@ -145,6 +157,60 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"flowd: {exc}", file=sys.stderr)
         return START_FAILED
+
+
+def units_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"flowd {INSTALL_UNITS}",
+        description="Write flowd.socket and flowd.service, running this flowd by its "
+        "absolute path, and print the systemctl commands that start it.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--user",
+        action="store_false",
+        dest="system",
+        help="for this user, in $XDG_CONFIG_HOME/systemd/user (default ~/.config/systemd/user)",
+    )
+    where.add_argument(
+        "--system",
+        action="store_true",
+        help=f"for every user, in {units.SYSTEM_DIR} (user units all users' managers run; "
+        "flowd must be installed where only root can change it)",
+    )
+    p.set_defaults(system=False)  # --user's store_false would make True the default
+    p.add_argument("--dry-run", action="store_true", help="print the units; write nothing")
+    p.add_argument("--force", action="store_true", help="replace units that have other text")
+    p.add_argument("--unit-dir", type=Path, help=SUPPRESS)  # for tests, not for users
+    return p
+
+
+def install_units(argv: list[str]) -> int:
+    args = units_parser().parse_args(argv)
+    if args.system:
+        directory = args.unit_dir or units.SYSTEM_DIR
+    else:
+        directory = args.unit_dir or units.user_dir(os.environ, Path.home())
+    try:
+        command = units.running_program(sys.argv[0], sys.executable)
+        texts = units.unit_texts(units.exec_line(command))
+        if args.system:
+            units.check_shared(command, units.packages())
+        if args.dry_run:
+            for name, text in texts.items():
+                print(f"### {directory / name}\n{text}")
+            return OK
+        outcome = units.install(directory, texts, args.force)
+    except UnitsError as exc:
+        print(f"flowd: {exc}", file=sys.stderr)
+        return UNITS_EXIST if isinstance(exc, UnitExists) else START_FAILED
+    for name, what in outcome.items():
+        print(f"{directory / name}: {what}")
+    print(f"ExecStart={units.exec_line(command)}")
+    print("to start flowd on the first connection:")
+    for line in units.enable_commands(args.system):
+        print(f"  {line}")
+    return OK
 
 
 def _quiet_cancelled_reads() -> None:
