@@ -15,6 +15,7 @@ from typing import Final
 from doeff_flow_core import LiveTrace, TraceFrame
 from doeff_flow_core.escape import safe, safe_clip
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING, UNKNOWN
+from doeff_flow_core.tracefiles.reading import id_problem
 from flowctl.render.text import (
     INEXACT,
     chain_text,
@@ -26,7 +27,7 @@ from flowctl.render.text import (
 )
 from flowctl.render.textwidth import fit, width
 from flowctl.render.timefmt import age, clock, seconds_between
-from flowctl.sources.base import EMPTY, UNREADABLE, WorkflowEntry
+from flowctl.sources.base import EMPTY, UNREADABLE, WorkflowEntry, split_name
 from flowctl.watch.state import WorkflowView
 
 Fragment = tuple[str, str]
@@ -117,6 +118,9 @@ def _status_lines(view: WorkflowView, status: str, now: datetime) -> list[Line]:
     lines.append(updated)
     if view.skipped:
         lines.append([("class:note", f"{view.skipped} malformed trace lines skipped")])
+    other = id_problem(split_name(view.workflow_id)[0], record)
+    if other is not None:
+        lines.append([("class:note", safe_clip(other, 200))])
     return lines
 
 

@@ -15,6 +15,7 @@ from typing import Final, Protocol
 
 from doeff_flow_core import LiveTrace, effective_status
 from doeff_flow_core.protocol import EMPTY_TRACE, NO_TRACE
+from doeff_flow_core.tracefiles.reading import id_problem
 
 # Statuses of a workflow entry that has no record to derive a status from.
 EMPTY: Final = "empty"  # no trace file yet, or nothing complete written in it
@@ -68,7 +69,8 @@ def workflow_entry(
     system's error). A record that names another workflow comes with its problem too."""
     if latest is not None:
         status = status or effective_status(latest)
-        return WorkflowEntry(workflow_id, latest, status, problem, root)  # problem: another id
+        problem = problem or id_problem(workflow_id, latest)  # whoever sent it said so, or not
+        return WorkflowEntry(workflow_id, latest, status, problem, root)
     nothing_yet = problem in (NO_TRACE, EMPTY_TRACE)
     return WorkflowEntry(workflow_id, None, EMPTY if nothing_yet else UNREADABLE, problem, root)
 

@@ -211,6 +211,7 @@ def test_the_full_screen_watch_shows_crafted_text_escaped(
     terminal.append(term)
     screen = term.wait_for("[lost]")
     assert "main\\x1b[2J" in screen and "\\u202e" in screen and "\\x9b31m" in screen
+    assert "record says workflow_id wf-lost\\x1b[2J" in screen, screen
     assert "wf-lost" in screen.splitlines()[0]  # nothing cleared the box's first line
     term.keys("q")
     term.wait_for("EXIT=0")
@@ -223,11 +224,12 @@ def test_the_full_screen_dashboard_through_flowd_shows_crafted_names_escaped(
     try:
         with daemon.client() as client:
             wait_for(lambda: len(client.call("ps")["workflows"]) == 4, what="the index")
-        term = Tmux("flowctl-esc", flowctl_command("--socket", daemon.socket, "watch"))
+        term = Tmux("flowctl-esc", flowctl_command("--socket", daemon.socket, "watch"), columns=220)
         terminal.append(term)
         screen = term.wait_for("wf-lost@")
         assert "\\x1b[2J" in screen and "\\u202e" in screen, screen
         assert "2 lost · 1 failed · 1 completed" in screen, screen
+        assert screen.count("record says workflow_id wf-") == 4, screen
         term.keys("q")
         term.wait_for("EXIT=0")
     finally:
