@@ -199,6 +199,18 @@ def run_shell(console: Console, request: Request, source: Source) -> int:
     return run_shell_session(request.options, source, dispatch)
 
 
+def run_roots(console: Console, request: Request, source: Source) -> int:
+    from flowctl.roots import run_roots
+
+    return run_roots(console, request, source)
+
+
+def run_status(console: Console, request: Request, source: Source) -> int:
+    from flowctl.status import run_status
+
+    return run_status(console, request, source)
+
+
 RUNNERS: Final[dict[str, Callable[[Console, Request, Source], int]]] = {
     "ps": run_ps,
     "history": run_history,
@@ -206,6 +218,8 @@ RUNNERS: Final[dict[str, Callable[[Console, Request, Source], int]]] = {
     "prune": run_prune,
     "export": run_export,
     "run": run_run,
+    "roots": run_roots,
+    "status": run_status,
     "shell": run_shell,
 }
 

@@ -10,13 +10,17 @@ code  name             meaning
                        program failed, or its module raised on import
 2     USAGE            bad arguments, an invalid workflow id, no command when not
                        on a terminal; ``run``: a malformed program reference or one
-                       that names no program
+                       that names no program; ``roots add``: a directory that may not
+                       be a root (/, /proc, /sys, /dev and under them, another user's)
 3     NOT_FOUND        an unknown workflow, a missing trace directory; ``run``: no
-                       such module or attribute
+                       such module or attribute; ``roots add``: no such directory,
+                       ``roots remove``: not a root; ``status`` (NOT_RUNNING): flowd
+                       is not running (as ``systemctl status`` says of a stopped unit)
 4     BAD_TRACE        a trace with no readable record, or malformed lines skipped
                        (the readable records and the other workflows are still shown)
 5     UNAVAILABLE      the trace directory or a trace cannot be read (permissions,
-                       I/O error); ``run``: another process traces that workflow id
+                       I/O error); ``run``: another process traces that workflow id;
+                       ``roots``: the state directory's lists cannot be changed
 70    INTERNAL         a bug in flowctl; one line on stderr (``--verbose``: traceback)
 73    CANNOT_WRITE     ``export -o FILE``: FILE cannot be written (no such directory,
                        permissions, a directory in the way, disk full); nothing is left;
@@ -36,6 +40,7 @@ OK: Final = 0
 WORKFLOW_FAILED: Final = 1
 USAGE: Final = 2
 NOT_FOUND: Final = 3
+NOT_RUNNING: Final = NOT_FOUND  # ``status``: flowd is not running
 BAD_TRACE: Final = 4
 UNAVAILABLE: Final = 5
 INTERNAL: Final = 70

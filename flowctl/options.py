@@ -28,6 +28,7 @@ STATUS_CHOICES: Final = (*ALL_STATUSES, EMPTY, UNREADABLE)
 PRUNE_STATUSES: Final = (COMPLETED, FAILED, LOST)
 DEFAULT_LAST: Final = 10
 DEFAULT_POLL_INTERVAL: Final = 0.1
+ROOTS_ACTIONS: Final = ("list", "add", "remove")
 
 
 class Complete(enum.Enum):
@@ -336,6 +337,47 @@ ALL_COMMANDS: Final = {
             uses_source=False,
             in_shell=False,
         ),
+        Command(
+            "roots",
+            "trace directories flowd indexes: roots [list | add DIR | remove DIR]",
+            help="list, add or remove the trace directories flowd indexes",
+            description=(
+                "List the trace directories flowd indexes (each one's workflows, whether it "
+                "exists, how it is watched), add one, or remove one (its workflows leave the "
+                "index; it is dropped from the lists that bring it back when flowd starts). "
+                "Without a running flowd, the lists flowd reads when it starts are read and "
+                "changed instead ($XDG_STATE_HOME/doeff-flow/trace-dirs and flowd-roots). "
+                "/, /proc, /sys, /dev (and under them) and other users' directories are "
+                "refused. Listing forgets registered directories that no longer exist."
+            ),
+            arguments=(
+                Argument(
+                    dest="action",
+                    metavar="ACTION",
+                    choices=ROOTS_ACTIONS,
+                    optional=True,
+                    help="list (the default), add or remove",
+                ),
+                Argument(
+                    dest="directory",
+                    metavar="DIR",
+                    completes=Complete.DIRECTORY,
+                    optional=True,
+                    help="the directory to add or remove",
+                ),
+            ),
+        ),
+        Command(
+            "status",
+            "is flowd running: pid, version, uptime, socket, workflows, roots, OTLP export",
+            help="whether flowd runs: pid, version, uptime, workflows, roots, OTLP counters",
+            description=(
+                "Say whether flowd is running and what it is doing: its pid, version, "
+                "uptime, socket, workflows and roots, and the OpenTelemetry exporter's "
+                "counters. Exit 0 when it runs; 3 when it does not (flowctl then reads the "
+                "trace files), as systemctl status does."
+            ),
+        ),
         Command("shell", "the interactive shell", help="interactive shell with the same commands"),
     )
 }
@@ -374,6 +416,8 @@ class Request:
     format: str | None = None  # export --format; None: from -o's suffix, else chrome
     output: str | None = None  # export -o FILE; None: stdout
     program: str | None = None  # run: pkg.mod:program
+    action: str | None = None  # roots: list, add, remove (None: list)
+    directory: str | None = None  # roots add/remove DIR
 
 
 class _Parser(argparse.ArgumentParser):
@@ -400,7 +444,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "See where running doeff workflows are: ps, history, watch, prune, export, "
-            "shell; run a doeff program traced: run."
+            "shell; run a doeff program traced: run; flowd: status, roots."
         ),
         epilog="Run without a command on a terminal to open the interactive shell.",
         add_help=False,
@@ -444,4 +488,6 @@ def parse(
         format=values.get("format"),
         output=values.get("output"),
         program=values.get("program"),
+        action=values.get("action"),
+        directory=values.get("directory"),
     )

@@ -199,7 +199,9 @@ def test_completer() -> None:
         "prune",
         "ps",
         "quit",
+        "roots",
         "shell",
+        "status",
         "watch",
     ]
     assert complete("watch wf") == ["wf-001", "wf-002"]
@@ -211,6 +213,8 @@ def test_completer() -> None:
     assert complete("export e") == ["etl-1"]
     assert complete("export --format s") == ["svg"]
     assert complete("export -o out.svg w") == ["wf-001", "wf-002"]
+    assert complete("roots ") == ["add", "list", "remove"]
+    assert complete("roots r") == ["remove"]
 
 
 # -- for real, in a terminal ---------------------------------------------------------------------
