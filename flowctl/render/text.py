@@ -64,7 +64,8 @@ def outcome_text(record: LiveTrace, status: str, limit: int = MAX_NOTE_CHARS) ->
 
 def ps_columns(entry: WorkflowEntry, now: datetime, id_width: int) -> tuple[str, str, str]:
     """The id and the status, padded, then step, age and last slog (or the problem)."""
-    head = (f"{safe(entry.name):<{id_width}}", f"{safe_clip(entry.status, 40):<{STATUS_WIDTH}}")
+    status = safe_clip(entry.status, 40)  # flowd's word: any text, from a server not flowd
+    head = (f"{safe(entry.name):<{id_width}}", f"{status:<{STATUS_WIDTH - 1}} ")
     record = entry.latest
     if record is None:
         return (*head, f"{'-':<{STEP_WIDTH}}{safe_clip(entry.problem or '', MAX_NOTE_CHARS)}")

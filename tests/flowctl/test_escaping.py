@@ -8,10 +8,14 @@ name, the mismatch said as its problem, by both sources alike."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -263,3 +267,75 @@ def test_shell_commands_from_a_pipe_print_only_escapes(traces: Path) -> None:
     )
     out, err = inert(done.stdout), inert(done.stderr)
     assert "wf-lost " in out and SHOWN in out and "nope" in err, (out, err)
+
+
+# -- a server that is not flowd, answering crafted text --------------------------------------
+
+
+def crafted_summary(workflow_id: str, root: str) -> dict[str, object]:
+    record = json.loads(record_line(workflow_id + EVIL, 2, status="failed", error=EVIL))
+    return {
+        "workflow_id": workflow_id,
+        "root": root,
+        "status": "lost" + EVIL,
+        "record": record,
+        "problem": "problem" + EVIL,
+    }
+
+
+def crafted_answer(method: str) -> dict[str, object]:
+    """What the server answers: summaries whose every string is crafted, and errors whose
+    message is."""
+    if method == "ping":
+        return {"result": {"pid": os.getpid(), "version": EVIL}}
+    if method == "ps":
+        items = [crafted_summary(EVIL + "wf", "/r" + EVIL), crafted_summary(EVIL + "wf", "/s")]
+        items.append(crafted_summary("wf-x", "/r" + EVIL))
+        return {"result": {"workflows": items}}
+    if method == "get":
+        return {"result": crafted_summary("wf-x", "/r" + EVIL)}
+    return {"error": {"code": -32000, "message": "no such thing " + EVIL}}
+
+
+@pytest.fixture
+def crafted_server() -> Iterator[Path]:
+    """A Unix socket in a private directory, answering each request with crafted text."""
+    base = Path(tempfile.mkdtemp(prefix="esc", dir="/tmp"))
+    path = base / "s"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def serve(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                request = json.loads(line)
+                answer = {"jsonrpc": "2.0", "id": request.get("id")}
+                conn.sendall(json.dumps({**answer, **crafted_answer(request["method"])}).encode())
+                conn.sendall(b"\n")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield path
+    server.close()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_what_a_crafted_server_answers_is_shown_escaped(crafted_server: Path) -> None:
+    code, out, err = run("--socket", crafted_server, "--verbose", "ps")
+    assert code == exitcodes.OK, err
+    assert out.count("\n") == 3 and safe("/r" + EVIL) in out and "\\u2066wf@/" in out, out
+    for args in (
+        ["history", "wf-x"],
+        ["watch", "wf-x", "--exit-on-complete"],
+        ["watch", "--exit-on-complete"],
+        ["history", "wf-x", "--follow"],
+    ):
+        code, out, err = run("--socket", crafted_server, *args, timeout=10)
+        assert "Traceback" not in err, (code, err)
+        assert SHOWN in out + err, (args, out, err)
