@@ -14,11 +14,12 @@ exporter's cost is the difference (the goal: under 5% of a core at 10,000 record
 ``--ramp``: a stepped ramp of spans a second (each step ``--step-seconds`` long, a fresh
 flowd and trace directory each), written by real doeff workflows (several processes, a
 call with ``--effects`` effects per span) and exported by a real flowd to the receiver.
-Each step reports what the writers produced, what the receiver took and flowd's
-counters (sent, dropped, rejected, the deepest queue seen), so that the highest rate
-with 0 dropped shows. With ``--before REV`` each step runs flowd from git revision REV
-too (its tree unpacked in a temporary directory), alternating with this tree's flowd, so
-that a change is measured before and after in one run.
+Each step reports the spans in the traces (as ``flowctl export`` reads them), what the
+receiver took, and flowd's counters (the spans it got, sent, dropped, rejected, the
+deepest queue seen), so that the highest rate with 0 dropped shows. With ``--before
+REV`` each step runs flowd from git revision REV too (its tree unpacked in a temporary
+directory; or a directory holding a tree), alternating with this tree's flowd, so that
+a change is measured before and after in one run.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_flowd import PROJECT, TIMEOUT, Client, cpu_seconds, start_flowd
 
+from doeff_flow_core.timeline.spans import spans_of
+from doeff_flow_core.tracefiles.reading import RecordStream
 from tests.support.flowd import socket_dir
 from tests.support.procs import wait_until
 
@@ -136,7 +139,7 @@ DRAIN_SECONDS = 60.0  # for flowd to read, and send or drop, what was written
 COLUMNS = (  # header, key, format
     ("target/s", "target", "10,.0f"),
     ("written/s", "written", "10,.0f"),
-    ("produced", "produced", "10,.0f"),  # by the writers
+    ("produced", "produced", "10,.0f"),  # spans in the traces
     ("flowd got", "flowd_produced", "10,.0f"),  # produced_spans (nan: not counted there)
     ("received", "received", "10,.0f"),  # by the collector
     ("sent", "sent", "10,.0f"),
@@ -170,6 +173,10 @@ class Counting(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+def traces(root: Path) -> list[Path]:
+    return sorted(root.glob("*/trace.jsonl"))
 
 
 def unpack(revision: str, into: Path) -> Path:
@@ -251,7 +258,10 @@ def ramp_step(
             time.sleep(0.25)
         written = time.monotonic() - started
         used = cpu_seconds(flowd.pid) - cpu  # while the writers wrote
-        produced = sum(int(writer.communicate()[0]) for writer in writers)
+        calls = sum(int(writer.communicate()[0]) for writer in writers)
+        # what flowd can export: the spans the traces hold (now and then one fewer than
+        # the calls a writer counted)
+        produced = sum(len(list(spans_of(RecordStream(path)))) for path in traces(root))
         stats, last, still = otlp(), None, time.monotonic()
         drain_end = time.monotonic() + DRAIN_SECONDS
         while time.monotonic() < drain_end:  # until every span is sent, dropped or rejected
@@ -272,7 +282,7 @@ def ramp_step(
         shutil.rmtree(sock_dir, ignore_errors=True)
     return {
         "target": rate,
-        "written": produced / written,
+        "written": calls / written,
         "produced": produced,
         "received": Counting.spans - received_before,
         "sent": stats["sent_spans"],
