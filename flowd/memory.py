@@ -9,19 +9,14 @@ only after bursts, never per request.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import gc
 from collections.abc import Callable
+from typing import Final
 
 
-@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
+    try:  # the C library the interpreter runs on: no search, no subprocess
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         return None
     trim.argtypes = [ctypes.c_size_t]
@@ -29,9 +24,13 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+# Looked up once, when flowd starts: what it makes then stays for good, and made during a
+# burst it would keep an arena of the burst's alive.
+_TRIM: Final = _malloc_trim()
+
+
 def release() -> None:
     """Free what is garbage now and hand the free memory back to the system."""
     gc.collect()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    if _TRIM is not None:
+        _TRIM(0)

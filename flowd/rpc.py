@@ -7,11 +7,12 @@ reach are the ones in its explicit table; nothing is looked up by name otherwise
 
 from __future__ import annotations
 
+import array
 import functools
+import itertools
 import logging
 import os
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -69,6 +70,7 @@ from flowd.subscriptions import After, Subscriber, Subscription
 
 log = logging.getLogger("flowd")
 
+WARN_EVERY: Final = 10.0  # seconds between two warnings of watches refused
 PS_SLICE: Final = 5000  # summaries built between two turns of the event loop
 # Errors a client made (logged as warnings); the others are answers, not incidents.
 CLIENT_MISTAKES: Final = (PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS)
@@ -171,8 +173,11 @@ class RpcInterface:
     def __init__(self, daemon: Daemon, otlp: Exporter | None = None) -> None:
         self._daemon = daemon
         self._otlp = otlp
-        self._subscriptions = 0
-        self._capped: weakref.WeakSet[Client] = weakref.WeakSet()  # warned of the limit
+        # Counters that a flood moves are kept where changing them makes no Python object:
+        # one made during a flood and kept after it would pin an arena of the flood's
+        # memory. Subscription ids come from a count; refusals' warnings from an array.
+        self._idents = itertools.count(1)
+        self._warning = array.array("d", [-WARN_EVERY, 0])  # last logged (monotonic), refused since
         self._methods: dict[str, Method] = {
             PING: self.ping,
             PS: self.ps,
@@ -302,18 +307,27 @@ class RpcInterface:
         after = params.after()
         if after is not None and workflow_id is None:
             raise InvalidParams("after needs a workflow_id")
-        self._subscriptions += 1
-        ident = f"s{self._subscriptions}"
+        ident = f"s{next(self._idents)}"
         sub = Subscription(ident, call.client, workflow_id, root, after)
         call.client.subscriptions[ident] = sub
         call.then.append(lambda: self._daemon.hub.start(sub))
         return {"subscription": ident}
 
     def _over_cap(self, client: Client, limit: int, scope: str) -> None:
-        """One warning per connection refused (a flood logs one line)."""
-        if client not in self._capped:
-            self._capped.add(client)
-            log.warning("%s: %d watches open (%s); refusing more", client.name, limit, scope)
+        """A warning at most every WARN_EVERY seconds (a flood logs a line, not a line per
+        request; and nothing is kept per connection for it)."""
+        warning = self._warning
+        warning[1] += 1
+        if time.monotonic() - warning[0] >= WARN_EVERY:
+            log.warning(
+                "%s: %d watches open (%s's limit); refusing more (%d refused)",
+                client.name,
+                limit,
+                scope,
+                warning[1],
+            )
+            warning[0] = time.monotonic()
+            warning[1] = 0
 
     async def unwatch(self, call: RpcCall) -> Any:
         ident = Params(call, "subscription").subscription()

@@ -190,13 +190,17 @@ class Hub:
         while True:
             self._collect = anyio.Event()
             await self._collect.wait()
-            while True:
-                released = self._released
-                await anyio.sleep(COLLECT_DELAY)
-                if self._released == released:
-                    break
+            while await self._still_stopping():
+                pass
             self._released = 0
             memory.release()
+
+    async def _still_stopping(self) -> bool:
+        """Whether more subscriptions were stopped in the next COLLECT_DELAY (a helper,
+        so that no count stays behind in ``run``'s frame)."""
+        released = self._released
+        await anyio.sleep(COLLECT_DELAY)
+        return self._released != released
 
     def start(self, sub: Subscription) -> None:
         """Begin sending: call right after the ``watch`` response is queued."""

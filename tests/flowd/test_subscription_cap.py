@@ -5,14 +5,13 @@ once its connections leave (VmRSS of a real flowd, over a real socket)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from doeff_flow_core.protocol import MAX_WATCHES, MAX_WATCHES_TOTAL, TOO_MANY_WATCHES
-from tests.support.flood import flood
+from tests.support.flood import flood, warm_up
 from tests.support.flowd import Flowd, socket_dir
 from tests.support.procs import wait_until
 from tests.support.rpc import Client
@@ -50,14 +49,13 @@ def test_watches_past_the_cap_are_refused_and_the_connection_goes_on(daemon: Flo
         assert client.call("ping")["pid"] == daemon.pid  # the connection is served on
         client.call("unwatch", subscription=first)
         assert "subscription" in client.call("watch", workflow_id="wf-x")  # room again
-    assert daemon.log().count("refusing more") == 2  # one line per connection, not per request
+    # one line for the lot (at most one per 10 s), not one per request
+    assert daemon.log().count("refusing more") == 1
+    assert "1000 watches open (connection's limit); refusing more (1 refused)" in daemon.log()
 
 
 def test_a_flood_of_watches_is_refused_and_its_memory_given_back(daemon: Flowd) -> None:
-    with Client(daemon.socket) as warm:  # ordinary use first: the baseline is a served flowd
-        warm.call("ps")
-        warm.call("unwatch", subscription=warm.call("watch", workflow_id="w")["subscription"])
-    time.sleep(0.5)
+    warm_up(daemon.socket, 14)  # the baseline: a flowd that served as many clients at once
     before = daemon.rss_kib()
     one = flood(daemon.socket, 50_000, "one")
     assert (one.accepted, one.refused) == (MAX_WATCHES, {"connection": 50_000 - MAX_WATCHES})
@@ -72,7 +70,8 @@ def test_a_flood_of_watches_is_refused_and_its_memory_given_back(daemon: Flowd) 
     for each in (one, *many):
         each.leave()
     limit = before * 1.10
-    assert wait_until(lambda: daemon.rss_kib() <= limit, 10, 0.2), (
+    # within a client's stall timeout (10 s), whose timers hold a little of it till then
+    assert wait_until(lambda: daemon.rss_kib() <= limit, 15, 0.2), (
         f"VmRSS {before} KiB before, {peak} at the peak, {daemon.rss_kib()} after leaving"
     )
     with Client(daemon.socket) as client:  # every slot is free again

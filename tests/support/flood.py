@@ -2,7 +2,8 @@
 
 ``flood`` pipelines ``count`` watches for ids nobody writes on one new connection,
 reading the answers on a thread as they come, and returns once every one is answered,
-with the connection still open (``Flood.leave`` closes it).
+with the connection still open (``Flood.leave`` closes it). ``warm_up`` makes the
+baseline a flood's memory is compared with.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.rpc import Client
 
 BATCH = 1000  # requests sent in one write
 
@@ -82,3 +85,20 @@ def flood(path: Path, count: int, name: str, timeout: float = 120) -> Flood:
     while result.answered < count and reader.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
     return result
+
+
+def warm_up(path: Path, clients: int) -> None:
+    """Serve ``clients`` clients at once, as a flowd in use has: a baseline for its memory
+    (the event loop's own tables grow to that once, and stay). Each lists, watches and
+    unwatches, then they all leave."""
+    opened = [Client(path) for _ in range(clients)]
+    try:
+        for client in opened:
+            client.call("ps")
+            client.call(
+                "unwatch", subscription=client.call("watch", workflow_id="w")["subscription"]
+            )
+    finally:
+        for client in opened:
+            client.close()
+    time.sleep(0.5)
