@@ -19,6 +19,7 @@ import common
 import corrupt
 import crafted
 import files
+import flood
 import hostile
 import kills
 import restarts
@@ -53,6 +54,7 @@ RUNNERS: dict[str, Callable[[int, int], Figures]] = {
     "sigterm": lambda size, seed: sigterm.run((40, 8)[size], seed),
     "crafted": lambda size, seed: crafted.run((2000, 200)[size], seed, quick=size == 1),
     "spoof": lambda size, seed: spoof.run(quick=size == 1, seed=seed),
+    "flood": lambda size, seed: flood.run(*((300_000, 100), (20_000, 12))[size], seed),
 }
 CLASSES = tuple(RUNNERS)
 
