@@ -5,7 +5,8 @@ to ``traced`` and runs what it returns later, through an interpreter ``traced`` 
 So the traced program writes its own terminal record when it ends, and an exit hook closes
 a trace whose program never got that far (the interpreter failed first, say): such a run is
 recorded ``failed`` with ``ProgramNeverRan`` or ``ProgramDidNotFinish`` rather than left
-without a terminal record, which readers would show as ``lost`` or as an empty trace.
+without a terminal record, which readers would show as ``lost`` or as an empty trace. A
+SIGTERM while the program runs is recorded as under ``run_workflow`` (``tracing.terminate``).
 
 Also here, for ``doeff-flow run``: the default workflow id (the program's name and the time)
 and ``load_program``, which finds a program by its ``pkg.mod:program`` reference.
@@ -29,6 +30,7 @@ from doeff_flow_core.errors import WorkflowBusy
 from doeff_flow_core.ids import MAX_ID_LENGTH
 from doeff_flow_core.tracefiles.layout import resolve_trace_dir
 from doeff_flow_core.tracing import TraceObserver
+from doeff_flow_core.tracing.terminate import sigterm_recorded
 
 WORKFLOW_ID_ENV = "DOEFF_FLOW_WORKFLOW_ID"
 DEFAULT_NAME = "workflow"  # when the program has no name to give
@@ -215,12 +217,13 @@ def traced(program: Any) -> Any:
         current = runs.start()
         if current is None:
             return (yield program)
-        try:
-            value = yield current.observe(program)
-        except BaseException as exc:
-            runs.finish(current, exc)
-            raise
-        runs.finish(current)
+        with sigterm_recorded(current):  # until the terminal record is written
+            try:
+                value = yield current.observe(program)
+            except BaseException as exc:
+                runs.finish(current, exc)
+                raise
+            runs.finish(current)
         return value
 
     return traced_by_doeff_flow()

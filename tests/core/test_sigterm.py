@@ -8,6 +8,7 @@ A handler the application installed is left alone; the disposition found is put 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from doeff_flow_core.tracing.observer import TraceObserver
 from doeff_flow_core.tracing.routing import _task_routing
 from doeff_flow_core.workflow import standard_handlers
 from tests.support.flowctl import flowctl_command
-from tests.support.procs import python_env, wait_until
+from tests.support.procs import PROJECT_ROOT, python_env, wait_until
 from tests.support.traces import records
 
 # A module of workflows, run as a script (argv: trace_dir workflow_id entry) or by
@@ -109,6 +110,7 @@ WHERE = {
     "busy": ("spin", "# spins"),
     "dense": ("step", "yield"),
 }
+DOEFF = str(Path(sys.executable).parent / "doeff")
 SIGNAL_TO_EXIT = 5.0  # seconds; measured: tens of ms (the machine is shared)
 
 
@@ -133,6 +135,15 @@ def start(
     if entry == "doeff-flow run":
         command = flowctl_command(
             "run", "--trace-dir", traces, "--id", "wf-term", "sigflows:program", seed=True
+        )
+    elif entry == "doeff run":
+        command = [DOEFF, "run", "--program", "sigflows.program"]
+        command += ["--transform", "doeff_flow_core.traced"]
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), str(tmp_path)]),
+            HOME=str(tmp_path),  # no ~/.doeff.py of the machine takes part
+            DOEFF_FLOW_TRACE_DIR=str(traces),
+            DOEFF_FLOW_WORKFLOW_ID="wf-term",
         )
     else:
         command = [sys.executable, str(script), str(traces), "wf-term", entry]
@@ -196,8 +207,10 @@ def test_sigterm_writes_a_failed_record_then_ends_the_process_as_before(
 
 
 @pytest.mark.parametrize("mode", ["await", "busy"])
-def test_doeff_flow_run_records_sigterm(tmp_path: Path, mode: str) -> None:
-    proc, path = start(tmp_path, "doeff-flow run", mode)
+@pytest.mark.parametrize("entry", ["doeff-flow run", "doeff run"])
+def test_running_a_program_unchanged_records_sigterm(tmp_path: Path, entry: str, mode: str) -> None:
+    """``doeff-flow run m:p`` and ``doeff run --transform doeff_flow_core.traced``."""
+    proc, path = start(tmp_path, entry, mode)
     wait_ready(proc, path, mode)
     terminate(proc)
     assert proc.returncode == -signal.SIGTERM, proc.communicate()
