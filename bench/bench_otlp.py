@@ -147,9 +147,9 @@ COLUMNS = (  # header, key, format
     ("rejected", "rejected", "10,.0f"),
     ("deepest q", "deepest", "10,.0f"),
     ("drain s", "drain", "10.1f"),
-    ("CPU %", "cpu", "10.0f"),  # flowd's, while the writers wrote
+    ("CPU %", "cpu", "10.0f"),  # flowd's, from the first record written to the drain's end
 )
-QUIET_SECONDS = 5.0  # nothing queued and no counter moving: the drain is over
+QUIET_SECONDS = 3.0  # nothing queued and no counter moving: the drain is over
 
 
 class Counting(BaseHTTPRequestHandler):
@@ -257,25 +257,25 @@ def ramp_step(
             deepest = max(deepest, otlp()["queued"])
             time.sleep(0.25)
         written = time.monotonic() - started
-        used = cpu_seconds(flowd.pid) - cpu  # while the writers wrote
         calls = sum(int(writer.communicate()[0]) for writer in writers)
-        # what flowd can export: the spans the traces hold (now and then one fewer than
-        # the calls a writer counted)
-        produced = sum(len(list(spans_of(RecordStream(path)))) for path in traces(root))
         stats, last, still = otlp(), None, time.monotonic()
         drain_end = time.monotonic() + DRAIN_SECONDS
         while time.monotonic() < drain_end:  # until every span is sent, dropped or rejected
             stats = otlp()
             deepest = max(deepest, stats["queued"])
             done = stats["sent_spans"] + stats["dropped_spans"] + stats["rejected_spans"]
-            if done >= produced and not stats["queued"]:
+            if done >= calls and not stats["queued"]:
                 break
             if (done, stats["queued"]) != last:
                 last, still = (done, stats["queued"]), time.monotonic()
             elif not stats["queued"] and time.monotonic() - still > QUIET_SECONDS:
-                break  # nothing more comes: flowd never had the rest
+                break  # nothing more comes (the traces may hold fewer spans than calls)
             time.sleep(0.1)
         drained = time.monotonic() - started - written
+        used = cpu_seconds(flowd.pid) - cpu
+        # what flowd can export: the spans the traces hold (now and then one fewer than
+        # the calls a writer counted)
+        produced = sum(len(list(spans_of(RecordStream(path)))) for path in traces(root))
     finally:
         flowd.terminate()
         flowd.wait(timeout=30)
@@ -290,7 +290,7 @@ def ramp_step(
         "rejected": stats["rejected_spans"],
         "deepest": deepest,
         "drain": drained,
-        "cpu": 100 * used / written,
+        "cpu": 100 * used / (written + drained),
         "flowd_produced": stats.get("produced_spans", math.nan),
     }
 
