@@ -294,6 +294,10 @@ class RpcInterface:
         }
 
     async def watch(self, call: RpcCall) -> Any:
+        """``workflow_id?``, ``root?``, ``after?``: ``{"subscription"}``, then ``trace``
+        notifications. A connection holds at most MAX_WATCHES subscriptions and flowd
+        MAX_WATCHES_TOTAL; past either, TOO_MANY_WATCHES (``data``: ``{"limit",
+        "scope"}``, ``scope`` ``connection`` or ``flowd``), and the connection goes on."""
         # refused before anything is made for it
         if len(call.client.subscriptions) >= MAX_WATCHES:
             self._over_cap(call.client, MAX_WATCHES, TooManyWatches.CONNECTION)

@@ -152,7 +152,7 @@ def test_at_start_gone_registered_directories_and_refused_added_roots_are_forgot
     assert lines(flowd_roots) == [str(added)]
 
 
-def test_a_registered_directory_removed_while_flowd_runs_leaves_the_index(
+def test_a_registered_directory_removed_while_flowd_runs_is_listed_as_missing(
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "state"
