@@ -48,6 +48,7 @@ from doeff_flow_core.protocol import (
     WATCH,
 )
 from doeff_flow_core.records import LOST, RUNNING
+from doeff_flow_core.registry import owner_refusal, system_refusal
 from doeff_flow_core.tracefiles.layout import trace_file
 from doeff_flow_core.tracefiles.reading import read_latest
 from flowctl.errors import (
@@ -140,6 +141,15 @@ def add_root(conn: Connection, root: str, location: str) -> None:
         raise TraceDirMissing(location, detail) from None
 
 
+def refused(root: str) -> str | None:
+    """Why flowd would refuse ``root`` (``roots.add``'s rules), or None."""
+    real = os.path.realpath(root)
+    try:
+        return system_refusal(real) or owner_refusal(real, os.geteuid())
+    except OSError:
+        return None  # not there (yet): flowd says so itself
+
+
 def subscribe(conn: Connection, **params: Any) -> str | None:
     """``watch``: the subscription id its notifications will carry."""
     result = _shape(WATCH, conn.call(WATCH, **params), dict, "the result")
@@ -178,7 +188,11 @@ class DaemonSource:
     @classmethod
     def connect(cls, socket_path: str, root: str | None, location: str) -> DaemonSource:
         """A source over flowd at ``socket_path`` if it answers ``ping``, else
-        DaemonUnavailable."""
+        DaemonUnavailable; also when ``root`` is a directory flowd refuses to index (a
+        system directory, another user's): its files are read directly then."""
+        reason = None if root is None else refused(root)
+        if reason is not None:
+            raise DaemonUnavailable(socket_path, f"does not index {root}: {reason}")
         conn = Connection(socket_path, timeout=PING_TIMEOUT)
         try:
             pong = conn.call(PING)

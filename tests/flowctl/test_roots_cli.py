@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +187,20 @@ def test_status_and_roots_in_the_shell(tmp_path: Path, daemon: Flowd) -> None:
     assert done.stdout.splitlines()[0] == f"flowd is running (pid {daemon.pid})"
     assert f"no roots, from flowd (pid {daemon.pid})" in done.stdout
     assert "/dev: refused: under /dev" in done.stderr
+
+
+def test_a_trace_dir_flowd_refuses_is_read_from_its_files(tmp_path: Path, daemon: Flowd) -> None:
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm here")
+    shm = Path(tempfile.mkdtemp(prefix="fl", dir="/dev/shm"))  # under /dev: flowd refuses it
+    try:
+        run_workflow_to_end(shm, "wf-shm", 1, env={"XDG_STATE_HOME": str(tmp_path / "other")})
+        done = flowctl("-v", "--trace-dir", shm, "ps", env=with_socket(daemon))
+        assert done.returncode == exitcodes.OK, done.stderr
+        assert done.stdout.startswith("wf-shm    completed")
+        assert f"does not index {shm}: under /dev" in done.stderr
+        assert f"reading trace files in {shm}" in done.stderr
+        with daemon.client() as client:
+            assert client.call("roots.list") == {"roots": []}
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
