@@ -38,6 +38,12 @@ class World:
     def trace(self, workflow_id: str, root: Path | None = None) -> Path:
         return (root or self.root) / workflow_id / "trace.jsonl"
 
+    def lines_of(self, workflow_id: str) -> list[bytes]:
+        """The template's lines as ``workflow_id``'s own (a record naming another
+        workflow than its directory is a problem)."""
+        named = json.dumps(workflow_id).encode()
+        return [line.replace(b'"template"', named, 1) for line in self.template]
+
 
 @pytest.fixture(scope="module", params=["inotify", "poll"])
 def world(
@@ -343,7 +349,7 @@ def test_a_torn_last_line_waits_for_its_end(world: World, client: Client) -> Non
 def test_malformed_lines_are_skipped_and_reported_when_nothing_else_is_left(
     world: World, client: Client
 ) -> None:
-    lines = world.template
+    lines = world.lines_of("wf-mixed")
     good = world.trace("wf-mixed")
     put(good, lines[0] + b"\n{not json\n\xff\xfe\n" + lines[1] + b'\n{"step": NaN}\n')
     bad = world.trace("wf-garbage")
