@@ -31,7 +31,7 @@ from flowctl import exitcodes
 from flowctl.sources.rpc import KEPT_BYTES, MAX_LINE
 from tests.support.fakeflowd import SPOOFED_ID, FakeFlowd
 from tests.support.flowd import Flowd
-from tests.support.procs import PROJECT_ROOT, wait_until
+from tests.support.procs import PROJECT_ROOT, run_peak, wait_until
 from tests.support.traces import put_trace, record_line
 
 NOBODY = 65534
@@ -129,16 +129,6 @@ def flowctl_runs(quick: bool) -> list[Run]:
     return runs
 
 
-def measured(command: list[str], environ: dict[str, str], out: Path) -> tuple[int, str, str, int]:
-    """Run ``command``: exit code, stdout, stderr and its own peak RSS in KiB (wait4)."""
-    with open(out / "out", "wb") as stdout, open(out / "err", "wb") as stderr:
-        proc = subprocess.Popen(command, env=environ, stdout=stdout, stderr=stderr, cwd=out)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    text = (out / "out").read_text(errors="replace"), (out / "err").read_text(errors="replace")
-    return proc.returncode, text[0], text[1], usage.ru_maxrss
-
-
 def attack(
     fig: Figures,
     scene: Scene,
@@ -155,7 +145,7 @@ def attack(
     for args, expected in runs:
         fig.runs += 1
         command = [PY, "-m", "flowctl", *flowctl_args, "--trace-dir", str(scene.traces), *args]
-        code, out, err, _ = measured(command, environ, scene.base)
+        code, out, err, _ = run_peak(command, environ, scene.base)
         if fake.received() or SPOOFED_ID in out or expected not in out or code != 0:
             fig.reached += 1
             fig.problems.append(f"{name} {args}: exit {code}, {out[:100]!r}, {err[:200]!r}")
@@ -253,7 +243,7 @@ def oversized_answer(fig: Figures, scene: Scene) -> None:
     fig.runs += 1
     with fake_at(scene, sock_dir / "flowd.sock", "--huge", HUGE_LINE) as fake:
         command = [PY, "-m", "flowctl", "--trace-dir", str(scene.traces), "ps"]
-        code, out, err, peak = measured(command, scene.env(), scene.base)
+        code, out, err, peak = run_peak(command, scene.env(), scene.base)
         fig.peak_rss_kib = max(fig.peak_rss_kib, peak)
         if code != 0 or "wf-real" not in out or SPOOFED_ID in out:
             fig.reached += 1
@@ -275,7 +265,7 @@ def flooded(fig: Figures, scene: Scene) -> None:
     fig.runs += 1
     with fake_at(scene, sock_dir / "flowd.sock", "--flood") as fake:
         command = [PY, "-m", "flowctl", "--trace-dir", str(scene.traces), "ps"]
-        code, out, err, peak = measured(command, scene.env(), scene.base)
+        code, out, err, peak = run_peak(command, scene.env(), scene.base)
         fig.flood_rss_kib = max(fig.flood_rss_kib, peak)
         if code != exitcodes.UNAVAILABLE or SPOOFED_ID in out:
             fig.reached += 1

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ from flowctl.sources.rpc import KEPT_BYTES, MAX_LINE
 from tests.support.fakeflowd import SPOOFED_ID, FakeFlowd
 from tests.support.flowctl import flowctl, flowctl_command
 from tests.support.flowd import Flowd, socket_dir
-from tests.support.procs import python_env
+from tests.support.procs import python_env, run_peak
 from tests.support.traces import put_trace, record_line
 
 NOBODY = 65534
@@ -140,23 +139,13 @@ def test_no_socket_at_all_is_still_quiet(place: Place) -> None:
     assert done.stderr == ""
 
 
-def run_measured(command: list[str], env: dict[str, str], out: Path) -> tuple[int, str, int]:
-    """Run ``command``; its exit code, its stderr and its peak RSS in KiB (its own,
-    from wait4, not its children's or this process's)."""
-    with open(out / "stdout", "wb") as stdout, open(out / "stderr", "wb") as stderr:
-        proc = subprocess.Popen(command, env=python_env(env), stdout=stdout, stderr=stderr)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, (out / "stderr").read_text(), usage.ru_maxrss
-
-
 def test_a_900_mb_answer_line_is_dropped_at_the_bound_with_bounded_memory(place: Place) -> None:
     place.sock_dir.mkdir(mode=0o700)  # a server flowctl trusts, that answers absurdly
     with place.fake("--huge", 900 << 20) as fake:
         command = flowctl_command("--trace-dir", place.traces, "ps")
-        code, err, peak_kib = run_measured(command, place.env(), place.base)
+        code, out, err, peak_kib = run_peak(command, python_env(place.env()), place.base)
         assert code == 0, err
-        assert (place.base / "stdout").read_text().split()[0] == "wf-real"
+        assert out.split()[0] == "wf-real"
         lines = err.splitlines()
         assert len(lines) == 1 and f"more than {MAX_LINE >> 20} MiB in one line" in lines[0], err
         assert "reading trace files" in lines[0]
@@ -169,7 +158,7 @@ def test_notifications_instead_of_an_answer_are_dropped_at_their_bound(place: Pl
     place.sock_dir.mkdir(mode=0o700)  # a trusted server that pings, then only pushes
     with place.fake("--flood") as fake:
         command = flowctl_command("--trace-dir", place.traces, "ps")
-        code, err, peak_kib = run_measured(command, place.env(), place.base)
+        code, _, err, peak_kib = run_peak(command, python_env(place.env()), place.base)
         assert code == exitcodes.UNAVAILABLE, err
         bound = f"more than {KEPT_BYTES >> 20} MiB in notifications before roots.add"
         assert err.count("\n") == 1 and err.startswith("flowctl: ") and bound in err, err

@@ -92,3 +92,37 @@ def wait_for(predicate: Any, timeout: float = 20, what: str = "condition") -> An
     value = wait_until(predicate, timeout, 0.01)
     assert value, f"timed out waiting for {what}"
     return value
+
+
+# Runs argv[2:] as a child of this small, fresh interpreter and writes its exit code and
+# peak RSS (KiB) to argv[1]. The child of a big process (pytest) would report that
+# process's RSS as its own: ru_maxrss counts the memory a process had before exec.
+_PEAK = r"""
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def run_peak(command: Sequence[str], env: dict[str, str], out: Path) -> tuple[int, str, str, int]:
+    """Run ``command`` (its stdout and stderr kept in files under ``out``): its exit code,
+    stdout, stderr and peak RSS in KiB, its own (and that of any child it waited for)."""
+    with open(out / "stdout", "wb") as stdout, open(out / "stderr", "wb") as stderr:
+        subprocess.run(
+            [sys.executable, "-c", _PEAK, str(out / "peak"), *command],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=out,
+            check=False,
+        )
+    code, peak = (out / "peak").read_text().split()
+    texts = [(out / name).read_text(errors="replace") for name in ("stdout", "stderr")]
+    return int(code), texts[0], texts[1], int(peak)
