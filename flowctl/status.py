@@ -27,13 +27,14 @@ from flowctl.sources.rpc import Connection
 OTLP_ORDER: Final = (
     "endpoint",
     "state",
-    "queued",
-    "sent",
+    "produced_spans",  # = sent + dropped + rejected + queued
     "sent_spans",
-    "dropped",
     "dropped_spans",
-    "rejected",
     "rejected_spans",
+    "queued",
+    "queue_limit",
+    "queue_weight",
+    "queue_weight_limit",
     "failed_requests",
     "last_error",
 )
@@ -84,18 +85,21 @@ def _not_running(console: Console, request: Request, source: Source) -> int:
 
 
 def status_lines(answer: dict[str, Any]) -> list[str]:
-    lines = [f"flowd is running (pid {answer.get('pid')})"]
+    """The text of ``flowctl status``; every value is flowd's word, so shown escaped."""
+    lines = [f"flowd is running (pid {safe(str(answer.get('pid')))})"]
+    otlp = answer.get("otlp")
+    keys = otlp_keys(otlp) if isinstance(otlp, dict) else []
+    width = max([len(key) for key in FACTS] + [len("otlp " + key) for key in keys])
     for key in FACTS:
         value = answer.get(key)
         if key == "uptime" and isinstance(value, int | float):
             value = _duration(float(value))
-        lines.append(f"  {key:<10} {value}")
-    otlp = answer.get("otlp")
+        lines.append(f"  {key:<{width}} {safe(str(value))}")
     if not isinstance(otlp, dict):
-        lines.append(f"  {'otlp':<10} not exporting (no --otlp-endpoint)")
+        lines.append(f"  {'otlp':<{width}} not exporting (no --otlp-endpoint)")
         return lines
-    for key in otlp_keys(otlp):
-        lines.append(f"  {'otlp ' + key:<21} {otlp[key]}")
+    for key in keys:
+        lines.append(f"  {'otlp ' + safe(key):<{width}} {safe(str(otlp[key]))}")
     return lines
 
 

@@ -294,6 +294,11 @@ def crafted_answer(method: str) -> dict[str, object]:
         return {"result": {"workflows": items}}
     if method == "get":
         return {"result": crafted_summary("wf-x", "/r" + EVIL)}
+    if method == "stats":
+        return {"result": {"otlp": {"state": EVIL, "last_error": EVIL, "x" + EVIL: 1}}}
+    if method == "roots.list":
+        root = {"path": "/r" + EVIL, "origin": EVIL, "workflows": 1, "watch": EVIL}
+        return {"result": {"roots": [root]}}
     return {"error": {"code": -32000, "message": "no such thing " + EVIL}}
 
 
@@ -339,3 +344,10 @@ def test_what_a_crafted_server_answers_is_shown_escaped(crafted_server: Path) ->
         code, out, err = run("--socket", crafted_server, *args, timeout=10)
         assert "Traceback" not in err, (code, err)
         assert SHOWN in out + err, (args, out, err)
+
+
+@pytest.mark.parametrize("command", ["status", "roots"])
+def test_flowds_status_and_roots_are_shown_escaped(crafted_server: Path, command: str) -> None:
+    code, out, err = run("--socket", crafted_server, command)
+    assert code == exitcodes.OK, err  # run() asserted the output inert
+    assert out.count(SHOWN) >= (4 if command == "status" else 2), out
