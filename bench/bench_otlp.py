@@ -75,31 +75,6 @@ print(run_workflow(main(float(sys.argv[2]), float(sys.argv[3])), "wf-rate", sys.
 """
 
 
-class Receiver(BaseHTTPRequestHandler):
-    spans = 0
-    requests = 0
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        count = sum(
-            len(scope.get("spans", []))
-            for resource in json.loads(body).get("resourceSpans", [])
-            for scope in resource.get("scopeSpans", [])
-        )
-        with Receiver.lock:
-            Receiver.spans += count
-            Receiver.requests += 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 # -- the ramp: the highest span rate exported without a drop ------------------------------
 
 RAMP_WRITER = """
@@ -351,7 +326,7 @@ def main() -> None:
 
 
 def overhead(args: argparse.Namespace) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     with tempfile.TemporaryDirectory(prefix="bench-otlp-") as tmp:
@@ -405,7 +380,7 @@ def overhead(args: argparse.Namespace) -> None:
             f"exporter adds:                {export_pct - plain_pct:5.1f} points"
             f" ({export_pct / plain_pct if plain_pct else float('nan'):.2f}x)"
         )
-        print(f"receiver: {Receiver.spans:,} spans in {Receiver.requests:,} requests")
+        print(f"receiver: {Counting.spans:,} spans in {Counting.requests:,} requests")
         print(f"exporter counters: {json.dumps(stats)}")
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from doeff_flow_core.tracefiles.reading import Tail, read_all  # noqa: E402
+from doeff_flow_core.tracefiles.reading import Tail, read_all, read_latest  # noqa: E402
 from tests.support import flowd as support  # noqa: E402
 from tests.support.procs import python_env  # noqa: E402
 
@@ -79,3 +79,17 @@ class Flowd(support.Flowd):
         runtime = {key: PRIVATE_ENV[key] for key in ("XDG_RUNTIME_DIR", "DOEFF_FLOW_SOCKET")}
         super().__init__(*args, *extra, socket_path=socket_path, env=runtime, ready_timeout=30)
         self.roots = roots
+
+
+def written_by(trace: Path, pid: int) -> Callable[[], bool]:
+    """Whether a record of process ``pid``'s run is readable in ``trace`` yet (the file
+    alone may exist and be empty: a run stopped before its first flush shows nothing)."""
+
+    def written() -> bool:
+        try:
+            latest = read_latest(trace)
+        except OSError:
+            return False
+        return latest is not None and latest.pid == pid
+
+    return written

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import PY, env, read_parts, tempdir
+from common import PY, env, read_parts, tempdir, written_by
 
-from doeff_flow_core.tracefiles.reading import read_history, read_latest
+from doeff_flow_core.tracefiles.reading import read_history
 from tests.support.procs import wait_until
 
 # An effect-dense workflow of nested calls, traced with a small rotation limit. A reader
@@ -187,16 +187,7 @@ def run(count: int, seed: int = 0) -> Figures:
             )
             fig.kills += 1
 
-            def started(trace: Path = trace, pid: int = proc.pid) -> bool:
-                # A record of this run is readable (the file alone may exist and be
-                # empty: killed before its first flush, a trace has nothing to show).
-                try:
-                    latest = read_latest(trace)
-                except OSError:
-                    return False
-                return latest is not None and latest.pid == pid
-
-            if not wait_until(started, 30, 0.002) or proc.poll() is not None:
+            if not wait_until(written_by(trace, proc.pid), 30, 0.002) or proc.poll() is not None:
                 fig.problems.append(f"kill {i}: the worker never wrote")
                 proc.kill()
                 proc.wait()

@@ -23,10 +23,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import PY, ROOT, env, read_parts, tempdir
+from common import PY, ROOT, env, read_parts, tempdir, written_by
 
 from doeff_flow_core.records import LiveTrace
-from doeff_flow_core.tracefiles.reading import read_latest
 from tests.support.procs import wait_until
 
 # argv: trace_dir workflow_id entry ("run_workflow" | "trace_observer") kind ("endless" |
@@ -231,14 +230,7 @@ def run(count: int, seed: int = 0) -> Figures:
                 fig.runs += 1
             fig.by_python[version] = fig.by_python.get(version, 0) + 1
 
-            def started(trace: Path = trace, pid: int = proc.pid) -> bool:
-                try:
-                    latest = read_latest(trace)
-                except OSError:
-                    return False
-                return latest is not None and latest.pid == pid
-
-            if not wait_until(started, 30, 0.002) or proc.poll() is not None:
+            if not wait_until(written_by(trace, proc.pid), 30, 0.002) or proc.poll() is not None:
                 fig.problems.append(f"{label}: the worker never wrote")
                 proc.kill()
                 proc.communicate()
