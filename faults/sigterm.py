@@ -132,10 +132,15 @@ class Figures:
 
 
 def _pythons() -> list[tuple[str, str]]:
-    found = [("3.11" if "3.11" in _version(PY) else _version(PY), PY)]
-    other = ROOT / ".venv313" / "bin" / "python"
-    if other.exists() and str(other) != PY:
-        found.append((_version(str(other)), str(other)))
+    """This Python, and the newest other one the project has a venv of (``make
+    test-newest`` makes ``.venv-3.N``), so both tracers are stopped."""
+    found = [(_version(PY), PY)]
+    others = sorted(
+        (str(path) for path in ROOT.glob(".venv*/bin/python") if str(path) != PY),
+        key=lambda path: [int(n) for n in _version(path).split(".") if n.isdigit()],
+    )
+    if others and _version(others[-1]) != found[0][0]:
+        found.append((_version(others[-1]), others[-1]))
     return found
 
 
