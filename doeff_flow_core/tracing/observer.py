@@ -57,7 +57,7 @@ from doeff_flow_core.tracing.monitor import dispatcher, internal_dirs, monitorin
 from doeff_flow_core.tracing.routing import _task_routing
 from doeff_flow_core.tracing.shadow import Context
 from doeff_flow_core.tracing.stacktext import StackText
-from doeff_flow_core.tracing.terminate import sigterm_recorded
+from doeff_flow_core.tracing.terminate import recorded, sigterm_recorded
 
 # How far back the handler looks for its effect when others were observed after it.
 CLAIM_WINDOW = 16
@@ -156,6 +156,9 @@ class TraceObserver:
         self._outcome: tuple[str, str | None, str | None, list[Frame]] | None = None
         self._closed = False
         self._ended = False  # the terminal record is written (guarded by the write lock)
+        # A SIGTERM that came inside this tracer's own encoding or writing on the thread
+        # that was running it (the error, the interrupted frame, that thread's id).
+        self._pending: tuple[str, FrameType | None, int] | None = None
         if self.exact:
             self._context = Context(
                 self._buffer, self._hand_over, SlogEffect, _args_wanted(capture_args)
@@ -180,7 +183,9 @@ class TraceObserver:
             for index in range(len(buffer) - 1, max(len(buffer) - CLAIM_WINDOW, 0) - 1, -1):
                 if buffer[index] is effect:
                     buffer[index] = entry
-                    return
+                    break
+        if self._pending is not None:
+            self._carry_out()
 
     # -- flushing -------------------------------------------------------------------
 
@@ -188,6 +193,8 @@ class TraceObserver:
         """Move buffered effects into the outbox as encoded lines."""
         with self._lock:
             self._encode(final)
+        if self._pending is not None:
+            self._carry_out()
 
     def _encode(self, final: bool) -> None:
         buffer = self._buffer
@@ -214,6 +221,8 @@ class TraceObserver:
         with self._write_lock:
             if not self._ended:
                 self._write_outbox()
+        if self._pending is not None:
+            self._carry_out()
 
     def _write_outbox(self) -> None:
         """Write the encoded batches (the write lock held)."""
@@ -308,31 +317,56 @@ class TraceObserver:
         self, status: str, result: str | None, error: str | None, frames: list[Frame]
     ) -> str:
         with self._lock:
-            return self._encoder.terminal(
+            line = self._encoder.terminal(
                 status, time.time(), result=result, error=error, frames=frames
             )
+        if self._pending is not None:
+            self._carry_out()
+        return line
 
     def _end(self, line: str) -> None:
         with self._write_lock:
             if not self._ended:
                 self._ended = True
                 self._file.write(line)
+        if self._pending is not None:
+            self._carry_out()
 
-    def terminate(self, error: str, frame: FrameType | None = None) -> None:
+    def terminate(self, error: str, frame: FrameType | None = None) -> bool:
         """Record that the process is being ended (from a signal handler on the main
         thread, ``frame`` the one it interrupted): what is buffered, then a ``failed``
         record with ``error`` and the stack of the latest record (its innermost line
-        where ``frame`` shows it). Nothing here may wait for what the interrupted code
-        holds: a lock it may hold is only tried, one the flusher holds is waited for
-        briefly, and the flusher is left alone (setting its events takes their locks);
-        its flushes find the trace ended and write nothing."""
+        where ``frame`` shows it). True when done. False when the signal came inside
+        this tracer's own encoding or writing: a batch may then be between the buffer
+        and the file, so it is done as soon as that code ends (``_carry_out``), which
+        then lets the process end (``terminate.recorded``)."""
         if self._ended:
+            return True
+        if _methods_running(frame, self) & _CRITICAL:
+            self._pending = (error, frame, threading.get_ident())
+            return False
+        self._terminate_now(error, frame)
+        return True
+
+    def _carry_out(self) -> None:
+        """A SIGTERM that came inside this tracer's encoding or writing, recorded now that
+        that code is over, on the thread it interrupted; then the process ends."""
+        pending = self._pending
+        if pending is None or pending[2] != threading.get_ident():
             return
+        self._pending = None
+        try:
+            self._terminate_now(pending[0], pending[1])
+        finally:
+            recorded(self)
+
+    def _terminate_now(self, error: str, frame: FrameType | None) -> None:
+        # Neither lock is held by the code this thread was running; the flusher may hold
+        # one for a moment. The flusher is left alone (setting its events takes their
+        # locks); its flushes find the trace ended and write nothing.
         self._closed = True
-        # A lock the interrupted code may hold is only tried: waiting, it would never come.
-        inside = _methods_running(frame, self)
-        encoding = _take(self._lock, wait=not inside & _ENCODING)
-        writing = _take(self._write_lock, wait=not inside & _WRITING)
+        encoding = _take(self._lock)
+        writing = _take(self._write_lock)
         try:
             if self._ended:
                 return
@@ -351,13 +385,14 @@ class TraceObserver:
                 self._lock.release()
 
 
-# The methods that hold the encoding lock and the write lock (or are about to).
-_ENCODING = frozenset({"encode_buffered", "_encode", "_claim_earlier", "_terminal"})
-_WRITING = frozenset({"flush", "_write_outbox", "_end"})
+# The methods that hold the encoding lock or the write lock (or are about to).
+_CRITICAL = frozenset(
+    {"encode_buffered", "_encode", "_claim_earlier", "_terminal", "flush", "_write_outbox", "_end"}
+)
 
 
-def _take(lock: threading.Lock, *, wait: bool) -> bool:
-    return lock.acquire(timeout=LOCK_WAIT) if wait else lock.acquire(blocking=False)
+def _take(lock: threading.Lock) -> bool:
+    return lock.acquire(timeout=LOCK_WAIT)
 
 
 def _methods_running(frame: FrameType | None, tracer: TraceObserver) -> set[str]:

@@ -34,10 +34,11 @@ class Terminable(Protocol):
     @property
     def path(self) -> object: ...
 
-    def terminate(self, error: str, frame: FrameType | None = None) -> None: ...
+    def terminate(self, error: str, frame: FrameType | None = None) -> bool: ...
 
 
 _runs: list[Terminable] = []  # the runs recording SIGTERM now, innermost last
+_deferred: list[Terminable] = []  # runs that record it once their own code is over
 _found: list[Any] = []  # the disposition found when the first of them began
 
 
@@ -70,22 +71,41 @@ def _join(run: Terminable) -> bool:
 
 def _leave(run: Terminable) -> None:
     _runs.remove(run)
+    if run in _deferred:  # its code ended without recording SIGTERM: the process ends now
+        recorded(run)
     if not _runs and signal.getsignal(signal.SIGTERM) is _on_sigterm:
         signal.signal(signal.SIGTERM, _found.pop() if _found else signal.SIG_DFL)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # This runs between two bytecodes of whatever the main thread was doing: nothing here
-    # takes a lock that code may hold (sys.stderr's included: os.write, not print).
+    # takes a lock that code may hold (sys.stderr's included: os.write, not print). A run
+    # interrupted inside its own encoding or writing records the signal as soon as that
+    # code ends, and only then does the process end (``recorded``).
     try:
         for run in reversed(_runs):
             try:
-                run.terminate(TERMINATED, frame)
+                if not run.terminate(TERMINATED, frame) and run not in _deferred:
+                    _deferred.append(run)
             except Exception as exc:
                 _say(f"doeff-flow: could not record SIGTERM in {run.path}: {exc}\n")
-    finally:  # the process ends whatever the trace could hold
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        if not _deferred:  # the process ends whatever the trace could hold
+            _end_process()
+
+
+def recorded(run: Terminable) -> None:
+    """``run``, which put off recording SIGTERM, has recorded it: once every such run
+    has, the process ends as SIGTERM ends it."""
+    if run in _deferred:
+        _deferred.remove(run)
+        if not _deferred:
+            _end_process()
+
+
+def _end_process() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _say(text: str) -> None:

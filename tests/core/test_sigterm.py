@@ -309,3 +309,55 @@ def test_terminating_waits_for_nothing_the_interrupted_code_holds(tmp_path: Path
     assert took < 2
     last = records(tmp_path / "wf-held" / "trace.jsonl")[-1]
     assert (last["status"], last["error"]) == ("failed", "Terminated: SIGTERM")
+
+
+# SIGTERM sent from inside the tracer's own encoding, on the main thread: right after a
+# batch is encoded, before it reaches the outbox (the exact tracer encodes there when its
+# buffer fills; the hooks tracer at the final flush).
+IN_ENCODING = r"""
+import os, signal, sys, threading
+from doeff import Get, Put, do
+from doeff_flow_core import encode, run_workflow
+
+original = encode.RecordEncoder.running
+sent = []
+
+def running(self, batch, now):
+    text = original(self, batch, now)
+    if self.last_step > 1500 and not sent and threading.current_thread() is threading.main_thread():
+        sent.append(self.last_step)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns
+    return text
+
+encode.RecordEncoder.running = running
+
+@do
+def step(i):
+    yield Put("i", i)
+    return (yield Get("i"))
+
+@do
+def flow():
+    i = 0
+    while i < 3000:
+        i = (yield step(i)) + 1
+    return i
+
+run_workflow(flow(), "wf-enc", sys.argv[1])
+"""
+
+
+def test_sigterm_inside_the_tracers_own_encoding_loses_no_record(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", IN_ENCODING, str(tmp_path)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    found = records(tmp_path / "wf-enc" / "trace.jsonl")
+    steps = [r["step"] for r in found]
+    assert steps == list(range(1, len(steps) + 1))  # the batch in hand was written
+    assert (found[-1]["status"], found[-1]["error"]) == ("failed", "Terminated: SIGTERM")
+    assert len(found) > 1500
