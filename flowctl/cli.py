@@ -7,7 +7,10 @@ code from ``flowctl.exitcodes``.
 
 from __future__ import annotations
 
+import io
 import sys
+from dataclasses import replace
+from typing import TextIO, cast
 
 from flowctl import exitcodes
 from flowctl.commands import dispatch
@@ -25,9 +28,41 @@ def _prepare_streams() -> None:
             reconfigure(errors="backslashreplace")
 
 
+class Renamed(io.TextIOBase):
+    """stderr for ``doeff-flow``: each line that starts ``flowctl: `` starts with the name
+    the user typed instead (messages are made in one place for both names)."""
+
+    def __init__(self, stream: TextIO, prog: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._prefix = f"{prog}: "
+        self._line_start = True
+
+    def write(self, text: str) -> int:
+        parts = []
+        for piece in text.splitlines(keepends=True):
+            if self._line_start and piece.startswith(PREFIX):
+                piece = self._prefix + piece[len(PREFIX) :]
+            parts.append(piece)
+            self._line_start = piece.endswith("\n")
+        self._stream.write("".join(parts))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+PREFIX = "flowctl: "
+
+
 def run(prog: str, argv: list[str] | None = None, console: Console | None = None) -> int:
     _prepare_streams()
     console = console or stdio_console()
+    if prog != "flowctl":
+        console = replace(console, err=cast(TextIO, Renamed(console.err, prog)))
     parser = build_parser(prog)
     try:
         request = parse(parser, list(sys.argv[1:] if argv is None else argv))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NoReturn
@@ -73,7 +74,7 @@ class Argument:
     dest: str | None = None  # default: argparse's, from the first long flag
     metavar: str | None = None
     help: str | None = None
-    action: Literal["store", "store_true", "help"] = "store"
+    action: Literal["store", "store_true", "help", "version"] = "store"
     type: Callable[[str], Any] | None = None
     default: Any = None
     choices: tuple[str, ...] | None = None
@@ -117,11 +118,22 @@ class Argument:
             value = getattr(self, key)
             if value is not None:
                 keywords[key] = value
+        if self.action == "version":
+            keywords["version"] = f"%(prog)s {package_version()}"
         keywords.update(override)
         parser.add_argument(*names, **keywords)
 
 
+def package_version() -> str:
+    """The installed distribution's version (``--version``)."""
+    try:
+        return importlib.metadata.version("doeff-flow")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 HELP: Final = Argument(("-h", "--help"), action="help", help="show this help message and exit")
+VERSION: Final = Argument(("--version",), action="version", help="print the version and exit")
 # SUPPRESS: a global option not given leaves no attribute, so a value given before the
 # command (or the shell's own options) is not overwritten by a default after it.
 GLOBAL_OPTIONS: Final = (
@@ -200,7 +212,19 @@ ALL_COMMANDS: Final = {
             help="list workflows: status, step, age, last slog",
             arguments=(
                 Argument(
-                    ("--status",), choices=STATUS_CHOICES, help="only workflows with this status"
+                    ("--status",),
+                    metavar="S,...",
+                    help=f"only workflows with these statuses ({', '.join(STATUS_CHOICES)})",
+                    completes=STATUS_CHOICES,
+                ),
+                Argument(
+                    ("--all", "-a"),
+                    dest="all",
+                    action="store_true",
+                    help=(
+                        "every registered trace directory (as flowd lists them), not only "
+                        "--trace-dir or .doeff-flow"
+                    ),
                 ),
             ),
         ),
@@ -221,6 +245,16 @@ ALL_COMMANDS: Final = {
                     ("--follow", "-f"),
                     action="store_true",
                     help="then stream new records until it ends",
+                ),
+                Argument(
+                    ("--run",),
+                    metavar="RUN",
+                    help="only this run of the workflow (its id, or a unique prefix of it)",
+                ),
+                Argument(
+                    ("--since",),
+                    metavar="AGE",
+                    help="only records written in the last AGE (90s, 10m, 2h, 1d)",
                 ),
             ),
         ),
@@ -404,7 +438,10 @@ class Request:
     command: str | None
     options: GlobalOptions
     workflow_id: str | None = None
-    status: str | None = None  # ps --status
+    status: str | None = None  # ps --status S,... as given
+    all: bool = False  # ps --all: every registered trace directory
+    run: str | None = None  # history --run: a run id or a unique prefix
+    since: str | None = None  # history --since: a duration as given (10m)
     last: int = DEFAULT_LAST
     follow: bool = False
     exit_on_complete: bool = False
@@ -421,8 +458,12 @@ class Request:
 
 
 class _Parser(argparse.ArgumentParser):
+    # What an error points to: ``see 'flowctl ps --help'``; in the shell, ``help ps``.
+    hint: str | None = None
+
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        hint = self.hint if self.hint is not None else f"see '{self.prog} --help'"
+        raise UsageError(f"{message} ({hint})")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if status:
@@ -439,7 +480,9 @@ def _add_arguments(parser: argparse.ArgumentParser, arguments: tuple[Argument, .
         option.add_to(group, default=argparse.SUPPRESS)
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, *, shell: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``prog``'s command line; with ``shell``, of one shell line (no
+    ``shell`` command, no ``--version``, and errors point to the shell's ``help``)."""
     parser = _Parser(
         prog=prog,
         description=(
@@ -449,12 +492,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         epilog="Run without a command on a terminal to open the interactive shell.",
         add_help=False,
     )
+    if shell:
+        parser.hint = "try 'help'"
+    else:
+        VERSION.add_to(parser)
     _add_arguments(parser, ())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in ALL_COMMANDS.values():
+        if shell and command.name == "shell":
+            continue
         subparser = commands.add_parser(
             command.name, help=command.help, description=command.description, add_help=False
         )
+        if shell:
+            subparser.hint = f"try 'help {command.name}'"
         _add_arguments(subparser, command.arguments)
     return parser
 
@@ -477,6 +528,9 @@ def parse(
         options=options,
         workflow_id=values.get("workflow_id"),
         status=values.get("status"),
+        all=values.get("all", False),
+        run=values.get("run"),
+        since=values.get("since"),
         last=values.get("last", DEFAULT_LAST),
         follow=values.get("follow", False),
         exit_on_complete=values.get("exit_on_complete", False),

@@ -204,7 +204,7 @@ class FlowShell:
         self.options = options
         self.source = source
         self._dispatch = dispatch
-        self._parser = build_parser("flowctl")
+        self._parser = build_parser("flowctl", shell=True)
         out = out or sys.stdout
         if interactive is None:
             interactive = sys.stdin.isatty() and sys.stdout.isatty()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -36,6 +37,15 @@ def assert_one_error_line(done: subprocess.CompletedProcess[str], code: int, tex
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("flowctl: ") and text in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ``history``'s clock and step-time columns: ``12:00:00.123      41 ms  `` after the status.
+_TIMED = re.compile(r"^(step +\d+  \S+ +)(?:\d\d:\d\d:\d\d\.\d{3}|-           )  .{10}  ", re.M)
+
+
+def untimed(text: str) -> str:
+    """``history`` text without the time and step-time columns (the seed's shape)."""
+    return _TIMED.sub(r"\1", text)
 
 
 class Tmux:
