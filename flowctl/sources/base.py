@@ -9,6 +9,7 @@ and live views are ``Feed`` objects that are polled, which a socket subscription
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -108,6 +109,33 @@ class DirectoryUpdate:
     removed: tuple[str, ...] = ()
     present: bool = True  # False while the trace directory does not exist
     first: bool = field(default=False)  # the first update lists every workflow
+
+
+class Notes:
+    """What a source says of itself while a view runs (flowd went away, came back): each
+    line once for a plain view's stderr (``take``), and the one a full screen keeps on
+    its status line (``current``) until ``expires`` seconds after it was said, if given."""
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+        self._current: str | None = None
+        self._until: float | None = None
+
+    def say(self, line: str, expires: float | None = None) -> None:
+        self._pending.append(line)
+        self._current = line
+        self._until = None if expires is None else time.monotonic() + expires
+
+    def take(self) -> list[str]:
+        """The lines said since the last call."""
+        taken, self._pending = self._pending, []
+        return taken
+
+    @property
+    def current(self) -> str | None:
+        if self._until is not None and time.monotonic() >= self._until:
+            self._current = self._until = None
+        return self._current
 
 
 class Feed(Protocol):

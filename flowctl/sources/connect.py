@@ -24,6 +24,7 @@ from flowctl.errors import AnswerTooLong, DaemonUnavailable, DaemonUntrusted
 from flowctl.options import GlobalOptions
 from flowctl.sources.base import Source
 from flowctl.sources.daemon import DaemonSource
+from flowctl.sources.failover import FailoverSource
 from flowctl.sources.files import FileSource
 
 
@@ -34,6 +35,15 @@ def socket_path(explicit: str | None) -> Path:
 def explicit_trace_dir(options: GlobalOptions) -> str | None:
     """``--trace-dir``, else ``$DOEFF_FLOW_TRACE_DIR``; None when neither is given."""
     return options.trace_dir or os.environ.get(TRACE_DIR_ENV) or None
+
+
+def resilient(source: Source, options: GlobalOptions) -> Source:
+    """The source for a live view: through flowd, going on from the trace files while
+    flowd is away (``failover``); a source of files as it is."""
+    if not isinstance(source, DaemonSource):
+        return source
+    explicit = explicit_trace_dir(options)
+    return FailoverSource(source, FileSource(Path(explicit) if explicit else default_trace_dir()))
 
 
 def open_source(options: GlobalOptions, err: TextIO) -> Source:

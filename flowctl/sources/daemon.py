@@ -332,11 +332,24 @@ class DaemonSource:
         return status
 
     def follow(
-        self, workflow_id: str, *, snapshot: int = DEFAULT_SNAPSHOT, every_record: bool = False
+        self,
+        workflow_id: str,
+        *,
+        snapshot: int = DEFAULT_SNAPSHOT,
+        every_record: bool = False,
+        after: LiveTrace | None = None,
     ) -> DaemonFeed:
+        """With ``after`` (the last record another feed delivered) no snapshot: the feed
+        watches from just after it."""
         ident, scope = self._target(workflow_id)
         link = Link(self.socket_path, self.root, self._location)
-        return DaemonFeed(link, ident, scope, snapshot, self._seen)
+        return DaemonFeed(link, ident, scope, snapshot, self._seen, after)
+
+    def root_of(self, workflow_id: str) -> str | None:
+        """The trace directory a workflow (by the name ``follow`` takes) was last seen
+        under, else the scope's; None when flowd never said."""
+        ident, root = split_name(workflow_id)
+        return root or self._roots.get(ident, self.root)
 
     def follow_all(self) -> DaemonDirectoryFeed:
         link = Link(self.socket_path, self.root, self._location)
@@ -360,6 +373,11 @@ class Link:
         self._delay = RECONNECT_FIRST
         self._retry_at = 0.0
         self._connected_once = False
+
+    @property
+    def away(self) -> bool:
+        """flowd went away since the link last spoke to it (and has not answered again)."""
+        return self._connected_once and self._conn is None
 
     def get(self) -> Connection | None:
         if self._conn is not None and not self._conn.closed:
@@ -437,6 +455,7 @@ class DaemonFeed:
         scope: dict[str, str],
         snapshot: int,
         seen: Seen,
+        after: LiveTrace | None = None,
     ) -> None:
         self._link = link
         self._seen = seen
@@ -444,8 +463,12 @@ class DaemonFeed:
         self._scope = scope
         self._snapshot = snapshot
         self._subscription: str | None = None
-        self._last: LiveTrace | None = None  # the last record delivered
-        self._present = False
+        self._last: LiveTrace | None = after  # the last record delivered
+        self._present = after is not None
+
+    @property
+    def away(self) -> bool:
+        return self._link.away
 
     def poll(self, timeout: float) -> FeedUpdate:
         deadline = time.monotonic() + timeout
@@ -541,6 +564,10 @@ class DaemonDirectoryFeed:
     @property
     def _present(self) -> bool:
         return not self._link.root_missing
+
+    @property
+    def away(self) -> bool:
+        return self._link.away
 
     def poll(self, timeout: float) -> DirectoryUpdate:
         deadline = time.monotonic() + timeout

@@ -18,8 +18,9 @@ from doeff_flow_core.ids import is_workflow_id, validate_workflow_id
 from doeff_flow_core.liveness import derive_status, process_alive
 from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.tracefiles.chain import chain_of
-from doeff_flow_core.tracefiles.cursor import Cursor, read_on, tail
+from doeff_flow_core.tracefiles.cursor import Cursor, find_after, read_on, tail
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, trace_file
+from doeff_flow_core.tracefiles.lines import RawLine
 from doeff_flow_core.tracefiles.reading import (
     WorkflowSummary,
     parse_line,
@@ -45,6 +46,8 @@ from flowctl.sources.base import (
     workflow_entry,
 )
 
+# Where a feed resumes: just after the record of this run and step (None: a snapshot).
+After = tuple[str | None, int]
 # A watch that finds more than this much new data skips to the latest records.
 JUMP_BYTES = 1024 * 1024
 READ_LIMIT = 8 * 1024 * 1024
@@ -199,13 +202,25 @@ class TraceFeed:
     A cursor (the core's ``tracefiles.cursor``) reads on across rotation, so a rotation
     between two polls loses and repeats nothing; a trace replaced by something else, or
     truncated, starts again (``reset``). A poll while nothing changed costs one ``lstat``.
+
+    With ``after`` (a ``(run, step)`` another feed last delivered) there is no snapshot:
+    the feed starts just after that record, so a reader switching feeds mid-trace loses
+    and repeats nothing.
     """
 
-    def __init__(self, path: Path, workflow_id: str, snapshot: int, every_record: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        workflow_id: str,
+        snapshot: int,
+        every_record: bool,
+        after: After | None = None,
+    ) -> None:
         self._path = path
         self._workflow_id = workflow_id
         self._snapshot = snapshot
         self._every_record = every_record
+        self._after = after
         self._cursor: Cursor | None = None  # None: no snapshot taken yet
         self._key: FileKey | None = None  # of trace.jsonl when last read to its end
         self._present = False
@@ -258,7 +273,11 @@ class TraceFeed:
         if self._cursor is None:
             if key is None and not chain_of(directory).parts:
                 return self._gone()
-            return self._take_snapshot(directory, reset=False)
+            if self._after is not None:
+                self._resume(directory, self._after)
+            else:
+                return self._take_snapshot(directory, reset=False)
+        assert self._cursor is not None
         if key is not None and key == self._key:
             return None
         if (
@@ -275,9 +294,34 @@ class TraceFeed:
         self._key = None if step.behind else key  # more to read: do not wait for a change
         records = tuple(record for raw, _ in step.lines if (record := parse_line(raw)) is not None)
         skipped = step.skipped + sum(1 for raw, _ in step.lines if raw.data.strip()) - len(records)
+        records = self._past_after(records)
         if not (records or skipped):
             return None
         return FeedUpdate(records, skipped=skipped)
+
+    def _past_after(self, records: tuple[LiveTrace, ...]) -> tuple[LiveTrace, ...]:
+        """``records`` less those of ``after``'s run up to its step, once: a resume that
+        found no record to start after reads from the oldest part."""
+        if self._after is None:
+            return records
+        run, last = self._after
+        self._after = None
+        return tuple(record for record in records if record.run != run or record.step > last)
+
+    def _resume(self, directory: Directory, after: After) -> None:
+        """The cursor just after the last record of ``after``'s run at or before its step
+        (the core's ``find_after``), read on from there."""
+        run, last = after
+
+        def seen(line: RawLine) -> bool:
+            record = parse_line(line)
+            return record is not None and record.run == run and record.step <= last
+
+        newest = chain_of(directory).newest
+        self._cursor = Cursor()
+        self._present = True
+        if newest is not None:
+            self._cursor.move(find_after(directory, seen, (newest.ident, newest.size)))
 
     def _ident(self) -> tuple[int, int] | None:
         return None if self._cursor is None else self._cursor.ident
@@ -296,7 +340,7 @@ class TraceFeed:
             self._key = None
         if self._key is not None and (found.ident, found.end) != (self._ident(), self._key[1]):
             self._key = None  # not read to trace.jsonl's end: look again
-        return FeedUpdate(tuple(found.items), reset=reset, skipped=found.skipped)
+        return FeedUpdate(self._past_after(tuple(found.items)), reset=reset, skipped=found.skipped)
 
 
 class TraceDirFeed:
