@@ -19,6 +19,7 @@ from doeff_flow_core.tracefiles.reading import id_problem
 from flowctl.render.text import (
     INEXACT,
     chain_text,
+    effect_age,
     effect_text,
     id_column,
     location,
@@ -69,17 +70,43 @@ def _shown_frames(frames: Sequence[TraceFrame]) -> list[TraceFrame | int]:
     return [*frames[:2], len(frames) - 7, *frames[-5:]]
 
 
-def chain_lines(record: LiveTrace, *, effect: bool = True) -> list[Line]:
-    """The call chain as a tree, then ``↳ current effect``; ``≈`` marks an inexact chain."""
+def frame_name(frame: TraceFrame, limit: int | None = None) -> str:
+    """``fetch_region(region='apac', pages=4)``: the function with its arguments (when the
+    record has them), the arguments cut so the whole fits ``limit`` columns."""
+    name = safe(frame.function)
+    if frame.args is None:
+        return name
+    if limit is None:
+        return f"{name}({safe(frame.args)})"
+    room = max(limit - width(name) - 2, 1)
+    return f"{name}({fit(safe(frame.args), room)})"
+
+
+def chain_lines(
+    record: LiveTrace,
+    *,
+    effect: bool = True,
+    columns: int | None = None,
+    lead: str = "",
+    effect_suffix: Sequence[Fragment] = (),
+) -> list[Line]:
+    """The call chain as a tree, then ``↳ current effect``; ``≈`` marks an inexact chain.
+
+    ``lead`` starts the first row (``task 3  ``), the rest indented under it; with
+    ``columns``, each frame's arguments are cut so its location still fits."""
     shown = _shown_frames(record.trace)
+    where_width = max([0, *(width(location(f)) for f in shown if not isinstance(f, int))])
+    pad = " " * width(lead)
     rows: list[tuple[str, str, str]] = []
     for depth, frame in enumerate(shown):
+        prefix = (lead if depth == 0 else pad) + _indent(depth)
         if isinstance(frame, int):
-            rows.append((_indent(depth), f"┄ {frame} more frames", ""))
+            rows.append((prefix, f"┄ {frame} more frames", ""))
         else:
-            rows.append((_indent(depth), safe(frame.function), location(frame)))
+            limit = None if columns is None else columns - width(prefix) - where_width - 3
+            rows.append((prefix, frame_name(frame, limit), location(frame)))
     if rows and not record.trace_exact:
-        rows[0] = (f"{INEXACT} ", *rows[0][1:])
+        rows[0] = (f"{lead}{INEXACT} ", *rows[0][1:])
     column = max([LOCATION_COLUMN - 3, *(width(p + n) for p, n, _ in rows)]) + 3
     out: list[Line] = []
     for prefix, name, where in rows:
@@ -88,25 +115,57 @@ def chain_lines(record: LiveTrace, *, effect: bool = True) -> list[Line]:
             [("class:tree", prefix), ("class:function", name), ("", gap), ("class:location", where)]
         )
     if effect and record.current_effect is not None:
-        out.append([("", _effect_indent(len(rows))), ("class:effect", "↳ " + effect_text(record))])
+        indent = pad + _effect_indent(len(rows))
+        shown_effect = "↳ " + effect_text(record)
+        if columns is not None:  # the effect is cut, not how long it has lasted
+            room = columns - width(indent) - sum(width(text) for _, text in effect_suffix)
+            shown_effect = fit(shown_effect, max(room, 12))
+        out.append([("", indent), ("class:effect", shown_effect), *list(effect_suffix)])
     if rows and not record.trace_exact:
         out.append([("class:note", f"{INEXACT} approximate chain: the task's last known stack")])
     return out
 
 
-def _task_lines(task: LiveTrace, newest: LiveTrace) -> list[Line]:
-    quiet = seconds_between(task.updated_at, newest.updated_at)
-    label = f"task {task.task}" + (f" · quiet {age(quiet)}" if quiet >= QUIET_AFTER else "")
-    return [[("class:task", label)], *[[("", "  "), *line] for line in chain_lines(task)]]
+def _task_lines(
+    view: WorkflowView, task: LiveTrace, now: datetime, columns: int, label: int
+) -> list[Line]:
+    """``task 3  fetch_region(region='apac', pages=4)   file.py:14`` then its effect, how
+    long it has lasted and the task's own last slog."""
+    suffix: Line = [("class:idle", f" · {effect_age(seconds_between(task.updated_at, now))}")]
+    slog = view.slog_of(task.task) if task.task is not None else None
+    if slog is not None:
+        suffix.append(("class:slog", "  slog: " + safe(str(slog))))
+    lead = f"{'task ' + str(task.task):<{label}}  "
+    if not task.trace:
+        effect = [("class:effect", "↳ " + effect_text(task)), *suffix]
+        return [[("class:task", lead.rstrip())], [("", " " * len(lead)), *effect]]
+    lines = chain_lines(task, columns=columns, lead=lead, effect_suffix=suffix)
+    first = lines[0]
+    lines[0] = [("class:task", lead), ("class:tree", first[0][1][len(lead) :]), *first[1:]]
+    return lines
 
 
-def _status_lines(view: WorkflowView, status: str, now: datetime) -> list[Line]:
+def _failed_task_line(view: WorkflowView, columns: int) -> Line:
+    task = view.failed_task
+    if task is None or task.task is None:
+        return []
+    text = f"failed in task {task.task}"
+    if task.trace:
+        text += " · " + frame_name(task.trace[-1], columns - width(text) - 3)
+    return [("class:status.failed", text)]
+
+
+def _status_lines(view: WorkflowView, status: str, now: datetime, columns: int) -> list[Line]:
     record = view.latest
     assert record is not None
     lines: list[Line] = []
     outcome = outcome_text(record, status, 400)
     if outcome:
         lines.append([(status_style(status), outcome)])
+    if status == FAILED and record.is_terminal:
+        failed = _failed_task_line(view, columns)
+        if failed:
+            lines.append(failed)
     if record.last_slog is not None:
         lines.append([("class:slog", "slog: " + safe(str(record.last_slog)))])
     updated = [("class:updated", f"Updated: {clock(record.updated_at)}")]
@@ -124,6 +183,22 @@ def _status_lines(view: WorkflowView, status: str, now: datetime) -> list[Line]:
     return lines
 
 
+WATCH_KEYS: Final = "q quit  ↑↓ PgUp PgDn scroll  ? help"
+WATCH_HELP: Final = (
+    ("q, Ctrl-C", "quit"),
+    ("Esc", "back to the dashboard (opened from it), else quit"),
+    ("↑ ↓, j k", "scroll a line"),
+    ("PgUp PgDn, b space", "scroll a page"),
+    ("Home End, g G", "the top, the bottom"),
+    ("?", "this help (any key closes it)"),
+)
+
+
+def help_lines(keys: Sequence[tuple[str, str]]) -> list[Line]:
+    column = max(width(key) for key, _ in keys) + 3
+    return [[("class:title", key + " " * (column - width(key))), ("", what)] for key, what in keys]
+
+
 def watch_box(
     view: WorkflowView,
     status: str | None,
@@ -133,7 +208,27 @@ def watch_box(
     location: str,
     status_only: bool = False,
 ) -> list[Line]:
-    """The seed's box for one workflow, ``columns`` wide."""
+    """The seed's box for one workflow, ``columns`` wide, whole."""
+    return watch_picture(view, status, now, columns, location=location, status_only=status_only)[0]
+
+
+def watch_picture(
+    view: WorkflowView,
+    status: str | None,
+    now: datetime,
+    columns: int,
+    *,
+    location: str,
+    status_only: bool = False,
+    rows: int | None = None,
+    top: int = 0,
+    footer: str = WATCH_KEYS,
+) -> tuple[list[Line], int]:
+    """The seed's box for one workflow, ``columns`` wide, and the scroll used.
+
+    With ``rows``, the picture is at most that tall: the call chains scroll between the
+    title and the status lines, ``+N more tasks (↓)`` saying what is below, and the keys
+    are shown under the box. Without, it is whole (the picture left on the terminal)."""
     record = view.latest
     if record is None or status is None:
         title: Line = [
@@ -144,24 +239,71 @@ def watch_box(
             [("class:note", f"waiting for {safe(view.workflow_id)} to start")],
             [("class:note", f"(no trace in {safe(location)} yet)" if not view.present else "")],
         ]
-        return box(title, body, columns)
+        return _framed(title, [], body, [], columns, rows, 0, footer)
     title = [
         ("class:title", f"{safe(view.workflow_id)} "),
         (status_style(status), f"[{safe_clip(status, 40)}]"),
         ("class:title", f" step {record.step}"),
     ]
+    inner = max(columns, MIN_BOX_WIDTH) - 5
     body = []
+    starts: list[int] = []  # where each task's lines start in body
     if not status_only:
         root = view.root if view.root is not None else record
         if record.is_terminal and status == FAILED and record.trace:
             body += [[("class:note", "raised at:")], *chain_lines(record, effect=False), []]
         elif not record.is_terminal:
             if root.trace or root.current_effect:
-                body += [*chain_lines(root), []]
+                quiet = seconds_between(root.updated_at, now)
+                suffix: Line = (
+                    [("class:idle", f" · {effect_age(quiet)}")] if quiet >= QUIET_AFTER else []
+                )
+                body += [*chain_lines(root, columns=inner, effect_suffix=suffix), []]
+            if view.tasks:
+                count = len(view.tasks)
+                body.append(
+                    [("class:note", f"{count} task{'s' * (count != 1)}, longest idle first")]
+                )
+            label = max([0, *(len(f"task {task.task}") for task in view.tasks)])
             for task in view.tasks:
-                body += [*_task_lines(task, record), []]
-    body += _status_lines(view, status, now)
-    return box(title, [[], *body], columns)
+                starts.append(len(body))
+                body += _task_lines(view, task, now, inner, label)
+            if view.tasks:
+                body.append([])
+    tail = _status_lines(view, status, now, inner)
+    return _framed(title, [[]], body, tail, columns, rows, top, footer, starts)
+
+
+def _framed(
+    title: Line,
+    head: list[Line],
+    body: list[Line],
+    tail: list[Line],
+    columns: int,
+    rows: int | None,
+    top: int,
+    footer: str,
+    starts: Sequence[int] = (),
+) -> tuple[list[Line], int]:
+    """``head``, ``body`` and ``tail`` boxed; with ``rows``, ``body`` scrolled to fit."""
+    if rows is None:
+        return box(title, [*head, *body, *tail], columns), 0
+    room = rows - 3 - len(head) - len(tail)  # the borders and the footer
+    if len(body) > room and room >= 3:
+        window = room - 1  # the last line says what is below
+        top = max(0, min(top, len(body) - window))
+        below = sum(1 for start in starts if start >= top + window)
+        above = sum(1 for start in starts if start < top)
+        hint = f"+{below} more task{'s' * (below != 1)} (↓)" if below else ""
+        if above:
+            hint += ("  " if hint else "") + f"{above} above (↑)"
+        if not hint:
+            hint = "more above (↑)" if top else "more below (↓)"
+        shown = [*body[top : top + window], [("class:hint", hint)]]
+    else:
+        top, shown = 0, body
+    lines = box(title, [*head, *shown, *tail], columns)[: max(rows - 1, 1)]
+    return [*lines, [("class:footer", fit(footer, max(columns, MIN_BOX_WIDTH)))]], top
 
 
 def box(title: Line, body: Sequence[Line], columns: int) -> list[Line]:
@@ -214,9 +356,14 @@ def status_counts(statuses: Iterable[str]) -> str:
     return safe(" · ".join(parts)) if parts else "no workflows"
 
 
-def _sort_key(entry: WorkflowEntry) -> tuple[int, str]:
+MARKS: Final = {FAILED: "✗", LOST: "!", UNREADABLE: "?"}  # read without colour too
+
+
+def sort_key(entry: WorkflowEntry) -> tuple[int, float, str]:
+    """By status (running first), then the longest without an update first."""
     order = STATUS_ORDER.index(entry.status) if entry.status in STATUS_ORDER else len(STATUS_ORDER)
-    return (order, entry.name)
+    updated = entry.latest.updated_at.timestamp() if entry.latest is not None else 0.0
+    return (order, updated, entry.name)
 
 
 def _detail(entry: WorkflowEntry) -> Line:
@@ -231,6 +378,41 @@ def _detail(entry: WorkflowEntry) -> Line:
     return [("class:function", chain + "  " if chain else ""), ("class:effect", effect)]
 
 
+def dashboard_header(entries: Sequence[WorkflowEntry], now: datetime, source: str) -> Line:
+    return [
+        ("class:title", "doeff-flow · "),
+        ("", status_counts(e.status for e in entries)),
+        ("class:updated", f" · {clock(now)[:8]} · "),
+        ("class:note", safe(source)),
+    ]
+
+
+def dashboard_rows(
+    entries: Sequence[WorkflowEntry],
+    now: datetime,
+    id_width: int,
+    selected: str | None = None,
+) -> list[tuple[Line, Line]]:
+    """Two lines a workflow, in the order given: ``▶ ✗ wf-bad  failed  step 5 ...`` (the
+    selection, a mark for failed and lost) and its chain and effect, result or error."""
+    out = []
+    for entry in entries:
+        chosen = entry.name == selected
+        mark = MARKS.get(entry.status, " ")
+        style = "class:selected" if chosen else ""
+        emphasis = f"{style} class:row.{entry.status}" if entry.status in MARKS else style
+        name, status, rest = ps_columns(entry, now, id_width)
+        first: Line = [
+            (style, "▶ " if chosen else "  "),
+            (f"{emphasis} {status_style(entry.status)}", mark + " "),
+            (f"{emphasis} class:title", name),
+            (f"{emphasis} {status_style(entry.status)}", status),
+            (emphasis, rest),
+        ]
+        out.append((first, [("", " " * 6), *_detail(entry)]))
+    return out
+
+
 def dashboard(
     entries: Sequence[WorkflowEntry],
     now: datetime,
@@ -240,20 +422,11 @@ def dashboard(
     present: bool = True,
 ) -> list[Line]:
     """Every workflow: the ps columns, then its call chain and effect, result or error."""
-    header: Line = [
-        ("class:title", "doeff-flow · "),
-        ("", status_counts(e.status for e in entries)),
-        ("class:updated", f" · {clock(now)[:8]} · "),
-        ("class:note", safe(source)),
-    ]
-    lines: list[Line] = [header, []]
+    lines: list[Line] = [dashboard_header(entries, now, source), []]
     if not present:
         lines.append([("class:note", "waiting for the trace directory to appear")])
     elif not entries:
         lines.append([("class:note", "no workflows yet")])
-    id_width = id_column(entries)
-    for entry in sorted(entries, key=_sort_key):
-        name, status, rest = ps_columns(entry, now, id_width)
-        lines.append([("class:title", name), (status_style(entry.status), status), ("", rest)])
-        lines.append([("", " " * 4), *_detail(entry)])
+    for first, second in dashboard_rows(sorted(entries, key=sort_key), now, id_column(entries)):
+        lines += [first, second]
     return [fit_line(line, columns) for line in lines]

@@ -137,6 +137,9 @@ def history_json_line(record: LiveTrace) -> str:
     return json.dumps(record.to_dict(), separators=(",", ":"))
 
 
+MAX_ARGS_CHARS: Final = 60  # a task's arguments on a plain watch line
+
+
 def change_line(
     record: LiveTrace, status: str, now: datetime, *, status_only: bool, name: str
 ) -> str:
@@ -151,13 +154,27 @@ def change_line(
     head = f"{head}  step {record.step}"
     if record.is_terminal or status in (LOST, UNKNOWN):
         return f"{head}  {outcome_text(record, status, MAX_DETAIL_CHARS)}"
-    task = f"  [task {record.task}]" if record.task is not None else ""
+    if record.task is None:
+        chain = chain_text(record)
+        return (
+            f"{head}  {chain}  ↳ {effect_text(record)}"
+            if chain
+            else f"{head}  ↳ {effect_text(record)}"
+        )
+    # a task's line says which call it is in (its arguments) and how long its effect has
+    # lasted so far: ten tasks in the same function are told apart
     chain = chain_text(record)
-    return (
-        f"{head}{task}  {chain}  ↳ {effect_text(record)}"
-        if chain
-        else f"{head}{task}  ↳ {effect_text(record)}"
-    )
+    inner = record.trace[-1] if record.trace else None
+    if chain and inner is not None and inner.args is not None:
+        chain += f"({safe_clip(inner.args, MAX_ARGS_CHARS)})"
+    lasted = effect_age(seconds_between(record.updated_at, now))
+    effect = f"↳ {effect_text(record)} · {lasted}"
+    return f"{head}  [task {record.task}]  " + (f"{chain}  {effect}" if chain else effect)
+
+
+def effect_age(seconds: float) -> str:
+    """How long an effect has lasted: ``0.4s``, ``12.0s``, then ``4m05s``."""
+    return f"{max(seconds, 0.0):.1f}s" if seconds < 60 else age(seconds)
 
 
 def waiting_line(workflow_id: str, location: str) -> str:

@@ -16,10 +16,11 @@ from typing import Final, Protocol
 from doeff_flow_core.escape import safe
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING
 from flowctl import exitcodes
-from flowctl.render.box import Line, dashboard, watch_box
+from flowctl.render.box import WATCH_HELP, WATCH_KEYS, Line, box, help_lines, watch_picture
 from flowctl.render.text import change_line, ps_object, waiting_line
 from flowctl.render.timefmt import clock
 from flowctl.sources.base import Source, WorkflowEntry
+from flowctl.watch import dashboard
 from flowctl.watch.state import WorkflowView, fold
 
 LIVENESS_INTERVAL: Final = 1.0
@@ -51,7 +52,13 @@ class WatchModel(Protocol):
         """Lines for plain output about what changed since the last call."""
         ...
 
-    def screen(self, columns: int, now: datetime) -> list[Line]: ...
+    def screen(self, columns: int, rows: int | None, now: datetime) -> list[Line]:
+        """The picture at most ``rows`` tall, the keys under it; whole with None."""
+        ...
+
+    def press(self, key: str) -> bool:
+        """A key (prompt-toolkit's name or the character); True to leave."""
+        ...
 
     def close(self) -> None: ...
 
@@ -70,6 +77,10 @@ class WorkflowWatch:
         self.status: str | None = None
         self._checked = 0.0
         self._shown: object = None  # what the last plain line said
+        self._top = 0  # the first body line on the screen
+        self._rows = 24
+        self._help = False
+        self.footer = WATCH_KEYS
 
     def tick(self, timeout: float) -> bool:
         before_view, before_status = self.view, self.status
@@ -103,21 +114,60 @@ class WorkflowWatch:
             return [json.dumps(ps_object(entry, now))]
         if record is None or status is None:
             return [waiting_line(self.view.workflow_id, self._source.location)]
-        return [
-            change_line(
-                record, status, now, status_only=self._status_only, name=self.view.workflow_id
-            )
-        ]
+        line = change_line(
+            record, status, now, status_only=self._status_only, name=self.view.workflow_id
+        )
+        failed = self.view.failed_task
+        if status == FAILED and record.is_terminal and failed is not None and not self._status_only:
+            line += f"  (in task {failed.task})"  # which of the tasks the error came from
+        return [line]
 
-    def screen(self, columns: int, now: datetime) -> list[Line]:
-        return watch_box(
+    def screen(self, columns: int, rows: int | None, now: datetime) -> list[Line]:
+        if self._help and rows is not None:
+            title: Line = [("class:title", f"{self.view.workflow_id}: keys")]
+            return box(title, help_lines(WATCH_HELP), columns)[:rows]
+        self._rows = rows or self._rows
+        lines, self._top = watch_picture(
             self.view,
             self.status,
             now,
             columns,
             location=self._source.location,
             status_only=self._status_only,
+            rows=rows,
+            top=self._top,
+            footer=self.footer,
         )
+        return lines
+
+    @property
+    def helping(self) -> bool:
+        return self._help
+
+    def press(self, key: str) -> bool:
+        if self._help:
+            self._help = False
+            return False
+        page = max(self._rows - 10, 1)
+        moves = {
+            "down": 1,
+            "j": 1,
+            "up": -1,
+            "k": -1,
+            "pagedown": page,
+            " ": page,
+            "pageup": -page,
+            "b": -page,
+            "home": -(1 << 30),
+            "g": -(1 << 30),
+            "end": 1 << 30,
+            "G": 1 << 30,
+        }
+        if key in moves:
+            self._top = max(0, min(self._top + moves[key], 1 << 30))
+        elif key == "?":
+            self._help = True
+        return key in ("q", "escape")
 
     def close(self) -> None:
         self._feed.close()
@@ -135,8 +185,15 @@ class DashboardWatch:
         self.present = True
         self._checked = time.monotonic()
         self._changed: dict[str, None] = {}
+        self.ui = dashboard.DashboardUI()
+        self.opened: WorkflowWatch | None = None  # the watch Enter opened, until Esc
+        self._rows = 24
 
     def tick(self, timeout: float) -> bool:
+        opened = self.opened.tick(0) if self.opened is not None else False
+        return self._tick(timeout) or opened
+
+    def _tick(self, timeout: float) -> bool:
         update = self._feed.poll(timeout)
         changed = bool(update.changed or update.removed) or update.present != self.present
         self.present = update.present
@@ -196,10 +253,37 @@ class DashboardWatch:
         self._changed.clear()
         return lines
 
-    def screen(self, columns: int, now: datetime) -> list[Line]:
+    def screen(self, columns: int, rows: int | None, now: datetime) -> list[Line]:
+        if self.opened is not None:
+            return self.opened.screen(columns, rows, now)
+        self._rows = rows or self._rows
         source = f"{self._source.kind} {self._source.location}"
-        entries = sorted(self.entries.values(), key=lambda e: e.name)
-        return dashboard(entries, now, columns, source=source, present=self.present)
+        return dashboard.picture(
+            list(self.entries.values()),
+            self.ui,
+            now,
+            columns,
+            rows,
+            source=source,
+            present=self.present,
+        )
+
+    def press(self, key: str) -> bool:
+        if self.opened is not None:
+            if key == "escape" and not self.opened.helping:
+                self.opened.close()
+                self.opened = None
+                return False
+            return self.opened.press(key) and key != "escape"
+        listed = dashboard.shown(list(self.entries.values()), self.ui)
+        self.ui, action = dashboard.press(self.ui, key, listed, dashboard.page_size(self._rows))
+        if action == dashboard.OPEN and self.ui.selected is not None:
+            self.opened = WorkflowWatch(self._source, self.ui.selected)
+            self.opened.footer = "Esc back  " + WATCH_KEYS
+            self.opened.tick(0)
+        return action == dashboard.QUIT
 
     def close(self) -> None:
+        if self.opened is not None:
+            self.opened.close()
         self._feed.close()

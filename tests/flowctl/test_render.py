@@ -24,7 +24,7 @@ from flowctl.render.text import (
 from flowctl.render.textwidth import width
 from flowctl.render.timefmt import age, clock
 from flowctl.sources.base import UNREADABLE, FeedUpdate, WorkflowEntry
-from flowctl.watch.state import MAX_TASKS, TASK_FORGET_AFTER, WorkflowView, fold
+from flowctl.watch.state import TASK_FORGET_AFTER, WorkflowView, fold
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
 SEED_FRAMES = (
@@ -136,7 +136,7 @@ def test_long_chains_are_elided_in_the_middle() -> None:
     assert "f19" in lines[-2] and lines[-1].strip().startswith("↳")
 
 
-def test_spawned_tasks_get_their_own_sub_trees_and_quiet_time() -> None:
+def test_spawned_tasks_get_their_own_sub_trees_and_effect_age() -> None:
     root = rec(10, current_effect="Gather(tasks=(Task(0), Task(1)))", updated_at=T0)
     a = rec(
         11, task=0, trace=(TraceFrame("worker", "/w.py", 5),), updated_at=T0 + timedelta(seconds=1)
@@ -146,8 +146,9 @@ def test_spawned_tasks_get_their_own_sub_trees_and_quiet_time() -> None:
     )
     text = box_text(view_of(root, a, b), "running", now=T0 + timedelta(seconds=9))
     assert "Gather(tasks=(Task(0), Task(1)))" in text
-    assert "task 0 · quiet 8s" in text and "task 1" in text and "task 1 ·" not in text
-    assert text.index("task 0") < text.index("w.py:5") < text.index("task 1") < text.index("w.py:6")
+    # each task says how long it has been in its effect, the longest idle first
+    assert text.index("task 0") < text.index("w.py:5") < text.index("· 8.0s") < text.index("task 1")
+    assert text.index("task 1") < text.index("w.py:6") < text.index("· 0.0s")
 
 
 def test_idle_time_shows_for_a_running_workflow_only() -> None:
@@ -288,16 +289,16 @@ def test_fold_drops_tasks_the_trace_says_finished() -> None:
     assert later.root is not None and later.root.step == 1
 
 
-def test_fold_forgets_quiet_and_surplus_tasks() -> None:
+def test_fold_forgets_quiet_tasks_only_in_traces_without_task_events() -> None:
     old = rec(2, task=99, updated_at=T0)
     fresh = [
         rec(10 + i, task=i, updated_at=T0 + timedelta(seconds=TASK_FORGET_AFTER + 1))
-        for i in range(MAX_TASKS + 2)
+        for i in range(10)
     ]
     view = view_of(old, *fresh)
-    assert len(view.tasks) == MAX_TASKS
-    assert 99 not in {r.task for r in view.tasks}
-    assert {r.task for r in view.tasks} == set(range(2, MAX_TASKS + 2))
+    assert {r.task for r in view.tasks} == set(range(10))  # every live task, however many
+    spawned = view_of(replace(old, spawned=((99, None),)), *fresh)
+    assert [r.task for r in spawned.tasks][0] == 99  # kept, and first: the longest idle
 
 
 def test_fold_returns_the_same_view_when_nothing_changed_and_resets() -> None:

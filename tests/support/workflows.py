@@ -217,3 +217,55 @@ def run_workflow_to_end(trace_dir: Path, workflow_id: str, steps: int = 3, **kw:
 def finish(proc: subprocess.Popen[bytes], failing: bool = False) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == (1 if failing else 0), err.decode()
+
+
+# A report that spawns one task per region (REGIONS), each fetching its pages with a slog
+# and an ``Await(asyncio.sleep(...))`` per page, then resting in ``Await(asyncio.sleep(
+# rest))`` (alive, blocked) before it returns. Region i starts i * 0.05 s after the one
+# before it, so the first regions have been idle longest. With mode "fail", the region
+# named FAILING_REGION raises after its first page instead of resting.
+#   argv: trace_dir workflow_id mode rest
+REGIONS = ("apac", "emea", "latam", "nam", "anz", "india", "japan", "nordics", "dach", "mena")
+FAILING_REGION = "latam"
+REGIONS_PROGRAM = r"""
+import asyncio, sys
+from doeff import Await, Gather, Spawn, do, slog
+from doeff_flow_core import run_workflow
+
+REGIONS = REGIONS_HERE
+FAILING = FAILING_HERE
+trace_dir, workflow_id, mode, rest = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+
+@do
+def fetch_region(region, pages):
+    for page in range(pages):
+        yield slog("fetching", region=region, page=page)
+        yield Await(asyncio.sleep(0.02))
+    if mode == "fail" and region == FAILING:
+        raise RuntimeError(f"{region} upstream returned 503")
+    yield slog("resting", region=region)
+    yield Await(asyncio.sleep(rest))
+    return pages
+
+@do
+def report():
+    tasks = []
+    for i, region in enumerate(REGIONS):
+        yield Await(asyncio.sleep(0.05))
+        tasks.append((yield Spawn(fetch_region(region, pages=4))))
+    return (yield Gather(*tasks))
+
+result = run_workflow(report(), workflow_id, trace_dir)
+sys.exit(0 if result.is_ok() else 1)
+""".replace("REGIONS_HERE", repr(REGIONS)).replace("FAILING_HERE", repr(FAILING_REGION))
+
+
+def start_regions(
+    start: Callable[..., subprocess.Popen[str]],
+    trace_dir: Path,
+    workflow_id: str,
+    mode: str = "hold",
+    rest: float = 120,
+) -> subprocess.Popen[str]:
+    """The report of ten regions (see REGIONS_PROGRAM), started in the background."""
+    return start(REGIONS_PROGRAM, trace_dir, workflow_id, mode, rest)
