@@ -187,8 +187,8 @@ def picture(
     hint = f"+{below} more (↓)" if below else ""
     if first:
         hint += ("  " if hint else "") + f"{first} above (↑)"
-    lines = [*head, *body]
-    lines = lines[: max(rows - 2, 0)]
+    lines = [*head, *body][: max(rows - 2, 0)]
+    lines += [[] for _ in range(rows - 2 - len(lines))]  # the keys at the bottom, as in htop
     lines += [[("class:hint", hint)], footer]
     return [fit_line(line, columns) for line in lines][-rows:] if rows > 0 else []
 
