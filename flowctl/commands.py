@@ -13,18 +13,28 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
-from doeff_flow_core import LiveTrace
 from doeff_flow_core.escape import safe, safe_clip
-from doeff_flow_core.protocol import NO_VALID_RECORDS
+from doeff_flow_core.protocol import HISTORY_MAX, NO_VALID_RECORDS
 from doeff_flow_core.records import RUNNING, UNKNOWN
 from doeff_flow_core.tracefiles.layout import resolve_trace_dir
 from flowctl import exitcodes
 from flowctl.console import Console
 from flowctl.errors import FlowctlError, TraceUnreadable, UsageError, WorkflowNotFound
-from flowctl.options import ALL_COMMANDS, Request
-from flowctl.render.text import history_json_line, history_line, ps_json, ps_lines
+from flowctl.history import Ending, Row, Step, cutoff, ending, pick_run, rows, select
+from flowctl.lookup import find_source
+from flowctl.options import ALL_COMMANDS, STATUS_CHOICES, Request
+from flowctl.render.history import (
+    history_ending_json,
+    history_ending_line,
+    history_json_line,
+    history_line,
+    history_run_line,
+)
+from flowctl.render.text import ps_json, ps_lines
 from flowctl.sources.base import UNREADABLE, Source, WorkflowEntry
-from flowctl.sources.connect import open_source
+from flowctl.sources.connect import open_source, resilient
+from flowctl.sources.daemon import DaemonSource
+from flowctl.sources.failover import notes_of
 from flowctl.sources.files import FileSource
 from flowctl.watch.model import DashboardWatch, WatchModel, WorkflowWatch
 
@@ -60,11 +70,30 @@ def run_ps(console: Console, request: Request, source: Source) -> int:
     return exitcodes.BAD_TRACE if unreadable else exitcodes.OK
 
 
+def ps_statuses(text: str) -> frozenset[str]:
+    """``failed,lost``: statuses ``ps`` can show (UsageError otherwise)."""
+    statuses = frozenset(part.strip() for part in text.split(",") if part.strip())
+    wrong = sorted(statuses - set(STATUS_CHOICES))
+    if wrong or not statuses:
+        raise UsageError(
+            f"no status {', '.join(wrong) or text!r}: choose from {', '.join(STATUS_CHOICES)}"
+        )
+    return statuses
+
+
 def _print_ps(console: Console, request: Request, source: Source) -> list[WorkflowEntry]:
     """``ps`` printed; the entries that could not be read."""
-    entries = source.list_workflows()
-    if request.status is not None:
-        entries = [entry for entry in entries if entry.status == request.status]
+    statuses = None if request.status is None else ps_statuses(request.status)
+    if request.all and request.options.trace_dir is not None:
+        raise UsageError("ps --all lists every trace directory; leave out --trace-dir")
+    if request.all and not (isinstance(source, DaemonSource) and source.root is None):
+        from flowctl.lookup import list_every_root
+
+        entries = list_every_root()  # as flowd would list them, from the files
+    else:
+        entries = source.list_workflows()
+    if statuses is not None:
+        entries = [entry for entry in entries if entry.status in statuses]
     now = datetime.now(UTC)
     if request.options.json:
         console.out.write(ps_json(entries, now) + "\n")
@@ -81,27 +110,49 @@ def _workflow_id(request: Request) -> str:
 
 
 def run_history(console: Console, request: Request, source: Source) -> int:
+    from flowctl.prune import parse_duration
+
     workflow_id = _workflow_id(request)
-    render = history_json_line if request.options.json else history_line
+    since = cutoff(
+        datetime.now(UTC), None if request.since is None else parse_duration(request.since)
+    )
     if request.follow:
-        return _follow_history(console, request, source, workflow_id, render)
-    history = source.history(workflow_id, request.last)
-    console.out.write("".join(render(record) + "\n" for record in history.records))
-    console.out.flush()
+        return _follow_history(console, request, source, workflow_id, since)
+    # A run or a time is looked for among the latest HISTORY_MAX records.
+    window = request.last if request.run is None and since is None else HISTORY_MAX
+    history = source.history(workflow_id, max(window, request.last))
+    run = None if request.run is None else pick_run(workflow_id, history.records, request.run)
+    records = select(history.records, run=run, since=since, last=request.last)
+    _print_rows(console, request, rows(records, source.status))
     if history.skipped:
         warn(console, f"{workflow_id}: {malformed(history.skipped)}")
         return exitcodes.BAD_TRACE
     return exitcodes.OK
 
 
+def _print_rows(console: Console, request: Request, shown: list[Row]) -> None:
+    as_json = request.options.json
+    lines = []
+    for row in shown:
+        if isinstance(row, Step):
+            record = row.record
+            lines.append(history_json_line(record) if as_json else history_line(record, row.took))
+        elif isinstance(row, Ending):
+            end = history_ending_json if as_json else history_ending_line
+            lines.append(end(row.record, row.status))
+        elif not as_json:
+            lines.append(history_run_line(row.record))
+    console.out.write("".join(line + "\n" for line in lines))
+    console.out.flush()
+
+
 def _follow_history(
-    console: Console,
-    request: Request,
-    source: Source,
-    workflow_id: str,
-    render: Callable[[LiveTrace], str],
+    console: Console, request: Request, source: Source, workflow_id: str, since: datetime | None
 ) -> int:
-    """The last records, then each new one until the workflow ends (completed, failed, lost)."""
+    """The last records, then each new one until the workflow ends (completed, failed, lost);
+    a step's time is not known when it is shown, so followed lines carry none."""
+    source = resilient(source, request.options)  # goes on from the files while flowd is away
+    notes = notes_of(source)
     feed = source.follow(workflow_id, snapshot=request.last, every_record=True)
     try:
         update = feed.poll(0)
@@ -110,15 +161,21 @@ def _follow_history(
             raise WorkflowNotFound(workflow_id, source.location)
         if not update.records and update.skipped:
             raise TraceUnreadable(workflow_id, NO_VALID_RECORDS)
+        run = None if request.run is None else pick_run(workflow_id, update.records, request.run)
         latest = None
         while True:
-            if update.records:
-                console.out.write("".join(render(r) + "\n" for r in update.records))
-                console.out.flush()
-                latest = update.records[-1]
+            records = select(update.records, run=run, since=since)
+            for note in notes.take() if notes is not None else ():
+                warn(console, note)
+            if records:
+                _print_rows(console, request, [Step(record) for record in records])
+                latest = records[-1]
             if latest is not None and (
                 latest.is_terminal or source.status(latest) not in (RUNNING, UNKNOWN)
             ):
+                end = ending(latest, source.status)
+                if end is not None:
+                    _print_rows(console, request, [end])
                 return exitcodes.OK
             update = feed.poll(FOLLOW_POLL)
     finally:
@@ -128,6 +185,8 @@ def _follow_history(
 def run_watch(console: Console, request: Request, source: Source) -> int:
     model: WatchModel
     as_json, status_only = request.options.json, request.status_only
+    source = resilient(source, request.options)  # goes on from the files while flowd is away
+    notes = notes_of(source)
     if request.workflow_id is None:
         model = DashboardWatch(source, status_only=status_only, as_json=as_json)
     else:
@@ -135,10 +194,14 @@ def run_watch(console: Console, request: Request, source: Source) -> int:
     if console.interactive and not request.options.json:
         from flowctl.watch.screen import run_screen
 
-        return run_screen(model, request.poll_interval, request.exit_on_complete, console.out)
+        return run_screen(
+            model, request.poll_interval, request.exit_on_complete, console.out, notes
+        )
     from flowctl.watch.plain import run_plain
 
-    return run_plain(model, request.poll_interval, request.exit_on_complete, console.out)
+    return run_plain(
+        model, request.poll_interval, request.exit_on_complete, console.out, notes, console.err
+    )
 
 
 def run_prune(console: Console, request: Request, source: Source) -> int:
@@ -238,6 +301,8 @@ def dispatch(console: Console, request: Request, source: Source | None = None) -
             source = FileSource(resolve_trace_dir(request.options.trace_dir))
         if source is None:
             source = open_source(request.options, console.err)
+        if command.uses_source:
+            source = find_source(request, source, console.err)
         return RUNNERS[command.name](console, request, source)
     except FlowctlError as exc:
         warn(console, str(exc))

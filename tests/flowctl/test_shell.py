@@ -25,7 +25,7 @@ from flowctl.commands import dispatch
 from flowctl.options import GlobalOptions
 from flowctl.shell import FlowCompleter, FlowShell
 from flowctl.sources.files import FileSource
-from tests.support.flowctl import Tmux, flowctl_command
+from tests.support.flowctl import Tmux, flowctl_command, untimed
 from tests.support.procs import python_env, wait_until
 from tests.support.workflows import start_workflow, write_traces
 
@@ -109,7 +109,8 @@ def test_the_shell_runs_the_same_commands_and_leaves_on_ctrl_d(driven: Driven) -
     assert code == exitcodes.OK
     out = driven.out.getvalue()
     assert "wf-001    completed   step 10" in out and "wf-002    failed      step 10" in out
-    assert "step    9  running     Put('total', 30)\nstep   10  completed   -\n" in out
+    shown = "step    9  running     Put('total', 30)\nstep   10  completed   result: 30\n"
+    assert shown in untimed(out)
     assert '[{"workflow_id": "wf-002"' in out
     assert driven.err.getvalue() == ""
 
@@ -142,7 +143,7 @@ def test_help_lists_commands_and_command_options(driven: Driven) -> None:
 def test_tab_completes_commands_and_workflow_ids(driven: Driven) -> None:
     # Completions show while typing; Tab picks the first one.
     driven.run("hist", "\t", " wf-0", "\t", " --last 1\r", "\x04")
-    assert driven.out.getvalue().endswith("step   10  completed   -\n")
+    assert untimed(driven.out.getvalue()).endswith("step   10  completed   result: 30\n")
 
 
 def test_watch_in_the_shell_returns_to_the_prompt(driven: Driven) -> None:
@@ -253,6 +254,6 @@ def test_shell_reads_commands_from_a_pipe_without_a_prompt(traces: Path) -> None
         check=False,
     )
     assert done.stdout.splitlines()[0].startswith("wf-002    failed")
-    assert done.stdout.splitlines()[1] == "step   10  completed   -"
+    assert untimed(done.stdout.splitlines()[1]) == "step   10  completed   result: 30"
     assert "flowctl>" not in done.stdout
     assert done.returncode == exitcodes.NOT_FOUND and "no workflow 'wf-none'" in done.stderr
