@@ -4,15 +4,22 @@
 code  name             meaning
 ====  ===============  ==========================================================
 0     OK               success; also leaving ``watch`` with ``q`` or Ctrl-C when
-                       ``--exit-on-complete`` was not given
+                       ``--exit-on-complete`` was not given; plain ``watch WF`` of a
+                       workflow that had already completed
 1     WORKFLOW_FAILED  ``watch --exit-on-complete``: the workflow failed or was lost
-                       (with no WF: some workflow failed or was lost); ``run``: the
-                       program failed, or its module raised on import
+                       (with no WF: some workflow failed or was lost); plain ``watch
+                       WF`` (not on a terminal) of a workflow that had already failed
+                       or been lost; ``run``: the program failed, or its module
+                       raised on import
 2     USAGE            bad arguments, an invalid workflow id, no command when not
                        on a terminal; ``run``: a malformed program reference or one
                        that names no program; ``roots add``: a directory that may not
-                       be a root (/, /proc, /sys, /dev and under them, another user's)
-3     NOT_FOUND        an unknown workflow, a missing trace directory; ``run``: no
+                       be a root (/, /proc, /sys, /dev and under them, another user's);
+                       ``history --run``: a prefix of more than one run; a workflow id
+                       found in two registered trace directories (no --trace-dir: say
+                       which); ``ps --all`` with ``--trace-dir``
+3     NOT_FOUND        an unknown workflow, a missing trace directory; ``history
+                       --run``: no such run (the runs are listed); ``run``: no
                        such module or attribute; ``roots add``: no such directory,
                        ``roots remove``: not a root; ``status`` (NOT_RUNNING): flowd
                        is not running (as ``systemctl status`` says of a stopped unit)
@@ -29,7 +36,8 @@ code  name             meaning
                        ``watch --exit-on-complete`` before the workflow ended
 ====  ===============  ==========================================================
 
-Errors are reported as one line on stderr, ``flowctl: <what went wrong>``.
+Errors are reported as one line on stderr, ``flowctl: <what went wrong>`` (``doeff-flow:``
+when run under that name).
 """
 
 from __future__ import annotations

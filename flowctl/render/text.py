@@ -147,8 +147,10 @@ def change_line(
 
     ``name`` is the workflow as its directory (or flowd) names it, never the record's own
     ``workflow_id``: a record may say anything there."""
+    # A run that ended is stamped with when it ended, not with when it was looked at.
+    stamp = record.updated_at if record.is_terminal or status == LOST else now
     status = safe_clip(status, 40)
-    head = f"{clock(now)}  {safe(name)}  {status:<{HISTORY_STATUS_WIDTH}}"
+    head = f"{clock(stamp)}  {safe(name)}  {status:<{HISTORY_STATUS_WIDTH}}"
     if status_only:
         return head.rstrip()
     head = f"{head}  step {record.step}"

@@ -8,7 +8,7 @@ from typing import TextIO
 from doeff_flow_core.escape import safe
 from flowctl import exitcodes
 from flowctl.sources.base import Notes
-from flowctl.watch.model import WatchModel
+from flowctl.watch.model import WatchModel, WorkflowWatch
 
 
 def run_plain(
@@ -19,9 +19,12 @@ def run_plain(
     notes: Notes | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Print changes until the work ends (with ``exit_on_complete``) or Ctrl-C; what the
+    """Print changes until the work ends (with ``exit_on_complete``) or Ctrl-C; a workflow
+    that had ended before the watch began is shown once (stamped with when it ended) and
+    the watch exits with its outcome, with or without ``exit_on_complete``. What the
     source says of itself (``notes``: flowd went away, is back) goes to ``err``."""
     timeout = 0.0
+    seen = False  # whether the workflow's state has been seen yet
     try:
         while True:
             model.tick(timeout)
@@ -33,10 +36,13 @@ def run_plain(
             if lines:
                 out.write("".join(line + "\n" for line in lines))
                 out.flush()
-            if exit_on_complete:
-                code = model.outcome()
+            code = model.outcome()
+            if exit_on_complete and code is not None:
+                return code
+            if not seen and isinstance(model, WorkflowWatch) and model.status is not None:
+                seen = True
                 if code is not None:
-                    return code
+                    return code  # it had ended before the watch began: nothing to wait for
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED if exit_on_complete else exitcodes.OK
     finally:
