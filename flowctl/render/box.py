@@ -14,7 +14,7 @@ from typing import Final
 
 from doeff_flow_core import LiveTrace, TraceFrame
 from doeff_flow_core.escape import safe, safe_clip
-from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING, UNKNOWN
+from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING, UNKNOWN, SlogLine
 from doeff_flow_core.tracefiles.reading import id_problem
 from flowctl.render.text import (
     INEXACT,
@@ -127,12 +127,11 @@ def chain_lines(
 
 
 def _task_lines(
-    view: WorkflowView, task: LiveTrace, now: datetime, columns: int, label: int
+    task: LiveTrace, slog: SlogLine | None, now: datetime, columns: int, label: int
 ) -> list[Line]:
     """``task 3  fetch_region(region='apac', pages=4)   file.py:14`` then its effect, how
     long it has lasted and the task's own last slog."""
     suffix: Line = [("class:idle", f" · {effect_age(seconds_between(task.updated_at, now))}")]
-    slog = view.slog_of(task.task) if task.task is not None else None
     if slog is not None:
         suffix.append(("class:slog", "  slog: " + safe(str(slog))))
     lead = f"{'task ' + str(task.task):<{label}}  "
@@ -265,9 +264,10 @@ def watch_picture(
                     [("class:note", f"{count} task{'s' * (count != 1)}, longest idle first")]
                 )
             label = max([0, *(len(f"task {task.task}") for task in view.tasks)])
+            slogs = dict(view.own_slogs)
             for task in view.tasks:
                 starts.append(len(body))
-                body += _task_lines(view, task, now, inner, label)
+                body += _task_lines(task, slogs.get(task.task or 0), now, inner, label)
             if view.tasks:
                 body.append([])
     tail = _status_lines(view, status, now, inner)

@@ -8,6 +8,7 @@ region tasks is watched in a real terminal (tmux)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,8 +28,9 @@ from flowctl.render.textwidth import width
 from flowctl.sources.base import FeedUpdate
 from flowctl.watch.state import WorkflowView, fold
 from tests.support.flowctl import Tmux, flowctl_command
+from tests.support.flowd import Flowd
 from tests.support.procs import PROJECT_ROOT, python_command, python_env, wait_until
-from tests.support.workflows import FAILING_REGION, REGIONS, REGIONS_PROGRAM
+from tests.support.workflows import FAILING_REGION, REGIONS, REGIONS_PROGRAM, write_traces
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
 KEYS = "q quit  ↑↓ PgUp PgDn scroll  ? help"
@@ -302,3 +304,35 @@ def test_the_failure_banner_names_the_failing_task(
     )
     assert done.returncode == exitcodes.WORKFLOW_FAILED
     assert done.stdout.splitlines()[-1].endswith(f"(in task {latam})"), done.stdout
+
+
+def test_through_flowd_the_dashboard_opens_the_ten_tasks_watch(
+    tmp_path: Path, report: Callable[..., Path], tmux: Callable[..., Tmux]
+) -> None:
+    traces = Path(os.path.realpath(tmp_path)) / "traces"
+    traces.mkdir()
+    write_traces(traces, ("wf-done", "complete", 0))
+    trace = report(traces, "wf-regions")
+    assert wait_until(lambda: resting(trace), 60), "the regions never all rested"
+    daemon = Flowd("--root", traces, state=tmp_path / "state")
+    try:
+        term = tmux("--socket", daemon.socket, "--trace-dir", traces, "watch", columns=160, rows=45)
+        screen = term.wait_for("1 running · 1 completed")
+        assert "daemon" in screen and "wf-regions" in selected_row(screen)
+        term.keys("Enter")
+        screen = term.wait_for("10 tasks, longest idle first")
+        assert "Esc back" in screen and len(re.findall(r"↳ Await\(\.\.\.\) · ", screen)) == 10
+        if records_args():
+            assert all(f"fetch_region(region={r!r}, pages=4)" in screen for r in REGIONS)
+        term.keys("Escape")
+        term.wait_for("1 running · 1 completed")
+        term.keys("q")
+        assert "EXIT=0" in term.wait_for("EXIT=")
+    finally:
+        daemon.cleanup()
+
+
+def selected_row(screen: str) -> str:
+    rows = [row for row in screen.splitlines() if row.startswith("▶")]
+    assert len(rows) == 1, screen
+    return rows[0]
