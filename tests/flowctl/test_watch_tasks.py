@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -336,3 +338,29 @@ def selected_row(screen: str) -> str:
     rows = [row for row in screen.splitlines() if row.startswith("▶")]
     assert len(rows) == 1, screen
     return rows[0]
+
+
+def test_plain_watch_task_lines_carry_arguments_and_effect_age(
+    tmp_path: Path, report: Callable[..., Path]
+) -> None:
+    watch = subprocess.Popen(
+        flowctl_command("--trace-dir", tmp_path, "watch", "wf-plain"),
+        env=python_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    trace = report(tmp_path, "wf-plain")
+    try:
+        assert wait_until(lambda: resting(trace), 60), "the regions never all rested"
+        time.sleep(1.0)  # the watch polls: let it print the last changes
+    finally:
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=30)
+    assert watch.returncode == exitcodes.OK, err
+    tasks = [line for line in out.splitlines() if "[task " in line]
+    shape = re.compile(r"\[task \d+\]  fetch_region(\(.*\))?  ↳ .+ · \d+\.\ds$")
+    assert tasks and all(shape.search(line) for line in tasks), out
+    if records_args():
+        assert any("fetch_region(region='mena', pages=4)  ↳ " in line for line in tasks), out
