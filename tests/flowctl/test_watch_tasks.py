@@ -27,7 +27,8 @@ from flowctl import exitcodes
 from flowctl.render.box import plain, watch_picture
 from flowctl.render.text import change_line
 from flowctl.render.textwidth import width
-from flowctl.sources.base import FeedUpdate
+from flowctl.sources.base import FeedUpdate, WorkflowEntry
+from flowctl.watch.dashboard import DashboardUI, picture
 from flowctl.watch.state import WorkflowView, fold
 from tests.support.flowctl import Tmux, flowctl_command
 from tests.support.flowd import Flowd
@@ -364,3 +365,25 @@ def test_plain_watch_task_lines_carry_arguments_and_effect_age(
     assert tasks and all(shape.search(line) for line in tasks), out
     if records_args():
         assert any("fetch_region(region='mena', pages=4)  ↳ " in line for line in tasks), out
+
+
+def test_hostile_arguments_slogs_and_filters_are_shown_escaped() -> None:
+    hostile = "x\x1b[31mred\x1b]0;title\x07\r\n\x9b2J\u202eevil\u2066\ud800"
+    unsafe = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+    frame = TraceFrame(hostile, hostile, 1, call=5, args=hostile)
+    record = region_record(2, 0, T0, trace=(frame,), last_slog=SlogLine(hostile, {hostile: "1"}))
+    terminal = rec(3, status="failed", current_effect=None, error=hostile, trace=(frame,))
+    running = fold(WorkflowView("wf-r"), FeedUpdate((rec(1), record)))
+    failed = fold(running, FeedUpdate((terminal,)))
+    assert failed.failed_task is not None  # the banner names it, escaped
+    texts = [
+        plain(watch_picture(running, "running", T0, 100, location=".", rows=30)[0]),
+        plain(watch_picture(failed, "failed", T0, 100, location=".")[0]),
+        change_line(record, "running", T0, status_only=False, name="wf-r"),
+    ]
+    entry = WorkflowEntry("wf-r", record, "running")
+    ui = DashboardUI(query=hostile, editing=True)
+    texts.append(plain(picture([entry], ui, T0, 200, 30, source=hostile)))
+    for text in texts:
+        assert not unsafe.search(text), text
+        assert "\\x1b[31mred" in text or "/x\\x1b" in text
