@@ -22,14 +22,17 @@ from pathlib import Path
 import pytest
 
 from flowctl import exitcodes
+from flowctl.sources.files import FileSource, TraceFeed
 from tests.support.flowctl import Tmux, flowctl_command
 from tests.support.flowd import Flowd
 from tests.support.procs import python_env, wait_for
 from tests.support.traces import records
-from tests.support.workflows import RECORDS_PER_STEP, finish, workflow
+from tests.support.workflows import RECORDS_PER_STEP, finish, workflow, write_traces
 
 AWAY = "flowctl: flowd went away; reading trace files in "
 BACK = "flowd is back at "
+# Small parts, kept long enough that nothing is dropped while a test reads them.
+ROTATE = {"DOEFF_FLOW_MAX_TRACE_BYTES": "4000", "DOEFF_FLOW_KEEP_ROTATED": "200"}
 SWITCH_SECONDS = 3.0  # a generous bound on "within 1 s" for a shared 2-core machine
 
 
@@ -62,8 +65,17 @@ class World:
         self.procs.append(follower.proc)
         return follower
 
-    def writer(self, workflow_id: str, steps: int, delay: float, gate: Path, hold: int) -> Writer:
-        proc = workflow(self.traces, workflow_id, steps, delay, gate=gate, hold=hold, env=self.env)
+    def writer(
+        self,
+        workflow_id: str,
+        steps: int,
+        delay: float,
+        gate: Path,
+        hold: int,
+        env: dict[str, str] | None = None,
+    ) -> Writer:
+        env = {**self.env, **(env or {})}
+        proc = workflow(self.traces, workflow_id, steps, delay, gate=gate, hold=hold, env=env)
         self.procs.append(proc)
         return Writer(proc, self.traces / workflow_id / "trace.jsonl")
 
@@ -83,7 +95,14 @@ class Writer:
         self.trace = trace
 
     def count(self) -> int:
-        return len(records(self.trace)) if self.trace.exists() else 0
+        """Records written, in every part of the trace."""
+        total = 0
+        for part in self.trace.parent.glob("trace.jsonl*"):
+            try:
+                total += len(records(part))
+            except FileNotFoundError:  # renamed by a rotation meanwhile: counted next time
+                pass
+        return total
 
 
 class Follower:
@@ -142,14 +161,19 @@ def steps_of(out: str) -> list[int]:
 # -- history --follow ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+@pytest.mark.parametrize(
+    ("how", "env"),
+    [(signal.SIGKILL, {}), (signal.SIGTERM, ROTATE)],
+    ids=["kill", "term-rotating"],
+)
 def test_history_follow_goes_on_from_the_files_and_back_to_flowd(
-    world: World, how: signal.Signals
+    world: World, how: signal.Signals, env: dict[str, str]
 ) -> None:
-    """Every record once, in order, across flowd going away and coming back."""
+    """Every record once, in order, across flowd going away and coming back (and across
+    the trace's rotations meanwhile)."""
     gate, steps, hold = world.base / "gate", 14, 3
     total = steps * RECORDS_PER_STEP + 1
-    writer = world.writer("wf-h", steps, 0.1, gate, hold)
+    writer = world.writer("wf-h", steps, 0.1, gate, hold, env)
     wait_for(lambda: writer.count() >= hold * RECORDS_PER_STEP, what="the first steps")
     daemon = world.start_flowd()
     follow = world.flowctl("history", "history", "wf-h", "--follow", "--last", "10000", "--json")
@@ -167,6 +191,8 @@ def test_history_follow_goes_on_from_the_files_and_back_to_flowd(
     shown = [json.loads(line) for line in follow.out().splitlines()]
     assert [item["step"] for item in shown] == list(range(1, total + 1))  # none lost or twice
     assert shown[-1]["status"] == "completed"
+    if env:
+        assert (writer.trace.parent / "trace.jsonl.2").exists()  # it did rotate
     lines = follow.err().splitlines()
     assert lines[0] == f"{AWAY}{world.traces}", lines
     assert lines[1] == f"flowctl: {BACK}{world.socket}; reading through it again", lines
@@ -302,3 +328,22 @@ def test_the_shells_watch_goes_on_from_the_files(world: World) -> None:
         assert "EXIT=0" in term.wait_for("EXIT=")
     finally:
         term.close()
+
+
+# -- the file feed's resume point ----------------------------------------------------------------
+
+
+def test_a_file_feed_resumes_just_after_a_record_across_rotated_parts(world: World) -> None:
+    write_traces(world.traces, ("wf-r", "paced", 12), env={**world.env, **ROTATE})
+    trace = world.traces / "wf-r" / "trace.jsonl"
+    assert (trace.parent / "trace.jsonl.2").exists()
+    source = FileSource(world.traces)
+    every = source.history("wf-r", 100000).records
+    assert len(every) > 30
+    for index in (0, 5, len(every) // 2, len(every) - 2, len(every) - 1):
+        last = every[index]
+        feed = TraceFeed(trace, "wf-r", 10, True, after=(last.run, last.step))
+        assert feed.poll(0).records == every[index + 1 :], index
+        assert feed.poll(0).records == ()
+    elsewhere = TraceFeed(trace, "wf-r", 10, True, after=("another-run", 3))
+    assert elsewhere.poll(0).records == every  # no such record: from the first, none skipped
