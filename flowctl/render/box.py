@@ -144,14 +144,20 @@ def _task_lines(
     return lines
 
 
-def _failed_task_line(view: WorkflowView, columns: int) -> Line:
+def _failed_task_lines(view: WorkflowView, columns: int) -> list[Line]:
+    """``failed in task 13 · fetch_region(region='latam', pages=4)`` and what that task
+    said last (the workflow's last slog may be another task's)."""
     task = view.failed_task
     if task is None or task.task is None:
         return []
     text = f"failed in task {task.task}"
     if task.trace:
         text += " · " + frame_name(task.trace[-1], columns - width(text) - 3)
-    return [("class:status.failed", text)]
+    lines: list[Line] = [[("class:status.failed", text)]]
+    own = view.slog_of(task.task)
+    if own is not None:
+        lines.append([("class:slog", "  its last slog: " + safe(str(own)))])
+    return lines
 
 
 def _status_lines(view: WorkflowView, status: str, now: datetime, columns: int) -> list[Line]:
@@ -162,9 +168,7 @@ def _status_lines(view: WorkflowView, status: str, now: datetime, columns: int) 
     if outcome:
         lines.append([(status_style(status), outcome)])
     if status == FAILED and record.is_terminal:
-        failed = _failed_task_line(view, columns)
-        if failed:
-            lines.append(failed)
+        lines += _failed_task_lines(view, columns)
     if record.last_slog is not None:
         lines.append([("class:slog", "slog: " + safe(str(record.last_slog)))])
     updated = [("class:updated", f"Updated: {clock(record.updated_at)}")]

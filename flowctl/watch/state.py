@@ -36,7 +36,7 @@ class WorkflowView:
     root: LiveTrace | None = None  # the newest record of the root task
     tasks: tuple[LiveTrace, ...] = ()  # the newest record of each live spawned task
     skipped: int = 0  # malformed lines met so far
-    own_slogs: tuple[tuple[int, SlogLine], ...] = ()  # (task, its own last slog)
+    own_slogs: tuple[tuple[int, SlogLine], ...] = ()  # (task, its own last slog), live or ended
     task_events: bool = False  # the run's records say when tasks start and end
     ended: tuple[LiveTrace, ...] = ()  # the last record of tasks that ended, newest last
     failed_task: LiveTrace | None = None  # the last record of the task a failure came from
@@ -87,7 +87,7 @@ def fold(view: WorkflowView, update: FeedUpdate) -> WorkflowView:
             for task in list(tasks):
                 _end(tasks, ended, task)
     live = _live_tasks(tasks, latest, events)
-    kept = {record.task for record in live}
+    kept = {record.task for record in live} | set(ended)  # an ended task's slog: a failure's
     return WorkflowView(
         workflow_id=view.workflow_id,
         present=True,

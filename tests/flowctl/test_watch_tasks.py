@@ -150,6 +150,7 @@ def test_the_failure_names_the_task_it_came_from() -> None:
     text = plain(watch_picture(view, "failed", T0, 100, location=".")[0])
     assert "error: RuntimeError: latam upstream returned 503" in text
     assert "failed in task 2 · fetch_region(region='latam', pages=4)" in text
+    assert "its last slog: fetching region=latam page=3" in text
     # the same invocation, by call id, when the raised-at frame has one
     called = replace(inner, call=12)
     other = fold(ten_tasks(), FeedUpdate((replace(terminal, trace=(called,)),)))
@@ -294,6 +295,7 @@ def test_the_failure_banner_names_the_failing_task(
     assert f"EXIT={exitcodes.WORKFLOW_FAILED}" in screen
     assert "error: RuntimeError: latam upstream returned 503" in screen
     assert f"failed in task {latam} · fetch_region" in screen, screen
+    assert f"its last slog: fetching region={FAILING_REGION} page=3" in screen
     if records_args():
         assert f"fetch_region(region={FAILING_REGION!r}, pages=4)" in screen
     # off a terminal, the last line says it too
