@@ -1,4 +1,5 @@
-"""Line renderers for ``ps``, ``history`` and plain ``watch``: records in, text out.
+"""Line renderers for ``ps`` and plain ``watch``: records in, text out (``history``'s are in
+``render.history``).
 
 Every piece of text that came from a trace or from flowd (ids, names, statuses, paths,
 problems) goes through the core's ``escape.safe``; the JSON renderers are exact (JSON
@@ -118,23 +119,6 @@ def ps_object(entry: WorkflowEntry, now: datetime) -> dict[str, Any]:
     if entry.root is not None:
         data["root"] = entry.root  # the same id is listed under another root too
     return data
-
-
-def history_line(record: LiveTrace) -> str:
-    """``step    1  running     Get('k')``; a terminal line shows ``-`` or the error."""
-    if record.status == FAILED:
-        text = safe_clip(record.error, MAX_DETAIL_CHARS) if record.error else "-"
-    elif record.status == COMPLETED:
-        text = "-"
-    else:
-        text = effect_text(record)
-    task = f"  [task {record.task}]" if record.task is not None else ""
-    status = safe_clip(record.status, 40)
-    return f"step {record.step:4d}  {status:<{HISTORY_STATUS_WIDTH}}  {text}{task}"
-
-
-def history_json_line(record: LiveTrace) -> str:
-    return json.dumps(record.to_dict(), separators=(",", ":"))
 
 
 MAX_ARGS_CHARS: Final = 60  # a task's arguments on a plain watch line

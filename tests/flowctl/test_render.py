@@ -13,18 +13,19 @@ from hypothesis import strategies as st
 from doeff_flow_core import LiveTrace, SlogLine, TraceFrame
 from doeff_flow_core.escape import safe
 from flowctl.render.box import chain_lines, dashboard, plain, status_counts, watch_box
-from flowctl.render.text import (
-    change_line,
+from flowctl.render.history import (
+    history_ending_json,
+    history_ending_line,
     history_json_line,
     history_line,
-    ps_json,
-    ps_line,
-    ps_lines,
+    history_run_line,
 )
+from flowctl.render.text import change_line, ps_json, ps_line, ps_lines
 from flowctl.render.textwidth import width
 from flowctl.render.timefmt import age, clock
 from flowctl.sources.base import UNREADABLE, FeedUpdate, WorkflowEntry
 from flowctl.watch.state import TASK_FORGET_AFTER, WorkflowView, fold
+from tests.support.flowctl import untimed
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
 SEED_FRAMES = (
@@ -63,11 +64,19 @@ def view_of(*records: LiveTrace) -> WorkflowView:
 # -- the seed's shapes -----------------------------------------------------------------------
 
 
-def test_history_lines_keep_the_seed_shape() -> None:
-    assert history_line(rec(1, current_effect="Get('k')")) == "step    1  running     Get('k')"
-    assert history_line(rec(42, "completed", result="30")) == "step   42  completed   -"
+def test_history_lines_keep_the_seed_shape_with_time_and_outcome() -> None:
+    at = clock(rec(1).updated_at)
+    assert history_line(rec(1, current_effect="Get('k')"), 0.0413) == (
+        f"step    1  running     {at}     41.3 ms  Get('k')"
+    )
+    assert history_line(rec(2), 0.0004).split()[4:6] == ["<1", "ms"]  # never "0 µs"
+    assert untimed(history_line(rec(1, current_effect="Get('k')"))) == (
+        "step    1  running     Get('k')"
+    )
+    completed = untimed(history_line(rec(42, "completed", result="30")))
+    assert completed == "step   42  completed   result: 30"
     failed = rec(15, "failed", error="ValueError: boom")
-    assert history_line(failed) == "step   15  failed      ValueError: boom"
+    assert untimed(history_line(failed)) == "step   15  failed      error: ValueError: boom"
     assert history_line(rec(3, task=2)).endswith("CacheGet(key='api_result')  [task 2]")
 
 
@@ -210,12 +219,16 @@ def hostile_record(text: str) -> LiveTrace:
         result=text,
         last_slog=SlogLine(text, {text: text}),
         trace=(TraceFrame(text, text, 1),),
+        host=text,
+        run=text,
     )
 
 
 def all_renderings(record: LiveTrace) -> list[str]:
     entry = WorkflowEntry("wf-001", record, "running")
     out = [ps_line(entry, T0), history_line(record), history_line(replace(record, status="failed"))]
+    out += [history_ending_line(record, "lost"), history_ending_line(record, "unknown")]
+    out.append(history_run_line(record))
     for status in ("running", "completed", "failed", "lost", "unknown"):
         out.append(change_line(record, status, T0, status_only=False, name=record.workflow_id))
         out.append(box_text(view_of(record), status))
@@ -240,6 +253,8 @@ def test_json_output_is_exact_and_ascii() -> None:
     line = history_json_line(record)
     assert line.isascii() and "\n" not in line
     assert json.loads(line) == record.to_dict()
+    derived = json.loads(history_ending_json(record, "unknown"))
+    assert derived["derived"] is True and derived["host"] == record.host
     entries = [
         WorkflowEntry("wf-001", record, "lost"),
         WorkflowEntry("wf-2", None, UNREADABLE, "x"),
@@ -298,7 +313,7 @@ def test_fold_forgets_quiet_tasks_only_in_traces_without_task_events() -> None:
     view = view_of(old, *fresh)
     assert {r.task for r in view.tasks} == set(range(10))  # every live task, however many
     spawned = view_of(replace(old, spawned=((99, None),)), *fresh)
-    assert [r.task for r in spawned.tasks][0] == 99  # kept, and first: the longest idle
+    assert next(r.task for r in spawned.tasks) == 99  # kept, and first: the longest idle
 
 
 def test_fold_returns_the_same_view_when_nothing_changed_and_resets() -> None:
