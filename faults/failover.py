@@ -172,7 +172,8 @@ def run(outages: int, followers: int, seed: int = 0) -> Figures:
                 fig.problems.append(f"{label}: exit {code}: {said[-200:]!r}")
                 continue
             fig.finished += 1
-            _judge(fig, label, out.read_text(errors="replace"), traces / workflow_id / "trace.jsonl")
+            trace = traces / workflow_id / "trace.jsonl"
+            _judge(fig, label, out.read_text(errors="replace"), trace)
         fig.rotated = sum(len(list((traces / i).glob("trace.jsonl.*"))) > 0 for i in ids)
     finally:
         for proc in [*writers, *(reader[1] for reader in readers)]:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import corrupt
 import crafted
+import failover
 import files
 import flood
 import hostile
@@ -55,6 +56,7 @@ RUNNERS: dict[str, Callable[[int, int], Figures]] = {
     "crafted": lambda size, seed: crafted.run((2000, 200)[size], seed, quick=size == 1),
     "spoof": lambda size, seed: spoof.run(quick=size == 1, seed=seed),
     "flood": lambda size, seed: flood.run(*((300_000, 100), (20_000, 12))[size], seed),
+    "failover": lambda size, seed: failover.run(*((10, 6), (3, 3))[size], seed),
 }
 CLASSES = tuple(RUNNERS)
 
