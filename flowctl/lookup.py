@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, TextIO
 
 from doeff_flow_core.escape import safe
@@ -21,10 +22,11 @@ from doeff_flow_core.ids import is_workflow_id
 from doeff_flow_core.registry import ADDED_ROOTS, REGISTRY
 from doeff_flow_core.tracefiles.layout import default_trace_dir
 from flowctl import exitcodes
-from flowctl.errors import FlowctlError, SourceUnavailable, TraceDirMissing
+from flowctl.errors import DaemonUnavailable, FlowctlError, SourceUnavailable, TraceDirMissing
 from flowctl.options import Request
 from flowctl.sources.base import Source, WorkflowEntry, split_name
 from flowctl.sources.connect import explicit_trace_dir
+from flowctl.sources.daemon import DaemonSource
 from flowctl.sources.files import FileSource
 
 # The commands that name one workflow, and so can find it elsewhere.
@@ -91,7 +93,7 @@ def locate(request: Request, source: Source) -> Found:
         return Found(source, None)
     default = default_trace_dir()
     if holds(default, name):
-        return Found(source, None)
+        return Found(_scoped(source, default), None)
     if source.kind == "daemon" and name in source.workflow_ids():
         return Found(source, f"found {name} through flowd")
     places = [root for root in registered_roots() if holds(root, name)]
@@ -100,6 +102,17 @@ def locate(request: Request, source: Source) -> Found:
     if places:
         return Found(FileSource(places[0]), f"found {name} in {places[0]} (a registered directory)")
     return Found(source, None)
+
+
+def _scoped(source: Source, trace_dir: Path) -> Source:
+    """``source`` narrowed to ``trace_dir``: flowd indexes every registered directory, and
+    the same id in another one must not be taken for the one here."""
+    if not isinstance(source, DaemonSource) or source.root is not None:
+        return source
+    try:
+        return DaemonSource.connect(source.socket_path, root_name(trace_dir), str(trace_dir))
+    except DaemonUnavailable:
+        return FileSource(trace_dir)
 
 
 def find_source(request: Request, source: Source, err: TextIO) -> Source:

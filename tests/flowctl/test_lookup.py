@@ -13,6 +13,7 @@ import pytest
 
 from flowctl import exitcodes
 from tests.support.flowctl import assert_one_error_line, flowctl, flowctl_command, untimed
+from tests.support.flowd import flowd
 from tests.support.procs import private_state, python_env
 from tests.support.workflows import run_workflow_to_end
 
@@ -86,3 +87,18 @@ def test_ps_all_lists_every_registered_directory(projects: Path) -> None:
     assert_one_error_line(plain, exitcodes.NOT_FOUND, "trace directory .doeff-flow does not exist")
     narrowed = flowctl("--trace-dir", one, "ps", "--all", cwd=projects / "elsewhere")
     assert_one_error_line(narrowed, exitcodes.USAGE, "leave out --trace-dir")
+
+
+def test_through_flowd_an_id_is_found_anywhere_and_the_current_directory_still_comes_first(
+    projects: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with flowd(state=projects / "state") as daemon:
+        monkeypatch.setenv("DOEFF_FLOW_SOCKET", str(daemon.socket))
+        found = flowctl("-v", "history", "report-1", "--last", "1", cwd=projects / "elsewhere")
+        assert found.returncode == exitcodes.OK, found.stderr
+        assert untimed(found.stdout) == "step    7  completed   result: 2\n"
+        assert "found report-1 through flowd" in found.stderr
+        here = flowctl("history", "etl-1", "--last", "1", cwd=projects / "one")
+        assert untimed(here.stdout) == "step    4  completed   result: 1\n", here.stderr
+        there = flowctl("history", "etl-1", "--last", "1", cwd=projects / "two")
+        assert untimed(there.stdout) == "step   10  completed   result: 3\n", there.stderr
