@@ -2,7 +2,8 @@
 took, and how a run ended when it wrote no terminal record.
 
 Pure: records in, rows out. A step's time is the time to the next record of the same run
-and task (a task's records interleave with its siblings'). A run whose last record is
+and task (a task's records interleave with its siblings'), or, for a task's last record,
+to when a later record says the task finished. A run whose last record is
 running but whose writer is gone ends with a derived row (``lost``, or ``unknown`` when
 it was written on another host), by the rule ``ps`` uses; a running writer gets none.
 """
@@ -146,6 +147,11 @@ def rows(
             before = records[previous[key]]
             took[previous[key]] = (record.updated_at - before.updated_at).total_seconds()
         previous[key] = index
+        # A task's last record stood until the task finished (a later record says when).
+        for task, at in record.finished_tasks:
+            last = previous.pop((run_of(record), task), None)
+            if last is not None and took[last] is None:
+                took[last] = (at - records[last].updated_at).total_seconds()
         last_of_run[run_of(record)] = index
     several = run_headers and len(last_of_run) > 1
     ends = {index for index in last_of_run.values()}

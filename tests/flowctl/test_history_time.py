@@ -18,7 +18,7 @@ from flowctl.render.timefmt import clock
 from tests.support.flowctl import assert_one_error_line, flowctl
 from tests.support.procs import private_state
 from tests.support.traces import json_lines, put_trace, record_line, records
-from tests.support.workflows import run_workflow_to_end, start_blocked
+from tests.support.workflows import run_workflow_to_end, start_blocked, write_traces
 
 CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
 TIMED = re.compile(rf"^step +(\d+)  (\S+) +({CLOCK}|-) +(.*?)  (\S.*)$")
@@ -166,3 +166,18 @@ def test_a_running_workflow_gets_no_derived_line_and_another_host_is_unknown(
     )
     assert derived["derived"] is True and derived["status"] == "unknown"
     assert json.loads(record_line("wf-far", 1, host="elsewhere", pid=1))["step"] == record["step"]
+
+
+def test_a_task_step_is_timed_to_its_own_next_record_or_its_end(tmp_path: Path) -> None:
+    write_traces(tmp_path, ("wf-tasks", "tasks", 3), env={"XDG_STATE_HOME": str(tmp_path / "s")})
+    done = flowctl("--trace-dir", tmp_path, "history", "wf-tasks", "--last", "100")
+    assert done.returncode == exitcodes.OK, done.stderr
+    lines = done.stdout.splitlines()
+    rows = timed_rows(done.stdout)
+    awaits = [i for i, row in enumerate(rows) if row[4].startswith("Await(")]
+    assert len(awaits) == 6  # three sleeps of 0.15 s in each of two tasks
+    for i in awaits:
+        # the sibling's records come between; each Await still stood its own 0.15 s,
+        # the last one of each task until the task finished
+        assert 0.14 <= seconds(rows[i][3]) < 1, lines[i]
+    assert any("[task" in lines[i + 1] and lines[i + 1][-3:] != lines[i][-3:] for i in awaits[:-1])
