@@ -142,3 +142,28 @@ def test_anchors_are_github_slugs() -> None:
         "exit-codes",
         "exit-codes-1",
     }
+
+
+def usage_block() -> str:
+    """The README's summary of flowctl: the code block that follows ``## flowctl``."""
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## flowctl\n") :]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_usage_names_every_flowctl_command_and_option() -> None:
+    from flowctl.options import ALL_COMMANDS, GLOBAL_OPTIONS
+
+    block = usage_block()
+    lines = {line.split()[0]: line for line in block.splitlines() if line.startswith("  ")}
+
+    def shown(flags: tuple[str, ...], text: str) -> bool:
+        return any(re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) for flag in flags)
+
+    missing = [name for name in ALL_COMMANDS if name not in lines]
+    for name, command in ALL_COMMANDS.items():
+        for argument in command.arguments:
+            if argument.flags and name in lines and not shown(argument.flags, lines[name]):
+                missing.append(f"{name} {argument.flags[0]}")
+    missing += [o.flags[0] for o in GLOBAL_OPTIONS if not shown(o.flags, block.split("\n")[1])]
+    assert missing == []
