@@ -569,6 +569,11 @@ class DaemonDirectoryFeed:
     def away(self) -> bool:
         return self._link.away
 
+    @property
+    def roots(self) -> list[str]:
+        """The trace directories of the workflows it knows, for a reader of their files."""
+        return sorted({root for root, _ in self._known})
+
     def poll(self, timeout: float) -> DirectoryUpdate:
         deadline = time.monotonic() + timeout
         conn = self._link.get()

@@ -13,14 +13,21 @@ The one-shot calls go to flowd, and to the files when it does not answer.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final, TypeVar
 
 from doeff_flow_core import LiveTrace
 from doeff_flow_core.tracefiles.layout import trace_file
-from flowctl.errors import AnswerTooLong, DaemonUnavailable, DaemonUntrusted, FlowctlError
+from flowctl.errors import (
+    AnswerTooLong,
+    DaemonUnavailable,
+    DaemonUntrusted,
+    FlowctlError,
+    SourceUnavailable,
+)
 from flowctl.sources.base import (
     DEFAULT_SNAPSHOT,
     DirectoryFeed,
@@ -33,8 +40,15 @@ from flowctl.sources.base import (
     WorkflowEntry,
     split_name,
 )
-from flowctl.sources.daemon import DaemonDirectoryFeed, DaemonFeed, DaemonSource
-from flowctl.sources.files import FileSource, TraceFeed, checked_id
+from flowctl.sources.daemon import (
+    DaemonDirectoryFeed,
+    DaemonFeed,
+    DaemonSource,
+    Key,
+    named,
+    shown_names,
+)
+from flowctl.sources.files import FileSource, TraceDirFeed, TraceFeed, checked_id
 
 RETRY: Final = 0.5  # seconds between two tries of flowd while reading files
 BACK_SHOWN: Final = 10.0  # seconds the full screen keeps saying flowd is back
@@ -262,8 +276,15 @@ class FailoverDirectoryFeed:
             self._track(update)
         daemon.close()
         self._daemon = None
-        directory = self._source.daemon.root or self._source.files.location
-        self._files = FileSource(directory).follow_all()
+        if self._source.daemon.root is not None:  # scoped: that directory alone
+            directory = self._source.daemon.root
+            self._files = FileSource(directory).follow_all()
+        else:  # every directory flowd listed, and those it starts from
+            from flowctl.lookup import registered_roots  # it imports the sources
+
+            roots = [*daemon.roots, self._source.files.location, *registered_roots()]
+            feed = RootsFeed(roots)
+            self._files, directory = feed, feed.described
         self._source.went_away(directory)
         self._retry_at = time.monotonic() + RETRY
         return self._switched(self._files.poll(0))
@@ -287,3 +308,62 @@ class FailoverDirectoryFeed:
         for feed in (self._daemon, self._files):
             if feed is not None:
                 feed.close()
+
+
+class RootsFeed:
+    """Every workflow of several trace directories, named as flowd names them (``id@root``
+    where an id is under more than one): flowd's unscoped view, from the files."""
+
+    def __init__(self, roots: Iterable[str]) -> None:
+        real = dict.fromkeys(os.path.realpath(os.path.abspath(root)) for root in roots)
+        self._feeds = {root: TraceDirFeed(Path(root)) for root in real}
+        self._known: dict[Key, WorkflowEntry] = {}
+        self._shown: dict[Key, str] = {}
+
+    @property
+    def described(self) -> str:
+        roots = list(self._feeds)
+        more = len(roots) - 2
+        return ", ".join(roots) if more <= 0 else f"{', '.join(roots[:2])} and {more} more"
+
+    def poll(self, timeout: float) -> DirectoryUpdate:
+        touched = self._check()
+        if touched is None and timeout > 0:
+            time.sleep(self.pace(timeout))
+            touched = self._check()
+        return self._update(touched or set())
+
+    def _check(self) -> set[Key] | None:
+        """The workflows changed (None: nothing at all, not even one gone)."""
+        touched: set[Key] = set()
+        any_news = False
+        for root, feed in self._feeds.items():
+            try:
+                update = feed.poll(0)
+            except SourceUnavailable:  # not ours to read: passed over, as ps --all does
+                continue
+            any_news = any_news or bool(update.removed or update.changed)
+            for name in update.removed:
+                self._known.pop((root, name), None)
+            for entry in update.changed:
+                self._known[(root, entry.workflow_id)] = entry
+                touched.add((root, entry.workflow_id))
+        return touched if any_news else None
+
+    def _update(self, touched: set[Key]) -> DirectoryUpdate:
+        names = shown_names(sorted(self._known))
+        removed = tuple(name for key, name in self._shown.items() if names.get(key) != name)
+        changed = tuple(
+            named(self._known[key], key, name)
+            for key, name in names.items()
+            if key in touched or self._shown.get(key) != name
+        )
+        self._shown = names
+        return DirectoryUpdate(changed, removed, True)
+
+    def pace(self, interval: float) -> float:
+        return max([interval, *(feed.pace(interval) for feed in self._feeds.values())])
+
+    def close(self) -> None:
+        for feed in self._feeds.values():
+            feed.close()

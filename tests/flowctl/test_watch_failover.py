@@ -108,11 +108,16 @@ class Writer:
 class Follower:
     """flowctl with its stdout and stderr in files, read as they grow."""
 
-    def __init__(self, base: Path, command: list[str]) -> None:
+    def __init__(self, base: Path, command: list[str], cwd: Path | None = None) -> None:
         self.out_path, self.err_path = base.with_suffix(".out"), base.with_suffix(".err")
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                command, env=python_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+                command,
+                env=python_env(),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
             )
 
     def out(self) -> str:
@@ -236,12 +241,21 @@ def test_plain_watch_exits_with_the_outcome_while_flowd_is_away(
 # -- the dashboard -------------------------------------------------------------------------------
 
 
-def test_the_dashboard_keeps_working_across_a_flowd_stop_and_start(world: World) -> None:
+@pytest.mark.parametrize("scoped", [True, False], ids=["scoped", "every-root"])
+def test_the_dashboard_keeps_working_across_a_flowd_stop_and_start(
+    world: World, scoped: bool
+) -> None:
+    """Scoped to a trace directory, or every directory flowd indexes (read from each)."""
     gate = world.base / "gate"
     first = world.writer("wf-a", 2, 0.0, gate, 99)
     finish(first.proc)
     daemon = world.start_flowd()
-    dashboard = world.flowctl("dash", "watch", "--json")
+    if scoped:
+        dashboard = world.flowctl("dash", "watch", "--json")
+    else:  # no --trace-dir, in a directory with no trace directory of its own
+        command = flowctl_command("--socket", world.socket, "watch", "--json")
+        dashboard = Follower(world.base / "dash", command, cwd=world.base)
+        world.procs.append(dashboard.proc)
     wait_for(lambda: '"wf-a"' in dashboard.out(), what="wf-a listed")
     gone(daemon, signal.SIGTERM)
     assert dashboard.wait_err(AWAY) < SWITCH_SECONDS
