@@ -10,6 +10,10 @@ always, since it is an attack or a misconfiguration to fix; flowctl then reads f
 Through flowd, a trace directory given explicitly (``--trace-dir`` or
 ``$DOEFF_FLOW_TRACE_DIR``) scopes what is shown to that directory, as the files would;
 with neither, every workflow flowd indexes is shown.
+
+A live view (``watch``, ``history --follow``) through flowd is ``resilient``: it goes on
+from the trace files while flowd is away and back through flowd when it returns
+(``failover``).
 """
 
 from __future__ import annotations

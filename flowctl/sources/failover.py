@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from doeff_flow_core import LiveTrace
+from doeff_flow_core.registry import ADDED_ROOTS, REGISTRY
 from doeff_flow_core.tracefiles.layout import trace_file
 from flowctl.errors import (
     AnswerTooLong,
@@ -122,6 +123,18 @@ class FailoverSource:
 
     def close(self) -> None:
         self.daemon.close()
+
+
+def registered_roots() -> list[str]:
+    """The directories flowd starts from (the writers' registry, the added roots);
+    lists that cannot be read count as empty."""
+    paths: list[str] = []
+    for listing in (REGISTRY, ADDED_ROOTS):
+        try:
+            paths += listing.read()
+        except (OSError, ValueError):
+            continue
+    return [path for path in paths if os.path.isabs(path)]
 
 
 def notes_of(source: Source) -> Notes | None:
@@ -280,8 +293,6 @@ class FailoverDirectoryFeed:
             directory = self._source.daemon.root
             self._files = FileSource(directory).follow_all()
         else:  # every directory flowd listed, and those it starts from
-            from flowctl.lookup import registered_roots  # it imports the sources
-
             roots = [*daemon.roots, self._source.files.location, *registered_roots()]
             feed = RootsFeed(roots)
             self._files, directory = feed, feed.described
