@@ -208,7 +208,7 @@ ALL_COMMANDS: Final = {
     for command in (
         Command(
             "ps",
-            "list workflows: status, step, age of the last update, last slog",
+            "list workflows: status, step, age, last slog (--status S,..., --all)",
             help="list workflows: status, step, age, last slog",
             arguments=(
                 Argument(
@@ -230,8 +230,20 @@ ALL_COMMANDS: Final = {
         ),
         Command(
             "history",
-            "the last records of a workflow (--last N, --follow)",
-            help="the last records of a workflow",
+            "the last records of a workflow, timed (--last N, --follow, --run, --since)",
+            help="the last records of a workflow, each with its time and how long it took",
+            description=(
+                "The last records of a workflow, oldest first: step, status, the time it was "
+                "written and how long the step stood (to the next record of the same task; "
+                "blank when not known yet, and while following), then the effect, the result "
+                "or the error. A line names each run when several are shown. A run whose "
+                "writer died without a terminal record ends with a derived line: lost (the "
+                "writer is gone from this host) or unknown (written on another host). --run "
+                "and --since look among the latest 10,000 records. With --json: the records "
+                'exactly as written, one a line, and the derived line as {"derived": true, '
+                '"status": "lost", ...}. With no --trace-dir, WF is looked for in .doeff-flow, '
+                "through flowd, then in the registered trace directories (-v says where)."
+            ),
             arguments=(
                 WORKFLOW_ID,
                 Argument(
