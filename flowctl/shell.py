@@ -48,6 +48,7 @@ from flowctl.options import (
 )
 from flowctl.render.box import status_counts
 from flowctl.sources.base import Source
+from flowctl.sources.connect import rechosen
 
 # ``commands.dispatch``: runs one parsed line (with the shell's source when it applies).
 Dispatch = Callable[[Console, Request, Source | None], int]
@@ -209,7 +210,7 @@ class FlowShell:
         if interactive is None:
             interactive = sys.stdin.isatty() and sys.stdout.isatty()
         self.console = Console(out, err or escaped(sys.stderr), interactive, in_shell=True)
-        self._ids = Cached(source.workflow_ids)
+        self._ids = Cached(lambda: self.source.workflow_ids())
         self._toolbar = Cached(self._toolbar_text)
         self._history, self._input, self._output = history, input, output
         self.active_prompt: PromptSession[str] | None = None  # while ``run`` runs
@@ -276,7 +277,10 @@ class FlowShell:
             self.options.trace_dir,
             self.options.socket,
         )
-        return self._dispatch(self.console, request, self.source if same_source else None)
+        if not same_source:
+            return self._dispatch(self.console, request, None)
+        self.source = rechosen(self.source, self.options, self.console.err)
+        return self._dispatch(self.console, request, self.source)
 
     def run_lines(self, lines: Iterable[str]) -> int:
         """Commands read from a file or pipe, one a line, no prompt: the last one's code."""

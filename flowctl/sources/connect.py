@@ -65,3 +65,23 @@ def open_source(options: GlobalOptions, err: TextIO) -> Source:
         scope = f"workflows in {root}" if root else "every workflow it indexes"
         print(f"flowctl: reading through flowd (pid {source.pid}) at {sock}: {scope}", file=err)
     return source
+
+
+def rechosen(current: Source, options: GlobalOptions, err: TextIO) -> Source:
+    """The source a session (the shell) should use now: ``current`` while it is still
+    what ``open_source`` would choose, else the new choice, said in one line. So a shell
+    left open follows flowd going away (to the files) and coming back."""
+    if isinstance(current, DaemonSource):
+        if current.answers():
+            return current
+        current.close()
+        fresh = open_source(options, err)
+        print(f"flowctl: flowd went away; reading trace files in {fresh.location}", file=err)
+        return fresh
+    if not isinstance(current, FileSource) or not os.path.exists(socket_path(options.socket)):
+        return current
+    fresh = open_source(options, err)
+    if isinstance(fresh, DaemonSource):
+        print(f"flowctl: flowd is back at {fresh.socket_path}; reading through it", file=err)
+        return fresh
+    return current

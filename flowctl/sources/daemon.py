@@ -231,6 +231,14 @@ class DaemonSource:
                     raise
         raise AssertionError("unreachable")
 
+    def answers(self) -> bool:
+        """Whether flowd answers ``ping`` now (on a new connection if it restarted)."""
+        try:
+            self._call(PING)
+        except DaemonUnavailable:
+            return False
+        return True
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

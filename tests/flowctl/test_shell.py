@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from doeff_flow_core.liveness import this_host
 from doeff_flow_core.locations import state_dir
 from flowctl import exitcodes
 from flowctl.commands import dispatch
@@ -27,6 +29,7 @@ from flowctl.shell import FlowCompleter, FlowShell
 from flowctl.sources.files import FileSource
 from tests.support.flowctl import Tmux, flowctl_command, untimed
 from tests.support.procs import python_env, wait_until
+from tests.support.traces import put_trace, record_line
 from tests.support.workflows import start_workflow, write_traces
 
 
@@ -154,18 +157,25 @@ def test_watch_in_the_shell_returns_to_the_prompt(driven: Driven) -> None:
 
 
 def test_ctrl_c_during_a_watch_returns_to_the_prompt(driven: Driven) -> None:
+    # A workflow still running (its writer is this process): the watch waits for it.
+    live = record_line("wf-live", 1, pid=os.getpid(), host=this_host())
+    put_trace(driven.trace_dir, "wf-live", live)
+
     def interrupt_the_watch() -> None:
         # Ctrl-C reaches a plain watch as SIGINT; send it once the watch has printed.
-        if wait_until(lambda: "result: 30" in driven.out.getvalue(), 20):
+        if wait_until(lambda: "wf-live  running" in driven.out.getvalue(), 20):
             os.kill(os.getpid(), signal.SIGINT)
 
     interrupter = threading.Thread(target=interrupt_the_watch, daemon=True)
     interrupter.start()
-    code = driven.run("watch wf-001\rps --status failed\r\x04")
+    try:
+        code = driven.run("watch wf-live\rps --status failed\r\x04")
+    finally:
+        shutil.rmtree(driven.trace_dir / "wf-live")  # the directory is the module's
     interrupter.join()
     assert code == exitcodes.OK
     out = driven.out.getvalue()
-    assert "wf-001  completed   step 10  result: 30" in out and "wf-002    failed" in out
+    assert "wf-live  running" in out and "wf-002    failed" in out
 
 
 def test_toolbar_counts_by_status(driven: Driven, tmp_path: Path) -> None:

@@ -344,6 +344,28 @@ def test_the_shells_watch_goes_on_from_the_files(world: World) -> None:
         term.close()
 
 
+def test_the_shells_one_shot_commands_follow_flowd_away_and_back(world: World) -> None:
+    write_traces(world.traces, ("wf-one", "paced", 3), env=world.env)
+    daemon = world.start_flowd()
+    term = Tmux("flowctl-failover-oneshot", world.command(), columns=160)
+    try:
+        term.wait_for("flowctl>")
+        term.keys("ps", "Enter")
+        term.wait_for("wf-one")
+        gone(daemon, signal.SIGKILL)
+        term.keys("history wf-one", "Enter")
+        screen = term.wait_for("flowd went away; reading trace files in")
+        assert "Connection refused" not in screen, screen
+        term.wait_for("completed")
+        world.start_flowd()
+        term.keys("ps", "Enter")
+        term.wait_for("flowd is back at")
+        term.keys("C-d")
+        assert "EXIT=0" in term.wait_for("EXIT=")
+    finally:
+        term.close()
+
+
 # -- the file feed's resume point ----------------------------------------------------------------
 
 
