@@ -244,7 +244,7 @@ def test_doeff_flow_run_reports_a_failure_in_one_line(project: Path) -> None:
     proc = doeff_flow_run(project, "flows:failing_program", "--id", "wf-fail", "--trace-dir", "t")
     assert proc.returncode == exitcodes.WORKFLOW_FAILED
     assert proc.stdout == ""
-    assert proc.stderr.splitlines() == ["flowctl: workflow wf-fail failed: ValueError: boom"]
+    assert proc.stderr.splitlines() == ["doeff-flow: workflow wf-fail failed: ValueError: boom"]
     last = read_latest(trace_file(project / "t", "wf-fail"))
     assert last is not None and (last.status, last.error) == ("failed", "ValueError: boom")
 
@@ -275,7 +275,7 @@ def test_doeff_flow_run_refuses_a_bad_reference_in_one_line(
     proc = doeff_flow_run(project, reference, "--trace-dir", "traces")
     assert proc.returncode == code, proc.stderr
     (line,) = proc.stderr.splitlines()
-    assert line.startswith("flowctl: ") and message in line
+    assert line.startswith("doeff-flow: ") and message in line
     assert workflow_ids(project / "traces") == []
 
 
@@ -283,7 +283,7 @@ def test_doeff_flow_run_reports_a_module_that_raises_on_import(project: Path) ->
     (project / "broken.py").write_text('raise RuntimeError("not today")\n', encoding="utf-8")
     proc = doeff_flow_run(project, "broken:program", "--trace-dir", "traces")
     assert proc.returncode == exitcodes.WORKFLOW_FAILED
-    assert proc.stderr.splitlines() == ["flowctl: importing broken failed: RuntimeError: not today"]
+    assert proc.stderr.splitlines() == ["doeff-flow: importing broken failed: RuntimeError: not today"]
 
 
 def test_doeff_flow_run_refuses_a_bad_id_before_importing(project: Path) -> None:
