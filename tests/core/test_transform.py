@@ -283,7 +283,9 @@ def test_doeff_flow_run_reports_a_module_that_raises_on_import(project: Path) ->
     (project / "broken.py").write_text('raise RuntimeError("not today")\n', encoding="utf-8")
     proc = doeff_flow_run(project, "broken:program", "--trace-dir", "traces")
     assert proc.returncode == exitcodes.WORKFLOW_FAILED
-    assert proc.stderr.splitlines() == ["doeff-flow: importing broken failed: RuntimeError: not today"]
+    assert proc.stderr.splitlines() == [
+        "doeff-flow: importing broken failed: RuntimeError: not today"
+    ]
 
 
 def test_doeff_flow_run_refuses_a_bad_id_before_importing(project: Path) -> None:
