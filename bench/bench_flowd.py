@@ -19,7 +19,7 @@
    until ready, RSS, the inotify watches it holds, ``ps`` / ``get`` round trips, idle CPU;
    ``flowctl ps`` through flowd, and from the files with no daemon (plain and ``--json``).
 
-Targets (README): RSS < 150 MB, ps < 50 ms, idle CPU < 1%, p99 latency < 100 ms; at
+Targets (docs/performance.md): RSS < 150 MB, ps < 50 ms, idle CPU < 1%, p99 latency < 100 ms; at
 100,000 workflows: RSS < 150 MB, ready < 10 s, ps < 500 ms, watches far under the
 per-user limit, ``flowctl ps`` from files < 3 s.
 """

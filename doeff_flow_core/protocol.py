@@ -28,7 +28,7 @@ ROOTS_REMOVE: Final = "roots.remove"
 STATS: Final = "stats"
 TRACE_NOTIFICATION: Final = "trace"
 
-# JSON-RPC 2.0's codes, then flowd's own (documented in the README).
+# JSON-RPC 2.0's codes, then flowd's own (documented in docs/protocol.md).
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
 METHOD_NOT_FOUND: Final = -32601

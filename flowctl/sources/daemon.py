@@ -1,4 +1,4 @@
-"""``DaemonSource``: the data-source interface over flowd's socket (README: flowd, Protocol).
+"""``DaemonSource``: the data-source interface over flowd's socket (docs/protocol.md).
 
 How each call maps onto the protocol:
 
