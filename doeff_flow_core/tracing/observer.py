@@ -63,6 +63,8 @@ from doeff_flow_core.tracing.terminate import recorded, sigterm_recorded
 CLAIM_WINDOW = 16
 # How long a run being terminated waits for a lock the flusher holds (seconds).
 LOCK_WAIT = 0.5
+# How many of the last records a terminated run looks back through for a stack.
+STACK_LOOKBACK = 64
 
 Program = Any
 TRACER_VARIABLE = "DOEFF_FLOW_TRACER"  # "hooks": the fallback tracer even on 3.12+
@@ -406,19 +408,17 @@ def _methods_running(frame: FrameType | None, tracer: TraceObserver) -> set[str]
 
 
 def _latest_stack(batch: str, frame: FrameType | None) -> list[Frame]:
-    """The stack of the last record in ``batch``, outermost first; its innermost frame's
-    line is ``frame``'s (or a caller's of it) when that frame runs the same function."""
-    start = batch.rfind("\n", 0, len(batch) - 1) + 1
-    try:
-        record = json.loads(batch[start:])
-    except ValueError:
-        return []
-    trace = record.get("trace") if isinstance(record, dict) else None
-    frames: list[Frame] = [
-        (str(f.get("function")), str(f.get("file")), int(f.get("line") or 0))
-        for f in (trace if isinstance(trace, list) else [])
-        if isinstance(f, dict)
-    ]
+    """The stack of the latest record in ``batch`` that has one (an effect no handler had
+    claimed yet is written with none), outermost first; its innermost frame's line is
+    ``frame``'s (or a caller's of it) when that frame runs the same function."""
+    frames: list[Frame] = []
+    end = len(batch) - 1
+    for _ in range(STACK_LOOKBACK):
+        start = batch.rfind("\n", 0, end) + 1
+        frames = _frames_of(batch[start:end])
+        if frames or start == 0:
+            break
+        end = start - 1
     if frames:
         function, file, _ = frames[-1]
         while frame is not None:
@@ -430,6 +430,19 @@ def _latest_stack(batch: str, frame: FrameType | None) -> list[Frame]:
                 break
             frame = frame.f_back
     return frames
+
+
+def _frames_of(line: str) -> list[Frame]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return []
+    trace = record.get("trace") if isinstance(record, dict) else None
+    return [
+        (str(f.get("function")), str(f.get("file")), int(f.get("line") or 0))
+        for f in (trace if isinstance(trace, list) else [])
+        if isinstance(f, dict)
+    ]
 
 
 def raise_site(error: BaseException) -> list[Frame]:
