@@ -130,6 +130,21 @@ def named(entry: WorkflowEntry, key: Key, name: str) -> WorkflowEntry:
     return entry if name == entry.workflow_id else replace(entry, root=key[0])
 
 
+def renamed(
+    known: dict[Key, WorkflowEntry], shown: dict[Key, str], touched: set[Key]
+) -> tuple[dict[Key, str], tuple[WorkflowEntry, ...], tuple[str, ...]]:
+    """The names ``known`` workflows go by now, the entries to show again (``touched``, or
+    renamed since ``shown``) and the names no longer shown."""
+    names = shown_names(sorted(known))
+    removed = tuple(name for key, name in shown.items() if names.get(key) != name)
+    changed = tuple(
+        named(known[key], key, name)
+        for key, name in names.items()
+        if key in touched or shown.get(key) != name
+    )
+    return names, changed, removed
+
+
 def add_root(conn: Connection, root: str, location: str) -> None:
     """Make sure flowd indexes ``root`` (``roots.add`` leaves a root it has alone)."""
     try:
@@ -636,14 +651,7 @@ class DaemonDirectoryFeed:
             touched.add(key)
 
     def _update(self, touched: set[Key]) -> DirectoryUpdate:
-        names = shown_names(sorted(self._known))
-        removed = tuple(name for key, name in self._shown.items() if names.get(key) != name)
-        changed = tuple(
-            named(self._known[key], key, name)
-            for key, name in names.items()
-            if key in touched or self._shown.get(key) != name
-        )
-        self._shown = names
+        self._shown, changed, removed = renamed(self._known, self._shown, touched)
         first, self._first = self._first, False
         if not (changed or removed or first):
             return DirectoryUpdate(present=self._present)

@@ -46,8 +46,7 @@ from flowctl.sources.daemon import (
     DaemonFeed,
     DaemonSource,
     Key,
-    named,
-    shown_names,
+    renamed,
 )
 from flowctl.sources.files import FileSource, TraceDirFeed, TraceFeed, checked_id
 
@@ -362,14 +361,7 @@ class RootsFeed:
         return touched if any_news else None
 
     def _update(self, touched: set[Key]) -> DirectoryUpdate:
-        names = shown_names(sorted(self._known))
-        removed = tuple(name for key, name in self._shown.items() if names.get(key) != name)
-        changed = tuple(
-            named(self._known[key], key, name)
-            for key, name in names.items()
-            if key in touched or self._shown.get(key) != name
-        )
-        self._shown = names
+        self._shown, changed, removed = renamed(self._known, self._shown, touched)
         return DirectoryUpdate(changed, removed, True)
 
     def pace(self, interval: float) -> float:
