@@ -25,7 +25,8 @@ from doeff_flow_core.tracefiles.reading import RecordStream
 from flowctl.errors import TraceUnreadable, WorkflowNotFound
 from flowctl.export.chrome import write_chrome
 from flowctl.export.outfile import STDOUT_NAME, replaced_whole
-from flowctl.export.svg import survey, write_svg
+from flowctl.export.svg import write_svg
+from flowctl.export.svg_layout import survey
 
 CHROME: Final = "chrome"
 OTLP: Final = "otlp"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from flowctl import exitcodes
-from flowctl.export.svg import Extent, Lane, lane_names, pack
+from flowctl.export.svg_layout import Extent, Lane, lane_names, pack
 from tests.support.flowctl import assert_one_error_line, flowctl
 from tests.support.flowd import flowd
 from tests.support.otlp_schema import parse_request, spans_of
