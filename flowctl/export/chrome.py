@@ -6,16 +6,26 @@ Each run of the workflow is a process (``pid`` 1, 2 ... in the order of the trac
 N + 2, named ``root`` / ``task N``). A span is a complete event (``ph`` X, times in
 microseconds since the epoch); slog lines and errors are thread-scoped instant events;
 a flow arrow (``ph`` s / f) joins the call that spawned a task to the task's first call.
+A run no terminal record ended says how it stands (lost, unknown, still running) in its
+workflow span's ``args.ending`` and ``args.ending_why``, and as the process's label.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, TextIO
 
-from doeff_flow_core.timeline.spans import EXCEPTION, SLOG, WORKFLOW, Span, SpanEvent
+from doeff_flow_core.timeline.spans import (
+    EXCEPTION,
+    INCOMPLETE,
+    SLOG,
+    WORKFLOW,
+    Span,
+    SpanEvent,
+)
+from flowctl.export.ending import Ending
 
 ROOT_TID: Final = 1
 # Spans remembered (per run) so that a task's first call, which often ends after the call
@@ -56,8 +66,9 @@ class _Where:
 class ChromeWriter:
     """Writes one ``{"traceEvents": [...]}`` object to ``out``, a span at a time."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, ending: Callable[[str], Ending] | None = None) -> None:
         self._out = out
+        self._ending = ending  # how a run with no terminal record stands, by run key
         self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         self._first = True
         self.spans = 0
@@ -124,6 +135,10 @@ class ChromeWriter:
             args["error"] = span.error
         if span.result is not None:
             args["result"] = span.result
+        ending = None
+        if span.kind == WORKFLOW and span.status == INCOMPLETE and self._ending is not None:
+            ending = self._ending(span.run)
+            args["ending"], args["ending_why"] = ending.word, ending.why
         self._emit(
             {
                 "name": span.name,
@@ -141,6 +156,8 @@ class ChromeWriter:
         self._link(span)
         if span.kind == WORKFLOW:
             self._run_open = False  # a run's workflow span is its last
+            if ending is not None:
+                self._metadata("process_labels", 0, {"labels": ending.word})
 
     def _instant(self, event: SpanEvent, tid: int) -> None:
         if event.kind == SLOG:
@@ -192,10 +209,13 @@ class ChromeWriter:
         self._emit({**common, "ph": "f", "bp": "e", "ts": child.start, "tid": child.tid})
 
 
-def write_chrome(spans: Iterable[Span], out: TextIO) -> ChromeWriter:
+def write_chrome(
+    spans: Iterable[Span], out: TextIO, ending: Callable[[str], Ending] | None = None
+) -> ChromeWriter:
     """Every span of ``spans`` as one Trace Event Format object on ``out``; the writer
-    that did it says how many spans and runs it wrote."""
-    writer = ChromeWriter(out)
+    that did it says how many spans and runs it wrote. ``ending(run)`` says how a run no
+    terminal record ended stands."""
+    writer = ChromeWriter(out, ending)
     writer.begin()
     for span in spans:
         writer.add(span)

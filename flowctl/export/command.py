@@ -18,16 +18,24 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from doeff_flow_core import LiveTrace
+from doeff_flow_core.liveness import derive_status
 from doeff_flow_core.protocol import NO_VALID_RECORDS
+from doeff_flow_core.records import LOST as LOST_STATUS
+from doeff_flow_core.records import RUNNING
+from doeff_flow_core.records import UNKNOWN as UNKNOWN_STATUS
 from doeff_flow_core.timeline.otlp import write_export_request
-from doeff_flow_core.timeline.spans import WORKFLOW, Span, spans_of
+from doeff_flow_core.timeline.spans import WORKFLOW, Span, run_key, spans_of
 from doeff_flow_core.tracefiles.reading import RecordStream
 from flowctl.errors import TraceUnreadable, WorkflowNotFound
 from flowctl.export.chrome import write_chrome
+from flowctl.export.ending import LOST, STILL_RUNNING, UNKNOWN, Ending
 from flowctl.export.outfile import STDOUT_NAME, replaced_whole
 from flowctl.export.svg import write_svg
 from flowctl.export.svg_layout import survey
 
+# Runs whose last record is kept for ``Trace.ending``: a run's spans all come out before
+# its next run's second record is read, so two would do.
+KEPT_RUNS: Final = 4
 CHROME: Final = "chrome"
 OTLP: Final = "otlp"
 SVG: Final = "svg"
@@ -52,6 +60,7 @@ class Trace:
         self.skipped = 0
         self.torn = False
         self.count = 0  # records the last reading gave
+        self._last: dict[str, LiveTrace] = {}  # the latest runs' last records, oldest first
 
     def records(self, limit: int | None = None) -> Generator[LiveTrace]:
         """The records, oldest first; with ``limit``, the first ``limit`` only (a second
@@ -59,8 +68,13 @@ class Trace:
         stream = RecordStream(self.path)
         self.count = 0
         try:
+            last = self._last
             for record in islice(stream, limit):
                 self.count += 1
+                key = run_key(record)
+                if key not in last and len(last) >= KEPT_RUNS:
+                    del last[next(iter(last))]
+                last[key] = record
                 yield record
         except FileNotFoundError:
             raise WorkflowNotFound(self.workflow_id, str(self.path.parent.parent)) from None
@@ -79,6 +93,26 @@ class Trace:
             if next(reading, None) is None and (self.skipped or self.torn):
                 raise TraceUnreadable(self.workflow_id, NO_VALID_RECORDS)
 
+    def ending(self, run: str) -> Ending:
+        """How ``run`` (a run key), read and left with no terminal record, stands now."""
+        last = self._last.get(run)
+        if last is None:
+            return Ending(STILL_RUNNING, "no terminal record")
+        return ending_of(last)
+
+
+def ending_of(last: LiveTrace) -> Ending:
+    """The rule of ``flowctl ps``: a run whose last record is not terminal is lost when its
+    writer process is gone, unknown when written on another host, else still running."""
+    status = derive_status(RUNNING, last.pid, last.host, last.pid_start)
+    if status == LOST_STATUS:
+        return Ending(LOST, f"no terminal record, and its writer (pid {last.pid}) is gone")
+    if status == UNKNOWN_STATUS:
+        return Ending(UNKNOWN, f"no terminal record; written on host {last.host}, not this one")
+    if last.pid is None:
+        return Ending(STILL_RUNNING, "no terminal record (yet); no writer pid to check")
+    return Ending(STILL_RUNNING, f"no terminal record yet; its writer (pid {last.pid}) runs")
+
 
 @dataclass(frozen=True)
 class Written:
@@ -90,7 +124,7 @@ class Written:
 
 
 def _chrome(trace: Trace, out: TextIO) -> Written:
-    writer = write_chrome(spans_of(trace.records()), out)
+    writer = write_chrome(spans_of(trace.records()), out, trace.ending)
     return Written(writer.spans, writer.runs)
 
 
@@ -108,7 +142,8 @@ def _otlp(trace: Trace, out: TextIO) -> Written:
 
 def _svg(trace: Trace, out: TextIO) -> Written:
     plan = survey(spans_of(trace.records()))
-    stats = write_svg(plan, trace.workflow_id, spans_of(trace.records(trace.count)), out)
+    ending = trace.ending(plan.run) if plan else None
+    stats = write_svg(plan, trace.workflow_id, spans_of(trace.records(trace.count)), out, ending)
     runs = plan.runs if plan else 0
     note = "the last run drawn" if runs > 1 else ""
     if stats.narrow:

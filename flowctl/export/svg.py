@@ -6,9 +6,14 @@ extent and the lanes they share; ``write_svg`` then draws each span as it comes.
 Only the last run is drawn (a re-run appended to the trace is what one looks at; the
 subtitle counts the others, and ``--format chrome`` shows every run).
 
-Calls are bars nested by depth under the workflow's own bar, labelled with the function
-(cut to the bar's width), with a tooltip; slog lines are blue diamonds, the error a red
-cross; failed calls are red, calls no record ended (a run still going, or lost) hatched.
+Calls are bars nested by depth under the workflow's own bar, one per call (consecutive
+calls from one line too), labelled with the function (cut to the bar's width), with a
+tooltip naming the call with its arguments (``fetch_page(region='apac', page=2)``); slog
+lines are blue diamonds, the error a red cross. Failed calls (the one that raised and the
+calls it unwound through) are red; cancelled ones (left open in another task when the run
+ended) grey and dashed; calls no record ended hatched, the heading saying how their run
+stands (lost, unknown, still running: ``ending``). Everything from the trace is
+XML-escaped.
 A call shorter than half a pixel (most calls, in a long run) is drawn one pixel wide, once
 per pixel column of its row, and markers closer than two pixels in a row are merged, so
 the file stays small whatever the trace: an XML comment counts what was merged.
@@ -27,15 +32,27 @@ from xml.sax.saxutils import escape
 from doeff_flow_core.escape import safe, safe_clip
 from doeff_flow_core.timeline.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
 from flowctl.export.chrome import thread_name
-from flowctl.export.svg_layout import LEFT, PLOT, WIDTH, Lane, Survey, lane_ids, lane_names
+from flowctl.export.ending import Ending
+from flowctl.export.svg_layout import (
+    CHAR_WIDTH,
+    RIGHT,
+    WIDTH,
+    Lane,
+    Survey,
+    lane_chars,
+    lane_ids,
+    lane_names,
+    left_of,
+)
 from flowctl.export.timeaxis import tick_label, ticks
 from flowctl.render.timefmt import duration
 
+CANCELLED: Final = "cancelled"  # spans.CANCELLED, being added there
 ROW: Final = 18
 BAR: Final = 14
 LANE_PAD: Final = 5
-CHAR_WIDTH: Final = 7.0  # 11px monospace is about 6.6px a character; a little spare
 MIN_BAR: Final = 0.5  # pixels
+BAR_GAP: Final = 1.0  # pixels left blank at a bar's end (a quarter of a bar, at most)
 MARKER_CELL: Final = 2  # pixels: one marker per cell of a row
 MAX_TICKS: Final = 10
 MAX_TITLE_CHARS: Final = 150
@@ -51,6 +68,7 @@ text{font:11px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;fill:#1f2328
 .d4 rect{fill:#cbc9e2}.d5 rect{fill:#99d8c9}
 .c.err rect{fill:#ff8182;stroke:#cf222e}
 .c.inc rect{fill:url(#hatch);stroke:#6e7781;stroke-dasharray:3 2}
+.c.cnc rect{fill:#eaeef2;stroke:#8c959f;stroke-dasharray:1.5 1.5}.c.cnc text{fill:#6e7781}
 .slog{fill:#0969da;stroke:#fff;stroke-width:.5}.exc{stroke:#cf222e;stroke-width:2}
 """
 DEFS: Final = (
@@ -59,11 +77,9 @@ DEFS: Final = (
     '<line x1="0" y1="0" x2="0" y2="6" stroke="#8c959f" stroke-width="2"/></pattern></defs>'
 )
 _NOT_XML: Final = re.compile("[\ufffe\uffff]")  # the characters XML forbids that safe() keeps
-_STATUS_WORDS: Final = {
-    OK: "completed",
-    ERROR: "failed",
-    INCOMPLETE: "incomplete: no terminal record (still running, or lost)",
-}
+_STATUS_WORDS: Final = {OK: "completed", ERROR: "failed", CANCELLED: "cancelled"}
+_STATUS_CSS: Final = {ERROR: " err", CANCELLED: " cnc", INCOMPLETE: " inc"}
+NO_ENDING: Final = Ending("incomplete", "no terminal record")  # when the caller did not say
 
 
 def text(value: str) -> str:
@@ -87,7 +103,9 @@ class _Canvas:
 
     def __init__(self, plan: Survey, top: float) -> None:
         self.plan = plan
-        self.scale = PLOT / plan.total
+        self.chars = lane_chars(plan.lanes)
+        self.left = left_of(self.chars)
+        self.scale = (WIDTH - self.left - RIGHT) / plan.total
         self.lane_top: list[float] = []
         y = top
         for lane in plan.lanes:
@@ -98,7 +116,7 @@ class _Canvas:
 
     def x(self, time: float) -> float:
         offset = min(max(time - self.plan.start, 0.0), self.plan.total)
-        return LEFT + offset * self.scale
+        return self.left + offset * self.scale
 
     def row_top(self, span: Span) -> float | None:
         index = self.placed.get(span.task)
@@ -110,27 +128,33 @@ class _Canvas:
         return self.lane_top[index] + LANE_PAD + (span.depth - lane.top) * ROW
 
 
-def _tooltip(span: Span) -> str:
-    lines = [span.name if span.kind != WORKFLOW else f"workflow {span.workflow_id}"]
+def _tooltip(span: Span, ending: Ending) -> str:
+    if span.kind == WORKFLOW:
+        lines = [f"workflow {span.workflow_id}"]
+    else:
+        lines = [span.name if span.args is None else f"{span.name}({span.args})"]
     if span.file is not None:
         lines.append(f"{os.path.basename(span.file) or span.file}:{span.line}")
-    if span.args is not None:
-        lines.append(f"args: {span.args}")
     steps = f"step {span.first_step}"
     if span.last_step != span.first_step:
         steps = f"steps {span.first_step}-{span.last_step}"
     lines.append(f"{duration(span.end - span.start)} · {steps} · {thread_name(span.task)}")
     if span.status == ERROR:
         lines.append(f"failed: {span.error or '-'}")
+    elif span.status == CANCELLED:
+        lines.append("cancelled: open when the run ended, abandoned (not failed)")
     elif span.status == INCOMPLETE:
-        lines.append("incomplete: no record ended it")
+        lines.append(f"{ending.word}: no record ended it")
     return "\n".join(clipped(line, 300) for line in lines)
 
 
 def _lane_tooltip(lane: Lane) -> str:
-    """Every task of a shared lane, as far as a tooltip goes (a lone task's name says it)."""
+    """A lone task's name and whole outermost call; every task of a shared lane, as far as
+    a tooltip goes."""
     if len(lane.tasks) == 1:
-        return ""
+        name = thread_name(lane.tasks[0])
+        tip = name if lane.call is None else f"{name}: {lane.call}"
+        return f"<title>{clipped(tip, 1200)}</title>"
     ids = lane_ids(lane)
     return f"<title>{clipped(f'{len(ids)} tasks: ' + ', '.join(map(str, ids)), 300)}</title>"
 
@@ -138,8 +162,11 @@ def _lane_tooltip(lane: Lane) -> str:
 class SvgWriter:
     """The second pass: the picture of ``plan``'s run, written as its spans arrive."""
 
-    def __init__(self, plan: Survey | None, workflow_id: str, out: TextIO) -> None:
+    def __init__(
+        self, plan: Survey | None, workflow_id: str, out: TextIO, ending: Ending | None = None
+    ) -> None:
         self._plan = plan
+        self._ending = ending or NO_ENDING
         self._workflow_id = workflow_id
         self._out = out
         self._runs_seen = 0
@@ -177,7 +204,8 @@ class SvgWriter:
         plan = self._plan
         if plan is None:
             return [("title", f"{clipped(self._workflow_id, 80)} · no records")]
-        status = _STATUS_WORDS.get(plan.status, plan.status)
+        ending = self._ending if plan.status == INCOMPLETE else None
+        status = ending.word if ending else _STATUS_WORDS.get(plan.status, plan.status)
         title = f"{clipped(plan.workflow_id, 80)} · {text(status)} · {duration(plan.total)}"
         try:
             started = datetime.fromtimestamp(plan.start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -196,6 +224,8 @@ class SvgWriter:
         heading = [("title", title), ("sub", sub)]
         if plan.error:
             heading.append(("errtext", clipped(plan.error, MAX_TITLE_CHARS)))
+        if ending:
+            heading.append(("sub", clipped(f"{ending.word}: {ending.why}", MAX_TITLE_CHARS)))
         return heading
 
     def _lanes(self, canvas: _Canvas, axis_top: float) -> None:
@@ -206,7 +236,7 @@ class SvgWriter:
             height = lane.rows * ROW + 2 * LANE_PAD
             names = "".join(
                 f'<text class="{"lids" if row else "lname"}" x="12"'
-                f' y="{y + LANE_PAD + 11 + row * ROW:.1f}">{text(name)}</text>'
+                f' y="{y + LANE_PAD + 11 + row * ROW:.1f}">{clipped(name, canvas.chars)}</text>'
                 for row, name in enumerate(lane_names(lane))
             )
             write(
@@ -214,7 +244,7 @@ class SvgWriter:
                 f' y="{y:.1f}" width="{WIDTH}" height="{height}"/>{names}</g>\n'
             )
         for offset in ticks(plan.total, MAX_TICKS):
-            x = LEFT + offset * canvas.scale
+            x = canvas.left + offset * canvas.scale
             write(
                 f'<line class="grid" x1="{x:.1f}" y1="{axis_top + 4}" x2="{x:.1f}"'
                 f' y2="{canvas.bottom:.1f}"/><text class="tick" x="{x:.1f}" y="{axis_top}"'
@@ -222,13 +252,15 @@ class SvgWriter:
             )
 
     def _legend(self, y: float) -> None:
+        sample = '<g class="c {css}"><rect x="{x}" y="{top}" width="22" height="10"/></g>'
+        unended = "no end recorded"
+        if self._plan is not None and self._plan.status == INCOMPLETE:
+            unended += f" ({text(self._ending.word)})"
         items = (
-            ('<g class="c d1"><rect x="{x}" y="{top}" width="22" height="10"/></g>', "call"),
-            ('<g class="c err"><rect x="{x}" y="{top}" width="22" height="10"/></g>', "failed"),
-            (
-                '<g class="c inc"><rect x="{x}" y="{top}" width="22" height="10"/></g>',
-                "no end recorded",
-            ),
+            (sample.replace("{css}", "d1"), "call"),
+            (sample.replace("{css}", "err"), "failed"),
+            (sample.replace("{css}", "cnc"), "cancelled"),
+            (sample.replace("{css}", "inc"), unended),
             ('<path class="slog" d="{diamond}"/>', "slog"),
             ('<path class="exc" d="{cross}"/>', "error"),
         )
@@ -288,15 +320,19 @@ class SvgWriter:
                 return
             self._slivers.add(sliver)
             width = 1.0
+        else:
+            # One call ends where the next from the same line starts: a hairline between
+            # them keeps two calls from reading as one bar.
+            width -= min(BAR_GAP, width / 4)
         self.drawn += 1
-        css = f"c d{(span.depth - 1) % PALETTE + 1 if span.depth else 0}"
-        css += " err" if span.status == ERROR else " inc" if span.status == INCOMPLETE else ""
+        shade = (span.depth - 1) % PALETTE + 1 if span.depth else 0
+        css = f"c d{shade}{_STATUS_CSS.get(span.status, '')}"
         label = ""
         fits = int((width - 6) / CHAR_WIDTH)
         if fits >= 2:
             label = f'<text x="{left + 3:.1f}" y="{top + 11:.1f}">{clipped(span.name, fits)}</text>'
         self._out.write(
-            f'<g class="{css}"><title>{_tooltip(span)}</title><rect x="{left:.1f}"'
+            f'<g class="{css}"><title>{_tooltip(span, self._ending)}</title><rect x="{left:.1f}"'
             f' y="{top:.1f}" width="{width:.1f}" height="{BAR}" rx="2"/>{label}</g>\n'
         )
 
@@ -324,11 +360,16 @@ def _cross(x: float, y: float, radius: float = 3.5) -> str:
 
 
 def write_svg(
-    plan: Survey | None, workflow_id: str, spans: Iterable[Span], out: TextIO
+    plan: Survey | None,
+    workflow_id: str,
+    spans: Iterable[Span],
+    out: TextIO,
+    ending: Ending | None = None,
 ) -> SvgStats:
     """The second pass: draws the run ``plan`` describes from ``spans`` (the same spans
-    the first pass saw) on ``out``."""
-    writer = SvgWriter(plan, workflow_id, out)
+    the first pass saw) on ``out``; ``ending`` says how the run stands when no terminal
+    record ended it."""
+    writer = SvgWriter(plan, workflow_id, out, ending)
     writer.begin()
     for span in spans:
         writer.add(span)

@@ -271,20 +271,26 @@ class DrawnLane:
     tasks: frozenset[str]  # "root", "task N"
 
 
+def lane_tasks(tip: str) -> set[str]:
+    """The tasks a lane's tooltip names: "root", "task 3: f(x=1)" or "3 tasks: 1, 4, 9"."""
+    shared = re.fullmatch(r"(\d+) tasks: (.*)", tip)
+    if shared is None:
+        name = tip.split(": ", 1)[0]
+        assert re.fullmatch(r"root|task \d+", name), tip
+        return {name}
+    tasks = {f"task {task}" for task in shared.group(2).split(", ")}
+    assert len(tasks) == int(shared.group(1)) > 1, tip
+    return tasks
+
+
 def drawn_lanes(root: ET.Element) -> list[DrawnLane]:
-    """Each lane's band and the tasks it says it holds (its name, or its tooltip's list)."""
+    """Each lane's band and the tasks its tooltip says it holds."""
     found = []
     for lane in (g for g in root.iter(f"{SVG}g") if g.get("class") == "lane"):
         band = lane.find(f"{SVG}rect")
         assert band is not None
         top = float(band.get("y", ""))
-        listed = lane.findtext(f"{SVG}title")
-        if listed is None:
-            tasks = set(texts(lane, "lname"))
-        else:
-            count, _, ids = listed.partition(" tasks: ")
-            tasks = {f"task {task}" for task in ids.split(", ")}
-            assert len(tasks) == int(count) > 1, listed
+        tasks = lane_tasks(lane.findtext(f"{SVG}title") or "")
         found.append(DrawnLane(top, top + float(band.get("height", "")), frozenset(tasks)))
     return found
 
@@ -320,9 +326,13 @@ def assert_lanes_hold_their_bars(root: ET.Element) -> None:
 def test_svg_draws_a_lane_per_concurrent_task_and_labels_calls(traces: Path) -> None:
     root = svg(traces, "wf-etl")
     assert root.tag == f"{SVG}svg"
-    lanes = texts(root, "lname")
-    assert lanes[0] == "root"
-    assert sorted(lanes) == sorted(map(lane_name, tasks_with_calls(traces, "wf-etl")))
+    lanes = drawn_lanes(root)
+    assert lanes[0].tasks == {"root"} and texts(root, "lname")[0] == "root"
+    named = sorted(task for lane in lanes for task in lane.tasks)
+    assert named == sorted(map(lane_name, tasks_with_calls(traces, "wf-etl")))
+    assert all(len(lane.tasks) == 1 for lane in lanes)
+    # a task's lane is named by its outermost call (with its arguments, where recorded)
+    assert [name.partition("(")[0] for name in texts(root, "lname")[1:]] == ["ingest"] * 3
     (title,) = texts(root, "title")
     assert title.startswith("wf-etl · completed · ")
     labels = {label.text for g in bars(root) for label in g.findall(f"{SVG}text")}
@@ -337,7 +347,8 @@ def test_svg_draws_a_lane_per_concurrent_task_and_labels_calls(traces: Path) -> 
     assert_lanes_hold_their_bars(root)
     workers = svg(traces, "wf-tasks")  # two workers taking turns: at once, so apart
     expected = sorted(map(lane_name, tasks_with_calls(traces, "wf-tasks")))
-    assert len(expected) == 3 and sorted(texts(workers, "lname")) == expected
+    drawn = sorted(task for lane in drawn_lanes(workers) for task in lane.tasks)
+    assert len(expected) == 3 and drawn == expected
     assert_lanes_hold_their_bars(workers)
 
 
@@ -353,10 +364,10 @@ def test_svg_packs_many_short_tasks_into_few_lanes(traces: Path) -> None:
     assert lanes[0].tasks == {"root"} and len(lanes) <= 2 * BATCH + 1
     assert frozenset().union(*(lane.tasks for lane in lanes[1:])) == spawned
     assert max(len(lane.tasks) for lane in lanes) > 1
-    pattern = r"root|task \d+|tasks \d+(, \d+)*|\d+ tasks"
+    pattern = r"root|review(\(doc=\d+\))?|tasks \d+(, \d+)*|\d+ tasks"
     assert all(re.fullmatch(pattern, name) for name in texts(root, "lname"))
     tips = [(bar, bar.findtext(f"{SVG}title") or "") for bar in bars(root)]
-    reviews = [bar for bar, tip in tips if tip.startswith("review\n")]
+    reviews = [bar for bar, tip in tips if re.match(r"review(\(doc=\d+\))?\n", tip)]
     assert sorted(bar_task(bar) for bar in reviews) == sorted(spawned)  # one bar each
     assert all(texts(bar) == ["review"] for bar in reviews)
     assert_lanes_hold_their_bars(root)
@@ -395,6 +406,9 @@ def test_packing_takes_the_lowest_lane_free_a_gap_after_its_last_task() -> None:
     assert packing.lanes == (Lane((1, 5), 1, 1), Lane((2, 3, 4), 1, 3))
     assert packing.left_out == 1
     assert lane_names(Lane((7,), 1, 1)) == ["task 7"]
+    assert lane_names(Lane((7,), 1, 1, "f(x=1)")) == ["f(x=1)"]
+    assert lane_names(Lane((7,), 1, 2, "f(x=1)")) == ["f(x=1)", "task 7"]
+    assert lane_names(Lane((None,), 0, 1, "main()")) == ["root", "main()"]
     assert lane_names(Lane((10, 1), 1, 1)) == ["tasks 1, 10"]
     assert lane_names(Lane((3, 12, 100), 1, 1)) == ["3 tasks"]
     assert lane_names(Lane((3, 12, 100, 7), 1, 2)) == ["4 tasks", "3, 7, 12 …"]
@@ -432,7 +446,7 @@ def test_a_damaged_trace_still_exports_with_open_calls_incomplete(traces: Path) 
     assert any(attributes(span.attributes).get("doeff.incomplete") for span in spans)
     root = svg(traces, "wf-damaged")
     assert [g for g in bars(root) if "inc" in g.get("class", "").split()]
-    assert "incomplete" in texts(root, "title")[0]
+    assert " · lost · " in texts(root, "title")[0]  # its writer, long gone
     done = export(traces, "wf-damaged", "--verbose", "--format", "svg")
     assert done.returncode == 0
     (report,) = [line for line in done.stderr.splitlines() if "wf-damaged:" in line]
@@ -659,8 +673,8 @@ def test_calls_from_one_line_export_as_a_span_each_with_their_args(tmp_path: Pat
     assert [attributes(span.attributes)["doeff.args"] for span in calls] == expected
     assert len({span.span_id for span in spans}) == len(spans) == PAGES + 2
     tips = [g.findtext(f"{SVG}title") or "" for g in bars(svg(tmp_path, "wf-pages"))]
-    drawn = [tip.split("\n") for tip in tips if tip.startswith("fetch_page\n")]
-    assert [lines[1:3] for lines in drawn] == [["pages.py:20", f"args: {a}"] for a in expected]
+    drawn = [tip.split("\n") for tip in tips if tip.startswith("fetch_page(")]
+    assert [lines[:2] for lines in drawn] == [[f"fetch_page({a})", "pages.py:20"] for a in expected]
     # the same loop written without call ids: one span, as before, and no args anywhere
     put_paged_trace(tmp_path, "wf-merged", calls=False, args=False)
     merged = [e for e in chrome(tmp_path, "wf-merged") if e["ph"] == "X"]
@@ -685,7 +699,7 @@ def test_hostile_args_stay_text_in_every_format(tmp_path: Path) -> None:
     (otlp_call,) = [span for span in spans if span.name == "f"]
     assert attributes(otlp_call.attributes)["doeff.args"] == args.replace("\ud800", "\ufffd")
     tips = [g.findtext(f"{SVG}title") or "" for g in bars(svg(tmp_path, "wf-args"))]
-    assert 'args: <b>&"x"</b>\\ud800\\ufffe\\x1b[2J' in "\n".join(tips).split("\n")
+    assert 'f(<b>&"x"</b>\\ud800\\ufffe\\x1b[2J)' in "\n".join(tips).split("\n")
 
 
 @pytest.mark.parametrize(
