@@ -22,7 +22,7 @@ from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any, Final, TextIO
 
-from doeff_flow_core.timeline.spans import EFFECT, ERROR, INCOMPLETE, OK, WORKFLOW, Span
+from doeff_flow_core.timeline.spans import CANCELLED, EFFECT, ERROR, INCOMPLETE, OK, WORKFLOW, Span
 
 SERVICE_NAME: Final = "doeff-flow"
 SCOPE_NAME: Final = "doeff_flow_core"
@@ -167,6 +167,8 @@ def _span_attributes(item: Span, texts: _Texts) -> str:
         parts.append(_pair("doeff.result", item.result))
     if item.status == INCOMPLETE:
         parts.append(_pair("doeff.incomplete", True))
+    elif item.status == CANCELLED:
+        parts.append(_pair("doeff.cancelled", True))
     return ",".join(parts)
 
 

@@ -33,6 +33,7 @@ from doeff_flow_core.records import COMPLETED, FAILED, RUNNING, LiveTrace, Trace
 OK: Final = "ok"
 ERROR: Final = "error"
 INCOMPLETE: Final = "incomplete"
+CANCELLED: Final = "cancelled"  # open in another task when its run ended: abandoned, not failed
 
 EFFECT: Final = "effect"
 SLOG: Final = "slog"
@@ -46,6 +47,11 @@ MAX_EVENTS: Final = 128
 TIDY_EVERY: Final = 1024  # records between looks for tasks to end (see _Run.tidy)
 TASK_QUIET: Final = 60.0  # seconds; as flowctl watch forgets a quiet task
 MAX_OPEN_TASKS: Final = 10_000
+# A task's end is acted on this many records late: the task that raised a run's error is
+# ended by the record that says it finished, which may come a few records before the
+# run's failed record names the raise site.
+ENDING_LAG: Final = 16
+MAX_EFFECT_KIND: Final = 40
 _SLOG_PREFIX: Final = "slog("
 
 
@@ -97,6 +103,13 @@ class Span(NamedTuple):
     pid: int | None = None
     host: str | None = None
     args: str | None = None  # the call's arguments, when its frame carried them
+    # Where the call was made: its caller's file and line (for a task's outermost call,
+    # the spawning call's); None for the workflow span and a run's outermost calls.
+    site_file: str | None = None
+    site_line: int | None = None
+    # Seconds spent in this call's own effects, by effect type: each effect counts from
+    # its record to the next record of its task (or the call's end).
+    waits: tuple[tuple[str, float], ...] = ()
 
 
 class _Open:
@@ -113,10 +126,12 @@ class _Open:
         "function",
         "line",
         "parent_id",
+        "site",
         "span_id",
         "spawned_by",
         "start",
         "task",
+        "waits",
     )
 
     def __init__(
@@ -129,6 +144,7 @@ class _Open:
         step: int,
         depth: int,
         spawned_by: int | None = None,
+        site: tuple[str, int] | None = None,
     ) -> None:
         self.span_id = span_id
         self.parent_id = parent_id
@@ -142,8 +158,10 @@ class _Open:
         self.first_step = step
         self.depth = depth
         self.spawned_by = spawned_by
+        self.site = site
         self.events: list[SpanEvent] = []
         self.dropped = 0
+        self.waits: dict[str, float] | None = None
 
 
 class _Run:
@@ -165,6 +183,12 @@ class _Run:
         self.steps: dict[int | None, int] = {}
         self.times: dict[int | None, float] = {}
         self.links: dict[int, int] = {}  # spawned task -> the spawning call's span id
+        self.sites: dict[int, tuple[str, int]] = {}  # spawned task -> where it was spawned
+        # Per task: the effect its latest record performed (the call, the effect's type,
+        # since when), whose time runs until the task's next record.
+        self.waiting: dict[int | None, tuple[_Open, str, float]] = {}
+        # Tasks said to have finished, not yet ended: task -> (when, records since).
+        self.ending: dict[int, tuple[float, int]] = {}
         self.last_time = start
         self.last_step = first.step
         # A writer that records ``spawned`` also records when tasks finish; one that does
@@ -215,29 +239,72 @@ class _Run:
             pid=self.pid,
             host=self.host,
             args=span.args,
+            site_file=span.site[0] if span.site else None,
+            site_line=span.site[1] if span.site else None,
+            waits=tuple(span.waits.items()) if span.waits else (),
         )
+
+    def settle(self, task: int | None, now: float) -> None:
+        """The task's latest effect has waited until ``now``: count it to its call."""
+        waiting = self.waiting.pop(task, None)
+        if waiting is not None:
+            span, kind, since = waiting
+            waits = span.waits
+            if waits is None:
+                waits = span.waits = {}
+            waits[kind] = waits.get(kind, 0.0) + (now - since)
 
     def close_task(self, task: int | None, keep: int, end: float, out: list[Span]) -> None:
         stack = self.stacks.get(task)
         while stack and len(stack) > keep:
             out.append(self.close(stack.pop(), end, OK))
 
-    def end_task(self, task: int | None, end: float, out: list[Span]) -> None:
-        self.close_task(task, 0, end, out)
-        self.stacks.pop(task, None)
+    def end_task(
+        self,
+        task: int | None,
+        end: float,
+        out: list[Span],
+        status: str = OK,
+        error: str | None = None,
+        event: SpanEvent | None = None,
+    ) -> None:
+        """End the task's open calls; a failed task's each get the error (and its event)."""
+        self.settle(task, end)
+        stack = self.stacks.pop(task, None)
+        while stack:
+            span = stack.pop()
+            if event is not None:
+                self.event(span, event)
+            out.append(self.close(span, end, status, error))
         self.frames.pop(task, None)
         self.steps.pop(task, None)
         self.times.pop(task, None)
         if task is not None:
             self.links.pop(task, None)
+            self.sites.pop(task, None)
+            self.ending.pop(task, None)
 
     def task_events(self, record: LiveTrace, now: float, out: list[Span]) -> None:
         if record.spawned:
             self.says_when_tasks_end = True
         for child, parent in record.spawned:
             self.links[child] = self.innermost(parent).span_id
+            frames = self.frames.get(parent)
+            if frames:
+                self.sites[child] = (frames[-1].file, frames[-1].line)
         for finished, at in record.finished_tasks:
-            self.end_task(finished, min(at.timestamp(), now), out)
+            self.ending[finished] = (min(at.timestamp(), now), 0)
+
+    def age_endings(self, out: list[Span]) -> None:
+        """One more record: end the tasks that finished ENDING_LAG records ago."""
+        ended = []
+        for task, (at, seen) in self.ending.items():
+            if seen + 1 >= ENDING_LAG:
+                ended.append((task, at))
+            else:
+                self.ending[task] = (at, seen + 1)
+        for task, at in ended:
+            self.end_task(task, at, out)
 
     def tidy(self, now: float, out: list[Span]) -> None:
         """Every TIDY_EVERY records: end the spawned tasks an older writer left quiet for
@@ -266,6 +333,12 @@ class _Run:
         task = record.task
         frames = record.trace
         step = record.step
+        if self.ending:
+            if task in self.ending:  # a finished task's id, used again
+                self.end_task(task, self.ending[task][0], out)
+            self.age_endings(out)
+        if task in self.waiting:
+            self.settle(task, now)
         stack = self.stacks.get(task)
         if frames:  # a record without a stack (an effect of no call) changes no call
             if stack is None:
@@ -276,12 +349,23 @@ class _Run:
             for depth in range(kept, len(frames)):
                 if depth:
                     parent, spawned_by = stack[depth - 1].span_id, None
+                    caller = frames[depth - 1]
+                    site: tuple[str, int] | None = (caller.file, caller.line)
                 else:
                     spawned_by = self.links.get(task) if task is not None else None
                     parent = spawned_by or self.root.span_id
+                    site = self.sites.get(task) if task is not None else None
                 stack.append(
                     _Open(
-                        self.next_id, parent, frames[depth], task, now, step, depth + 1, spawned_by
+                        self.next_id,
+                        parent,
+                        frames[depth],
+                        task,
+                        now,
+                        step,
+                        depth + 1,
+                        spawned_by,
+                        site,
                     )
                 )
                 self.next_id += 1
@@ -295,6 +379,7 @@ class _Run:
         effect = record.current_effect
         if effect is None:
             return
+        self.waiting[task] = (inner, _effect_kind(effect), now)
         # ``event``, inlined: past max_events no event object is built at all.
         if len(inner.events) >= self.max_events:
             inner.dropped += 1
@@ -304,23 +389,76 @@ class _Run:
         else:
             inner.events.append(SpanEvent(effect, now, EFFECT, record.step))
 
-    def finish(self, end: float, status: str, error: str | None, result: str | None) -> list[Span]:
-        """Close everything open; a failure ends each open call with the error."""
+    def finish(self, end: float, status: str, result: str | None = None) -> list[Span]:
+        """The run completed (OK) or its trace ended without a terminal record (INCOMPLETE).
+        A spawned task still open when the run completed was abandoned: cancelled (when
+        the writer says when tasks end; an older one's quiet tasks simply ended)."""
         out: list[Span] = []
-        if status == ERROR and error is not None:
-            # The error passed through every open call: it shows on the innermost.
-            for stack in self.stacks.values():
-                if stack:
-                    self.event(stack[-1], _exception_event(error, end))
-            self.event(self.root, _exception_event(error, end))
+        for ended, (at, _seen) in list(self.ending.items()):
+            self.end_task(ended, at, out)
+        left = CANCELLED if status == OK and self.says_when_tasks_end else status
         for task in list(self.stacks):
-            stack = self.stacks[task]
-            while stack:
-                out.append(self.close(stack.pop(), end, status, error))
-        self.stacks.clear()
-        workflow = self.close(self.root, end, status, error, result)
-        out.append(workflow)
+            self.end_task(task, end, out, status if task is None else left)
+        out.append(self.close(self.root, end, status, None, result))
         return out
+
+    def fail(self, record: LiveTrace, end: float) -> list[Span]:
+        """The run failed. The task that raised (the one whose calls the raise site ends
+        with) and each task that awaited it up to the root unwound: their open calls are
+        failed, each with the error. Calls open in other tasks were abandoned: cancelled."""
+        out: list[Span] = []
+        error = record.error or "failed"
+        event = _exception_event(error, end, record.trace)
+        raised = self.raising_task(record.trace)
+        failed = self.chain_of(raised)
+        # Tasks the failed record says finished, after the one that raised when it says
+        # that one too, were unwound when the run ended; those said earlier completed.
+        said = [task for task, (_at, seen) in self.ending.items() if seen == 0]
+        after = said.index(raised) if raised in said else -1
+        for ended, (at, seen) in list(self.ending.items()):
+            if ended not in failed:
+                abandoned = seen == 0 and said.index(ended) > after
+                self.end_task(ended, at, out, CANCELLED if abandoned else OK)
+        for task in list(self.stacks):
+            if task in failed:
+                when = self.ending[task][0] if task in self.ending else end
+                self.end_task(task, when, out, ERROR, error, event)
+            else:
+                self.end_task(task, end, out, CANCELLED)
+        self.event(self.root, event)
+        out.append(self.close(self.root, end, ERROR, error))
+        return out
+
+    def raising_task(self, raise_site: tuple[TraceFrame, ...]) -> int | None:
+        """The task whose open calls reach deepest into the raise site (outermost first,
+        through the tasks that awaited it); a tie goes to a task that had finished (see
+        ``rank``), then to the one heard from last. None (the root task) when none matches."""
+        best: tuple[int, int, int, float] = (0, 0, 0, 0.0)
+        chosen: int | None = None
+        # Finished tasks first: the first the failed record names (the others it names
+        # may have been unwound because of it), then those named before, latest first.
+        named = sorted(self.ending.items(), key=lambda item: item[1][1])
+        rank = {task: len(named) - i for i, (task, _when) in enumerate(named)}
+        for task, stack in self.stacks.items():
+            if task is None or not stack:
+                continue
+            reach, matched = _reach(stack, raise_site)
+            if not matched:
+                continue
+            score = (reach, matched, rank.get(task, 0), self.times.get(task, 0.0))
+            if score > best:
+                best, chosen = score, task
+        return chosen
+
+    def chain_of(self, task: int | None) -> set[int | None]:
+        """``task`` and each task whose call spawned it, up to the root task."""
+        tasks: set[int | None] = {None}
+        owner = {span.span_id: t for t, stack in self.stacks.items() for span in stack}
+        while task is not None and task not in tasks:
+            tasks.add(task)
+            spawner = self.links.get(task)
+            task = owner.get(spawner) if spawner is not None else None
+        return tasks
 
 
 class SpanBuilder:
@@ -350,10 +488,10 @@ class SpanBuilder:
         if record.status == RUNNING:
             run.running(record, now, out)
         elif record.status == COMPLETED:
-            out.extend(run.finish(now, OK, None, record.result))
+            out.extend(run.finish(now, OK, record.result))
             self._run = None
         elif record.status == FAILED:
-            out.extend(run.finish(now, ERROR, record.error or "failed", None))
+            out.extend(run.fail(record, now))
             self._run = None
         return out
 
@@ -362,7 +500,7 @@ class SpanBuilder:
         run, self._run = self._run, None
         if run is None:
             return []
-        return run.finish(run.last_time, INCOMPLETE, None, None)
+        return run.finish(run.last_time, INCOMPLETE)
 
 
 def run_key(record: LiveTrace) -> str:
@@ -413,7 +551,37 @@ def _common_calls(
     return kept
 
 
-def _exception_event(error: str, now: float) -> SpanEvent:
+def _reach(stack: list[_Open], raise_site: tuple[TraceFrame, ...]) -> tuple[int, int]:
+    """How deep into the raise site a task's open calls reach, and how many of them
+    match it (its outermost call matched at some depth, then call by call)."""
+    outer = stack[0]
+    for start, frame in enumerate(raise_site):
+        if frame.function == outer.function and frame.file == outer.file:
+            matched = 1
+            for span, deeper in zip(stack[1:], raise_site[start + 1 :]):  # noqa: B905
+                if span.function != deeper.function or span.file != deeper.file:
+                    break
+                matched += 1
+            return start + matched, matched
+    return 0, 0
+
+
+def _effect_kind(effect: str) -> str:
+    """An effect's type, from its text: ``Await(...)`` -> ``Await``."""
+    cut = effect.find("(")
+    return effect[: cut if 0 < cut <= MAX_EFFECT_KIND else MAX_EFFECT_KIND]
+
+
+def _exception_event(error: str, now: float, raise_site: tuple[TraceFrame, ...] = ()) -> SpanEvent:
+    """OpenTelemetry's exception event: type, message and (when known) the stack at the
+    raise site, in Python's traceback form."""
     kind, _, message = error.partition(": ")
     attributes = {"exception.type": kind, "exception.message": message or kind}
+    if raise_site:
+        lines = ["Traceback (most recent call last):"]
+        lines += [
+            f'  File "{frame.file}", line {frame.line}, in {frame.function}' for frame in raise_site
+        ]
+        lines.append(error)
+        attributes["exception.stacktrace"] = "\n".join(lines)
     return SpanEvent(EXCEPTION, now, EXCEPTION, None, attributes)

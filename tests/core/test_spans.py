@@ -175,10 +175,13 @@ def test_a_failure_marks_the_calls_it_unwound(tmp_path: Path) -> None:
         assert span.error == "ValueError: no good: a"
     (exception,) = [e for e in boom.events if e.kind == EXCEPTION]
     assert exception.name == "exception"
-    assert exception.attributes == {
-        "exception.type": "ValueError",
-        "exception.message": "no good: a",
-    }
+    attributes = dict(exception.attributes)
+    stack = attributes.pop("exception.stacktrace")
+    assert attributes == {"exception.type": "ValueError", "exception.message": "no good: a"}
+    # The raise site, outermost first, as Python prints a traceback.
+    assert stack.startswith("Traceback (most recent call last):\n")
+    assert stack.index(", in failing") < stack.index(", in explode")
+    assert stack.endswith("\nValueError: no good: a")
     assert not [e for e in done.events if e.kind == EXCEPTION]
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 from doeff_flow_core.timeline.otlp import span_id, trace_id
 from doeff_flow_core.timeline.spans import ERROR, spans_of
+from doeff_flow_core.tracefiles.reading import RecordStream
 from tests.support.flowd import flowd
 from tests.support.otlp import (
     WAIT,
@@ -314,3 +317,48 @@ def test_a_collector_that_times_out_is_retried(tmp_path: Path, collector: Collec
         assert "TimeoutError" in stats(daemon)["last_error"]
     assert count(daemon, "otlp: collector unreachable at .*: TimeoutError") == 1
     assert count(daemon, "otlp: collector reachable again") == 1
+
+
+def test_a_failure_in_a_spawned_task_reaches_the_collector_where_it_happened(
+    tmp_path: Path, collector: Collector
+) -> None:
+    """examples/report.py --fail: latam's page 2 raises in its own task. That call, its
+    task's fetch_region, build_report and the run are errors with an exception event
+    (type, message, the stack); the region still fetching is cancelled, not failed."""
+    traces = trace_dir(tmp_path)
+    report = Path(__file__).resolve().parents[2] / "examples" / "report.py"
+    with exporting(tmp_path, collector.url):
+        done = subprocess.run(
+            [sys.executable, str(report), "--fail", "--trace-dir", str(traces)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        trace = traces / "report-fail" / "trace.jsonl"
+        expected = list(spans_of(RecordStream(trace)))
+        wait_for(lambda: len(collector.taken()) == len(expected), WAIT, "every span")
+    taken = collector.taken()
+    error = "UpstreamError: latam page 2: upstream returned 503"
+    failed = {hex_id(span) for span in expected if span.status == ERROR}
+    assert sorted(taken[key].name for key in failed) == [
+        "build_report",
+        "fetch_page",
+        "fetch_region",
+        "report-fail",
+    ]
+    for key, span in taken.items():
+        if key in failed:
+            assert (span.status.code, span.status.message) == (STATUS_ERROR, error)
+            (event,) = [e for e in span.events if e.name == "exception"]
+            said = attributes(event.attributes)
+            assert said["exception.type"] == "UpstreamError"
+            assert said["exception.message"] == "latam page 2: upstream returned 503"
+            assert "in fetch_page" in said["exception.stacktrace"]
+        else:
+            assert span.status.code != STATUS_ERROR
+            assert not [e for e in span.events if e.name == "exception"]
+    cancelled = [s for s in taken.values() if attributes(s.attributes).get("doeff.cancelled")]
+    assert {s.name for s in cancelled} == {"fetch_region", "fetch_page"}  # apac, mid-page
+    assert all(s.status.code == 0 for s in cancelled)  # unset: neither ok nor failed
+    assert collector.invalid == []
