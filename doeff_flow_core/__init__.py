@@ -17,6 +17,8 @@ from doeff_flow_core.ids import validate_workflow_id
 from doeff_flow_core.liveness import effective_status
 from doeff_flow_core.locations import default_socket_path
 from doeff_flow_core.records import LiveTrace, SlogLine, TraceFrame, parse_record
+from doeff_flow_core.timeline.profile import Entry, NoRun, Profile, profile_of, profiles_of
+from doeff_flow_core.timeline.spans import Span, spans_of
 from doeff_flow_core.tracefiles.layout import default_trace_dir, trace_file, workflow_dir
 from doeff_flow_core.tracefiles.reading import (
     Tail,
@@ -34,10 +36,14 @@ from doeff_flow_core.workflow import WorkflowResult, run_workflow
 
 __all__ = [
     "BadTraceSetting",
+    "Entry",
     "InvalidWorkflowId",
     "LiveTrace",
     "MalformedRecord",
+    "NoRun",
+    "Profile",
     "SlogLine",
+    "Span",
     "Tail",
     "TraceDirUnwritable",
     "TraceFrame",
@@ -51,12 +57,15 @@ __all__ = [
     "effective_status",
     "follow",
     "parse_record",
+    "profile_of",
+    "profiles_of",
     "read_from",
     "read_history",
     "read_last",
     "read_latest",
     "run_workflow",
     "scan_workflows",
+    "spans_of",
     "trace_file",
     "trace_observer",
     "traced",
