@@ -247,6 +247,17 @@ def run_export(console: Console, request: Request, source: Source) -> int:
     return exitcodes.OK
 
 
+def run_profile(console: Console, request: Request, source: Source) -> int:
+    from flowctl.profile import print_profile
+
+    workflow_id = _workflow_id(request)
+    skipped = print_profile(console, request, source, workflow_id)
+    if skipped:
+        warn(console, f"{workflow_id}: {malformed(skipped)}")
+        return exitcodes.BAD_TRACE
+    return exitcodes.OK
+
+
 def run_run(console: Console, request: Request, source: Source) -> int:
     from flowctl.runprogram import run_program
 
@@ -280,6 +291,7 @@ RUNNERS: Final[dict[str, Callable[[Console, Request, Source], int]]] = {
     "watch": run_watch,
     "prune": run_prune,
     "export": run_export,
+    "profile": run_profile,
     "run": run_run,
     "roots": run_roots,
     "status": run_status,

@@ -24,12 +24,14 @@ from doeff_flow_core.records import ALL_STATUSES, COMPLETED, FAILED, LOST
 from flowctl.errors import UsageError
 from flowctl.sources.base import EMPTY, UNREADABLE
 
-EXPORT_FORMATS: Final = ("chrome", "otlp", "svg")
+EXPORT_FORMATS: Final = ("chrome", "otlp", "svg", "folded", "speedscope")
 STATUS_CHOICES: Final = (*ALL_STATUSES, EMPTY, UNREADABLE)
 PRUNE_STATUSES: Final = (COMPLETED, FAILED, LOST)
 DEFAULT_LAST: Final = 10
 DEFAULT_POLL_INTERVAL: Final = 0.1
 ROOTS_ACTIONS: Final = ("list", "add", "remove")
+PROFILE_BY: Final = ("function", "callsite")
+PROFILE_TOP: Final = 25
 
 
 class Complete(enum.Enum):
@@ -331,12 +333,15 @@ ALL_COMMANDS: Final = {
         ),
         Command(
             "export",
-            "a workflow's timeline: --format chrome (Perfetto), otlp or svg; -o FILE",
-            help="a workflow's timeline as a file: chrome (Perfetto), otlp, svg",
+            "a workflow's timeline or flame graph: --format chrome, otlp, svg, folded, "
+            "speedscope; -o FILE",
+            help="a timeline or flame graph as a file: chrome, otlp, svg, folded, speedscope",
             description=(
                 "Write the timeline of a workflow (every run in its trace, rotated parts "
                 "included) as Chrome Trace Event JSON for Perfetto or chrome://tracing, "
-                "OTLP/JSON for OpenTelemetry, or a standalone SVG picture of its last run."
+                "OTLP/JSON for OpenTelemetry, or a standalone SVG picture of its last run; or "
+                "as flame graphs: folded stacks of its last run (flamegraph.pl, inferno, "
+                "speedscope) or a speedscope file (an evented profile per task of each run)."
             ),
             arguments=(
                 WORKFLOW_ID,
@@ -353,6 +358,42 @@ ALL_COMMANDS: Final = {
                         "'-' or none: stdout"
                     ),
                     completes=Complete.FILE,
+                ),
+            ),
+        ),
+        Command(
+            "profile",
+            "where a run's time went, by function: --run RUN, --by callsite, --top N",
+            help="where the time of a run went: own and total time, calls, waits by effect",
+            description=(
+                "Where the time of a run of WF went (the latest run, or --run's: its id or a "
+                "unique prefix), one row per function (--by callsite: per call site and the "
+                "function called), sorted by own time: its share of the summed time, own "
+                "time (less the calls it made in its own task), total time, calls, mean and "
+                "longest call, and the effects its calls waited in (Await 1.20s  Ask 10ms). "
+                "Spawned tasks count for their own functions: tasks running at once each "
+                "count their time, so the summed time can exceed the wall time. --top N: "
+                f"the first N rows (default {PROFILE_TOP}; all with --json). "
+                "WF is looked for as export looks for it."
+            ),
+            arguments=(
+                WORKFLOW_ID,
+                Argument(
+                    ("--run",),
+                    metavar="RUN",
+                    help="this run (its id, or a unique prefix of it); default: the latest",
+                ),
+                Argument(
+                    ("--by",),
+                    choices=PROFILE_BY,
+                    default="function",
+                    help="a row per function (the default) or per call site",
+                ),
+                Argument(
+                    ("--top",),
+                    type=_positive_int,
+                    metavar="N",
+                    help=f"only the first N rows (default {PROFILE_TOP}; --json: all)",
                 ),
             ),
         ),
@@ -467,6 +508,8 @@ class Request:
     program: str | None = None  # run: pkg.mod:program
     action: str | None = None  # roots: list, add, remove (None: list)
     directory: str | None = None  # roots add/remove DIR
+    by: str = "function"  # profile --by: function or callsite
+    top: int | None = None  # profile --top N; None: the default (all with --json)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -499,7 +542,7 @@ def build_parser(prog: str, *, shell: bool = False) -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "See where running doeff workflows are: ps, history, watch, prune, export, "
-            "shell; run a doeff program traced: run; flowd: status, roots."
+            "profile, shell; run a doeff program traced: run; flowd: status, roots."
         ),
         epilog="Run without a command on a terminal to open the interactive shell.",
         add_help=False,
@@ -556,4 +599,6 @@ def parse(
         program=values.get("program"),
         action=values.get("action"),
         directory=values.get("directory"),
+        by=values.get("by", "function"),
+        top=values.get("top"),
     )
