@@ -29,7 +29,9 @@ from doeff_flow_core.tracefiles.reading import RecordStream
 from flowctl.errors import TraceUnreadable, WorkflowNotFound
 from flowctl.export.chrome import write_chrome
 from flowctl.export.ending import LOST, STILL_RUNNING, UNKNOWN, Ending
+from flowctl.export.folded import write_folded
 from flowctl.export.outfile import STDOUT_NAME, replaced_whole
+from flowctl.export.speedscope import write_speedscope
 from flowctl.export.svg import write_svg
 from flowctl.export.svg_layout import survey
 
@@ -39,6 +41,8 @@ KEPT_RUNS: Final = 4
 CHROME: Final = "chrome"
 OTLP: Final = "otlp"
 SVG: Final = "svg"
+FOLDED: Final = "folded"
+SPEEDSCOPE: Final = "speedscope"
 SUFFIX_FORMATS: Final = {".svg": SVG, ".json": CHROME}
 
 
@@ -151,10 +155,23 @@ def _svg(trace: Trace, out: TextIO) -> Written:
     return Written(stats.drawn, runs, note)
 
 
+def _folded(trace: Trace, out: TextIO) -> Written:
+    lines, spans, runs = write_folded(spans_of(trace.records()), out)
+    note = f"{lines} stacks" + (" of the last run" if runs > 1 else "")
+    return Written(spans, runs, note)
+
+
+def _speedscope(trace: Trace, out: TextIO) -> Written:
+    writer = write_speedscope(spans_of(trace.records()), out, trace.workflow_id)
+    return Written(writer.spans, writer.runs, f"{writer.profiles} profiles")
+
+
 WRITERS: Final[dict[str, Callable[[Trace, TextIO], Written]]] = {
     CHROME: _chrome,
     OTLP: _otlp,
     SVG: _svg,
+    FOLDED: _folded,
+    SPEEDSCOPE: _speedscope,
 }
 
 
