@@ -30,7 +30,16 @@ from typing import Final, TextIO
 from xml.sax.saxutils import escape
 
 from doeff_flow_core.escape import safe, safe_clip
-from doeff_flow_core.timeline.spans import ERROR, EXCEPTION, INCOMPLETE, OK, SLOG, WORKFLOW, Span
+from doeff_flow_core.timeline.spans import (
+    CANCELLED,
+    ERROR,
+    EXCEPTION,
+    INCOMPLETE,
+    OK,
+    SLOG,
+    WORKFLOW,
+    Span,
+)
 from flowctl.export.chrome import thread_name
 from flowctl.export.ending import Ending
 from flowctl.export.svg_layout import (
@@ -47,7 +56,6 @@ from flowctl.export.svg_layout import (
 from flowctl.export.timeaxis import tick_label, ticks
 from flowctl.render.timefmt import duration
 
-CANCELLED: Final = "cancelled"  # spans.CANCELLED, being added there
 ROW: Final = 18
 BAR: Final = 14
 LANE_PAD: Final = 5
@@ -56,6 +64,7 @@ BAR_GAP: Final = 1.0  # pixels left blank at a bar's end (a quarter of a bar, at
 MARKER_CELL: Final = 2  # pixels: one marker per cell of a row
 MAX_TICKS: Final = 10
 MAX_TITLE_CHARS: Final = 150
+MAX_STACK_LINES: Final = 24  # of an error's stack in its marker's tooltip, innermost kept
 PALETTE: Final = 5  # depth colours, repeating below depth 5
 
 CSS: Final = """
@@ -68,7 +77,7 @@ text{font:11px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;fill:#1f2328
 .d4 rect{fill:#cbc9e2}.d5 rect{fill:#99d8c9}
 .c.err rect{fill:#ff8182;stroke:#cf222e}
 .c.inc rect{fill:url(#hatch);stroke:#6e7781;stroke-dasharray:3 2}
-.c.cnc rect{fill:#eaeef2;stroke:#8c959f;stroke-dasharray:1.5 1.5}.c.cnc text{fill:#6e7781}
+.c.cnc rect{fill:#e1e4e8;stroke:#6e7781;stroke-dasharray:2 2}.c.cnc text{fill:#57606a}
 .slog{fill:#0969da;stroke:#fff;stroke-width:.5}.exc{stroke:#cf222e;stroke-width:2}
 """
 DEFS: Final = (
@@ -289,11 +298,13 @@ class SvgWriter:
         if top is None:
             self.narrow += 1
             return
-        self._bar(canvas, span, top)
+        left = canvas.x(span.start)
+        right = left + self._bar(canvas, span, top)
         for event in span.events:
             if event.kind not in (SLOG, EXCEPTION):
                 continue
-            x = canvas.x(event.time)
+            # On its call's bar: a task's calls may end a moment before the run's error.
+            x = min(max(canvas.x(event.time), left), right)
             cell = (round(top), int(x // MARKER_CELL))
             if cell in self._cells:
                 self.merged += 1
@@ -306,18 +317,21 @@ class SvgWriter:
             else:
                 kind = event.attributes.get("exception.type", "error")
                 message = event.attributes.get("exception.message", "")
-                tip = clipped(f"{kind}: {message}", 300)
+                stack = event.attributes.get("exception.stacktrace", "").split("\n")
+                lines = [f"{kind}: {message}", *stack[:-1][-MAX_STACK_LINES:]]
+                tip = "\n".join(clipped(line, 300) for line in lines)
                 shape = f'<path class="exc" d="{_cross(x, top + BAR / 2)}">'
             self._out.write(f"{shape}<title>{tip}</title></path>\n")
 
-    def _bar(self, canvas: _Canvas, span: Span, top: float) -> None:
+    def _bar(self, canvas: _Canvas, span: Span, top: float) -> float:
+        """Draws ``span``'s bar; its width (the pixel's, for a call left out there)."""
         left, right = canvas.x(span.start), canvas.x(span.end)
         width = right - left
         if width < MIN_BAR:
             sliver = (round(top), int(left))
             if sliver in self._slivers:
                 self.narrow += 1
-                return
+                return 1.0
             self._slivers.add(sliver)
             width = 1.0
         else:
@@ -335,6 +349,7 @@ class SvgWriter:
             f'<g class="{css}"><title>{_tooltip(span, self._ending)}</title><rect x="{left:.1f}"'
             f' y="{top:.1f}" width="{width:.1f}" height="{BAR}" rx="2"/>{label}</g>\n'
         )
+        return width
 
     def end(self) -> None:
         write = self._out.write
