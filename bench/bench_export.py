@@ -1,11 +1,13 @@
-"""Timeline export speed and memory, measured side by side in one run.
+"""Timeline export and profile speed and memory, measured side by side in one run.
 
-    python bench/bench_export.py [--records 1000000] [--small 100000] [--formats chrome,otlp,svg]
+    python bench/bench_export.py [--records 1000000] [--small 100000]
+                                 [--formats chrome,otlp,svg,folded,speedscope,profile]
 
 A real doeff workflow (nested calls, spawned tasks, slog) writes a trace of ``--records``
-effects and another of ``--small``; ``flowctl export`` turns each into every format in a
-child process whose peak RSS and wall time are reported. Memory is bounded when the big
-trace's peak RSS is about the small one's (the goal: streams in bounded memory).
+effects and another of ``--small``; ``flowctl export`` turns each into every format (and
+``flowctl profile --json`` profiles it: the ``profile`` "format") in a child process whose
+peak RSS and wall time are reported. Memory is bounded when the big trace's peak RSS is
+about the small one's (the goal: streams in bounded memory).
 """
 
 from __future__ import annotations
@@ -77,29 +79,31 @@ def write_trace(trace_dir: Path, workflow_id: str, effects: int) -> tuple[float,
     return time.perf_counter() - started, lines
 
 
+PROFILE = "profile"  # not an export format: ``flowctl profile WF --json``, measured alike
+DEFAULT_FORMATS = "chrome,otlp,svg,folded,speedscope,profile"
+
+
 def export(trace_dir: Path, workflow_id: str, fmt: str, out: Path) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MB and output bytes of one ``flowctl export``."""
+    """Wall seconds, peak RSS in MB and output bytes of one ``flowctl export`` (or, for
+    the ``profile`` format, one ``flowctl profile --json``)."""
     script = (
         "import resource, subprocess, sys, time;"
         "t = time.perf_counter();"
-        "subprocess.run(sys.argv[1:], check=True);"
+        "out = open(sys.argv[1], 'w');"
+        "subprocess.run(sys.argv[2:], check=True, stdout=out);"
         "print(time.perf_counter() - t,"
         " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    command = [
-        *FLOWCTL,
-        "--trace-dir",
-        str(trace_dir),
-        "export",
-        workflow_id,
-        "--format",
-        fmt,
-        "-o",
-        str(out),
-    ]
+    if fmt == PROFILE:
+        what = ["profile", workflow_id, "--json"]
+        stdout = str(out)
+    else:
+        what = ["export", workflow_id, "--format", fmt, "-o", str(out)]
+        stdout = os.devnull
+    command = [*FLOWCTL, "--trace-dir", str(trace_dir), *what]
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
     done = subprocess.run(
-        [sys.executable, "-c", script, *command],
+        [sys.executable, "-c", script, stdout, *command],
         check=True,
         capture_output=True,
         text=True,
@@ -113,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
-    parser.add_argument("--formats", default="chrome,otlp,svg")
+    parser.add_argument("--formats", default=DEFAULT_FORMATS)
     args = parser.parse_args()
     formats = args.formats.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
@@ -129,7 +133,7 @@ def main() -> None:
             )
         print()
         print(
-            f"{'format':<8} {'records':>10} {'wall s':>8} {'rec/s':>10} {'peak RSS MB':>12}"
+            f"{'format':<10} {'records':>10} {'wall s':>8} {'rec/s':>10} {'peak RSS MB':>12}"
             f" {'output MB':>10}"
         )
         peaks: dict[str, dict[str, float]] = {}
@@ -139,7 +143,7 @@ def main() -> None:
                 wall, rss, size = export(trace_dir, f"wf-{name}", fmt, out)
                 peaks.setdefault(fmt, {})[name] = rss
                 print(
-                    f"{fmt:<8} {lines[name]:>10,} {wall:>8.1f} {lines[name] / wall:>10,.0f}"
+                    f"{fmt:<10} {lines[name]:>10,} {wall:>8.1f} {lines[name] / wall:>10,.0f}"
                     f" {rss:>12.1f} {size / 2**20:>10.1f}"
                 )
                 out.unlink()

@@ -22,6 +22,7 @@ from doeff_flow_core.tracefiles.reading import RecordStream
 from flowctl import exitcodes
 from flowctl.console import Console
 from flowctl.errors import FlowctlError, TraceUnreadable, WorkflowNotFound
+from flowctl.export.folded import collector_paused
 from flowctl.history import NO_RUN, pick_run, run_of
 from flowctl.options import PROFILE_TOP, Request
 from flowctl.render.profile import profile_json, profile_lines
@@ -75,11 +76,19 @@ def _matching(
 ) -> Iterator[LiveTrace]:
     """The records of the runs ``wanted`` may name (every run when None); the first record
     of every run is kept in ``firsts`` (a record per run: bounded by the runs)."""
+    if wanted is None:
+        latest = None
+        for record in records:
+            if record.run is not latest:  # one run's records share one string, mostly
+                latest = record.run
+                firsts.setdefault(run_of(record), record)
+            yield record
+        return
     for record in records:
         run = run_of(record)
         if run not in firsts:
             firsts[run] = record
-        if wanted is None or run.startswith(wanted):
+        if run.startswith(wanted):
             yield record
 
 
@@ -88,11 +97,12 @@ def profile_trace(trace: Trace, by: By = FUNCTION, wanted: str | None = None) ->
     AmbiguousRun as ``history --run``; NoRunYet for an empty trace."""
     firsts: dict[str, LiveTrace] = {}
     profiles: dict[str, Profile] = {}  # history's run id -> its profile (the candidates')
-    for profile in profiles_of(spans_of(_matching(trace.records(), wanted, firsts)), by):
-        # A trace written before records named their run gives its runs no id.
-        profiles[profile.run if profile.run in firsts else NO_RUN] = profile
-        if wanted is None:
-            profiles = {profile.run: profile}  # only the latest is kept
+    with collector_paused():
+        for profile in profiles_of(spans_of(_matching(trace.records(), wanted, firsts)), by):
+            # A trace written before records named their run gives its runs no id.
+            profiles[profile.run if profile.run in firsts else NO_RUN] = profile
+            if wanted is None:
+                profiles = {profile.run: profile}  # only the latest is kept
     if wanted is None:
         latest = next(reversed(profiles.values()), None) if profiles else None
     else:

@@ -16,9 +16,11 @@ memory of recently ended calls; one whose spawner is forgotten hangs under the w
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final, TextIO
 
 from doeff_flow_core.timeline.profile import OwnTime
@@ -102,6 +104,20 @@ class Folder:
         return None
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a block that streams a trace: the records,
+    spans and stacks made on the way form no cycles (reference counting frees them), and
+    the collector's passes over them cost about a sixth of the time."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def micros(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
@@ -122,12 +138,13 @@ def last_run_stacks(spans: Iterable[Span]) -> tuple[Stacks | None, int, int]:
     folder = Folder()
     last: Stacks | None = None
     count = runs = 0
-    for span in spans:
-        count += 1
-        stacks = folder.add(span)
-        if stacks is not None:
-            last = stacks
-            runs += 1
+    with collector_paused():
+        for span in spans:
+            count += 1
+            stacks = folder.add(span)
+            if stacks is not None:
+                last = stacks
+                runs += 1
     return last, count, runs
 
 

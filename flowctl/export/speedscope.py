@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Final, TextIO
 
 from doeff_flow_core.timeline.spans import WORKFLOW, Span
+from flowctl.export.folded import collector_paused
 
 SCHEMA: Final = "https://www.speedscope.app/file-format-schema.json"
 UNIT: Final = "microseconds"
@@ -169,7 +170,8 @@ def write_speedscope(spans: Iterable[Span], out: TextIO, name: str) -> Speedscop
     """Every run of ``spans`` as one speedscope file named ``name`` on ``out``."""
     writer = SpeedscopeWriter(out, name, exporter_name())
     writer.begin()
-    for span in spans:
-        writer.add(span)
+    with collector_paused():
+        for span in spans:
+            writer.add(span)
     writer.end()
     return writer
