@@ -51,11 +51,18 @@ test-newest:
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-# docs/timeline.svg, drawn by `flowctl export` from a fresh run of examples/timeline.py.
+# docs/timeline.svg and docs/report-fail.svg, drawn by `flowctl export` from fresh runs of
+# examples/timeline.py and examples/report.py --fail. Only the exact tracer (Python 3.12+)
+# records the calls' arguments the pictures show: a 3.12+ venv made by `make test-newest`
+# (.venv-3.N) or named .venv3N is used when there is one, else $(VENV). report.py --fail
+# fails on purpose: its traceback is not shown.
+TIMELINE_PY = $(or $(lastword $(sort $(wildcard .venv-3.1[2-9]/bin/python .venv31[2-9]/bin/python))),$(PY))
 timeline: $(STAMP)
-	rm -rf .doeff-flow/wf-timeline
-	$(PY) examples/timeline.py --trace-dir .doeff-flow
-	$(PY) -m flowctl --trace-dir .doeff-flow export wf-timeline -o docs/timeline.svg
+	rm -rf .doeff-flow/wf-timeline .doeff-flow/report-fail
+	$(TIMELINE_PY) examples/timeline.py --trace-dir .doeff-flow
+	$(TIMELINE_PY) -m flowctl --trace-dir .doeff-flow export wf-timeline -o docs/timeline.svg
+	$(TIMELINE_PY) examples/report.py --fail --trace-dir .doeff-flow 2>/dev/null
+	$(TIMELINE_PY) -m flowctl --trace-dir .doeff-flow export report-fail -o docs/report-fail.svg
 
 clean:
 	rm -rf $(VENV) .venv-3.* .doeff-flow .pytest_cache .mypy_cache .ruff_cache
