@@ -68,7 +68,7 @@ def test_awaits_dominate_fetch_page(report_trace: Path) -> None:
     fetch_page = by_name(profile_of(spans_of(RecordStream(report_trace))))["fetch_page"]
     waits = dict(fetch_page.waits)
     assert set(waits) == {"Await", "Ask"}
-    assert waits["Await"] > 0.9 * fetch_page.own  # 20-40 ms asleep per page
+    assert waits["Await"] > 0.9 * fetch_page.own  # several ms asleep per page
     assert waits["Await"] > 10 * waits["Ask"]
     assert fetch_page.waits[0][0] == "Await"  # most first
 

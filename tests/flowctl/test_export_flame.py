@@ -85,7 +85,7 @@ def test_folded_stacks_hang_tasks_under_their_spawner(traces: Path) -> None:
     # fetch_page has one stack, so its line is its own time, in microseconds.
     page = stacks["report;build_report;fetch_region;fetch_page"]
     assert abs(page - entries["fetch_page"]["own_seconds"] * 1e6) <= 1
-    assert page > 12 * 15_000  # twelve pages of 20-40 ms
+    assert page > 12 * 4_000  # twelve pages of at least 5 ms
 
 
 @pytest.mark.parametrize("workflow_id", ["report", "report-fail", "report-twice"])
@@ -156,7 +156,8 @@ def test_speedscope_is_valid_with_an_evented_profile_per_task(traces: Path) -> N
         ["report", "build_report", "fetch_region", "fetch_page", "summarize"]
     )
     page = frames[names.index("fetch_page")]
-    assert page["file"] == str(REPORT) and page["line"] == 30
+    ask = next(n for n, text in enumerate(REPORT.read_text().splitlines(), 1) if "Ask(" in text)
+    assert page["file"] == str(REPORT) and page["line"] == ask
     run = read_jsonl(traces / "report" / "trace.jsonl")[0]["run"]
     profiles = document["profiles"]
     labels = [profile["name"] for profile in profiles]
