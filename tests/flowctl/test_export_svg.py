@@ -256,6 +256,9 @@ def test_a_trace_written_on_another_host_is_unknown(tmp_path: Path) -> None:
         ),
     )
     assert_ending(tmp_path, "wf-far", "unknown", "written on host elsewhere.example")
+    hostile = '<b>&"x"</b>'  # text in the SVG, never markup
+    put_trace(tmp_path, "wf-odd", record_line("wf-odd", 1, trace=frames, pid=1, host=hostile))
+    assert_ending(tmp_path, "wf-odd", "unknown", f"written on host {hostile}")
 
 
 def test_a_running_worker_is_still_running_and_lost_once_killed(tmp_path: Path) -> None:
