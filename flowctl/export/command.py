@@ -115,7 +115,7 @@ def ending_of(last: LiveTrace) -> Ending:
         return Ending(UNKNOWN, f"no terminal record; written on host {last.host}, not this one")
     if last.pid is None:
         return Ending(STILL_RUNNING, "no terminal record (yet); no writer pid to check")
-    return Ending(STILL_RUNNING, f"no terminal record yet; its writer (pid {last.pid}) runs")
+    return Ending(STILL_RUNNING, f"no terminal record yet; its writer (pid {last.pid}) is alive")
 
 
 @dataclass(frozen=True)
