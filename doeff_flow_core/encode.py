@@ -44,6 +44,18 @@ class TaskEvent:
         self.finished_at = finished_at
 
 
+class CallFailed:
+    """A call that ended by raising (seen by the exact tracer as its frame unwound),
+    buffered in order among the effects: written on the next record as ``failed_calls``."""
+
+    __slots__ = ("at", "call", "error")
+
+    def __init__(self, call: int, at: float, error: BaseException) -> None:
+        self.call = call
+        self.at = at
+        self.error = error
+
+
 def json_str(text: str) -> str:
     return str(_json_str(text))
 
@@ -138,12 +150,21 @@ class RecordEncoder:
         self._last_task: int | None = None
         self._spawned: list[str] = []
         self._finished: list[str] = []
+        self._failed: list[str] = []
 
     def _note_task(self, event: TaskEvent) -> None:
         if event.finished_at is not None:
             self._finished.append(f'[{event.task},"{self._clock.format(event.finished_at)}"]')
         else:
             self._spawned.append(f"[{event.task},{_opt_int(event.parent)}]")
+
+    def _note_failed(self, failed: CallFailed) -> None:
+        at = self._clock.format(failed.at)
+        try:
+            error = describe_error(failed.error)
+        except Exception:  # an exception whose str() raises
+            error = type(failed.error).__name__
+        self._failed.append(f'[{failed.call},"{at}",{json_str(error)}]')
 
     def _task_fields(self) -> str:
         """The pending task events as record fields (emptied), or "" when none."""
@@ -154,6 +175,9 @@ class RecordEncoder:
         if self._finished:
             text += f',"finished_tasks":[{",".join(self._finished)}]'
             self._finished = []
+        if self._failed:
+            text += f',"failed_calls":[{",".join(self._failed)}]'
+            self._failed = []
         return text
 
     def _note_slog(self, effect: Any) -> None:
@@ -218,6 +242,9 @@ class RecordEncoder:
             elif type(entry) is TaskEvent:
                 self._note_task(entry)
                 continue
+            elif type(entry) is CallFailed:
+                self._note_failed(entry)
+                continue
             else:
                 text = render_effect(entry)
                 slog = entry if type(entry) is slog_type else None
@@ -231,7 +258,7 @@ class RecordEncoder:
                 stamp = self._clock.format(ts)
                 suffix = ""
             step += 1
-            if self._spawned or self._finished:
+            if self._spawned or self._finished or self._failed:
                 tail = tail[:-2] + self._task_fields() + "}\n"
             # What follows the stack changes only with the millisecond, the slog, the
             # task and exactness: built once for a run of records that share them.

@@ -88,6 +88,9 @@ class LiveTrace:
     # Written only when there are any.
     spawned: tuple[tuple[int, int | None], ...] = ()
     finished_tasks: tuple[tuple[int, datetime], ...] = ()
+    # Calls that ended by raising since the previous record, innermost first, as (call
+    # id, when, the error): written by the exact tracer (3.12+) only, when there are any.
+    failed_calls: tuple[tuple[int, datetime, str], ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -117,6 +120,11 @@ class LiveTrace:
         if self.finished_tasks:
             data["finished_tasks"] = [
                 [task, at.isoformat(timespec="milliseconds")] for task, at in self.finished_tasks
+            ]
+        if self.failed_calls:
+            data["failed_calls"] = [
+                [call, at.isoformat(timespec="milliseconds"), error]
+                for call, at, error in self.failed_calls
             ]
         return data
 
@@ -156,6 +164,7 @@ class LiveTrace:
             pid_start=_opt(data, "pid_start", int),
             spawned=_spawned(data.get("spawned")),
             finished_tasks=_tasks(data.get("finished_tasks")),
+            failed_calls=_failed_calls(data.get("failed_calls")),
         )
 
 
@@ -196,7 +205,7 @@ def _plain_record(cls: type[LiveTrace], data: dict[str, Any]) -> LiveTrace | Non
     except ValueError:
         return None
     slog = get("last_slog")
-    spawned, finished = get("spawned"), get("finished_tasks")
+    spawned, finished, failed = get("spawned"), get("finished_tasks"), get("failed_calls")
     values = (
         workflow_id,
         step,
@@ -216,6 +225,7 @@ def _plain_record(cls: type[LiveTrace], data: dict[str, Any]) -> LiveTrace | Non
         pid_start,
         _spawned(spawned) if spawned else (),
         _tasks(finished) if finished else (),
+        _failed_calls(failed) if failed else (),
     )
     # What ``cls(*values)`` makes (LiveTrace has no __post_init__), without the frozen
     # dataclass's object.__setattr__ call for each field.
@@ -414,3 +424,22 @@ def _tasks(value: object) -> tuple[tuple[int, datetime], ...]:
             raise MalformedRecord("'finished_tasks' items must be [task, time] pairs")
         finished.append((_check("finished task", item[0], int), _time({"at": item[1]}, "at")))
     return tuple(finished)
+
+
+def _failed_calls(value: object) -> tuple[tuple[int, datetime, str], ...]:
+    if not value:
+        return ()
+    if not isinstance(value, list):
+        raise MalformedRecord("'failed_calls' must be a list")
+    failed: list[tuple[int, datetime, str]] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise MalformedRecord("'failed_calls' items must be [call, time, error] triples")
+        failed.append(
+            (
+                _check("failed call", item[0], int),
+                _time({"at": item[1]}, "at"),
+                _check("failed call's error", item[2], str),
+            )
+        )
+    return tuple(failed)

@@ -18,7 +18,8 @@ from doeff_flow_core import run_workflow
 
 REGIONS = ("emea", "apac", "latam")
 PAGES = 4
-FAILING = ("latam", 2)  # with --fail: this region's page raises
+LATENCY = {"emea": 0.005, "apac": 0.04, "latam": 0.025}  # seconds per page
+FAILING = ("latam", 1)  # with --fail: this region's page raises (emea is done by then)
 
 
 class UpstreamError(RuntimeError):
@@ -28,7 +29,7 @@ class UpstreamError(RuntimeError):
 @do
 def fetch_page(region: str, page: int, fail: bool) -> Any:
     yield Ask("api_token")
-    yield Await(asyncio.sleep(0.02 + 0.01 * REGIONS.index(region)))  # the network
+    yield Await(asyncio.sleep(LATENCY[region]))  # the network, standing in
     if fail and (region, page) == FAILING:
         raise UpstreamError(f"{region} page {page}: upstream returned 503")
     return [f"{region}-{page}-{row}" for row in range(3)]

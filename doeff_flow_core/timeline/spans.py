@@ -189,6 +189,9 @@ class _Run:
         self.waiting: dict[int | None, tuple[_Open, str, float]] = {}
         # Tasks said to have finished, not yet ended: task -> (when, records since).
         self.ending: dict[int, tuple[float, int]] = {}
+        # The writer said which calls raised (``failed_calls``): a failure's calls are
+        # known, not inferred from its raise site.
+        self.knows_failures = False
         self.last_time = start
         self.last_step = first.step
         # A writer that records ``spawned`` also records when tasks finish; one that does
@@ -294,6 +297,36 @@ class _Run:
                 self.sites[child] = (frames[-1].file, frames[-1].line)
         for finished, at in record.finished_tasks:
             self.ending[finished] = (min(at.timestamp(), now), 0)
+
+    def calls_failed(self, record: LiveTrace, now: float, out: list[Span]) -> None:
+        """End the calls the writer saw raise, each when it raised, with its error; the
+        stack at the raise site is known for the run's own error."""
+        self.knows_failures = True
+        for call, at, error in record.failed_calls:
+            found = self.find_call(call)
+            if found is None:
+                continue  # not open (already ended, or never seen)
+            task, index = found
+            stack = self.stacks[task]
+            when = min(max(at.timestamp(), stack[index].start), now)
+            self.settle(task, when)
+            site = record.trace if record.status == FAILED and error == record.error else ()
+            event = _exception_event(error, when, site)
+            while len(stack) > index:
+                span = stack.pop()
+                self.event(span, event)
+                out.append(self.close(span, when, ERROR, error))
+            frames = self.frames.get(task)
+            if frames:
+                self.frames[task] = frames[:index]
+
+    def find_call(self, call: int) -> tuple[int | None, int] | None:
+        """The task and depth of the open call with this id (failures are rare: a search)."""
+        for task, stack in self.stacks.items():
+            for index, span in enumerate(stack):
+                if span.call == call:
+                    return task, index
+        return None
 
     def age_endings(self, out: list[Span]) -> None:
         """One more record: end the tasks that finished ENDING_LAG records ago."""
@@ -409,6 +442,16 @@ class _Run:
         out: list[Span] = []
         error = record.error or "failed"
         event = _exception_event(error, end, record.trace)
+        if self.knows_failures:
+            # The calls that raised have ended (``calls_failed``): what is left open was
+            # abandoned, and tasks the failed record says finished were unwound.
+            for ended, (at, seen) in list(self.ending.items()):
+                self.end_task(ended, at, out, CANCELLED if seen == 0 else OK)
+            for task in list(self.stacks):
+                self.end_task(task, end, out, CANCELLED)
+            self.event(self.root, event)
+            out.append(self.close(self.root, end, ERROR, error))
+            return out
         raised = self.raising_task(record.trace)
         failed = self.chain_of(raised)
         # Tasks the failed record says finished, after the one that raised when it says
@@ -485,6 +528,8 @@ class SpanBuilder:
         run.last_step = record.step
         if record.spawned or record.finished_tasks:
             run.task_events(record, now, out)
+        if record.failed_calls:
+            run.calls_failed(record, now, out)
         if record.status == RUNNING:
             run.running(record, now, out)
         elif record.status == COMPLETED:

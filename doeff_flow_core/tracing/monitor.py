@@ -36,6 +36,7 @@ from time import time as _now
 from types import CodeType, FrameType
 from typing import Any, Final
 
+from doeff_flow_core.encode import CallFailed
 from doeff_flow_core.render import MAX_EFFECT_CHARS, render_effect
 from doeff_flow_core.tracing.args import args_of_call, args_of_frame
 from doeff_flow_core.tracing.shadow import MAX_LIVE_CALLS, Call, Context
@@ -102,7 +103,11 @@ class _Dispatcher:
             tool = self.tool
             try:
                 if not self._active:
-                    monitoring.set_events(tool, monitoring.events.PY_START)
+                    # PY_UNWIND can only be switched on for all code; it costs only
+                    # frames that end by raising.
+                    monitoring.set_events(
+                        tool, monitoring.events.PY_START | monitoring.events.PY_UNWIND
+                    )
                     for code, _shown in self.known.values():
                         monitoring.set_local_events(tool, code, _LOCAL_EVENTS)
             except ValueError:  # the id was taken from us meanwhile
@@ -150,10 +155,11 @@ class _Dispatcher:
                 except ValueError:  # taken meanwhile
                     continue
                 events = monitoring.events
-                on_start, on_yield, on_return = self._callbacks()
+                on_start, on_yield, on_return, on_unwind = self._callbacks()
                 monitoring.register_callback(tool, events.PY_START, on_start)
                 monitoring.register_callback(tool, events.PY_YIELD, on_yield)
                 monitoring.register_callback(tool, events.PY_RETURN, on_return)
+                monitoring.register_callback(tool, events.PY_UNWIND, on_unwind)
                 self.tool = tool
                 return True
         return False
@@ -194,7 +200,7 @@ class _Dispatcher:
             self._kinds[kind] = answer
         return answer
 
-    def _callbacks(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    def _callbacks(self) -> tuple[Callable[..., Any], ...]:
         """The event callbacks, as closures over the tables they read: they run for every
         call and every effect, so every lookup saved counts."""
         contexts = self.contexts
@@ -280,7 +286,24 @@ class _Dispatcher:
                     call.done = True
             return None
 
-        return on_start, on_yield, on_return
+        def on_unwind(code: CodeType, offset: int, error: BaseException) -> Any:
+            # A call that ends by raising: the error leaves it here, whether or not a
+            # caller catches it. (Every frame's unwinding comes here: only known bodies
+            # of this run's contexts are looked at.)
+            context = contexts.get(get_ident())
+            if context is not None:
+                call = context.calls.pop(id(getframe(1)), None)
+                if call is not None:
+                    call.done = True
+                    # GeneratorExit: closed, not failed.
+                    if call.call_id and call.code is code and type(error) is not GeneratorExit:
+                        try:
+                            context.buffer.append(CallFailed(call.call_id, _now(), error))
+                        except Exception:  # tracing must never hurt the workflow
+                            pass
+            return None
+
+        return on_start, on_yield, on_return, on_unwind
 
 
 def _begin(context: Context, code: CodeType, frame: FrameType, shown: bool) -> None:

@@ -16,6 +16,7 @@ import pytest
 from doeff import (
     Ask,
     EffectBase,
+    Gather,
     GetTraceback,
     Listen,
     Local,
@@ -620,32 +621,32 @@ def test_an_outer_observe_handler_stack_still_sees_effects(tmp_path: Path) -> No
 
 
 @do
-def raises_after_get(i: int) -> Any:
+def parked(promise: Any) -> Any:
     yield GetEffect("x")
-    raise ValueError(i)
+    opened = yield Wait(promise.future)  # a live call for as long as the gate is shut
+    yield PutEffect("woken", opened)  # yields again once the gate opens
+    return opened
 
 
 @do
-def churn(n: int) -> Any:
-    kept = []  # the errors keep the raising frames alive, so no address is reused
-    for i in range(n):
-        kept.append((yield Try(raises_after_get(i))))  # each leaves its entry behind
-    return len(kept)
-
-
-@do
-def waits_through_churn() -> Any:
+def waits_through_crowd(n: int) -> Any:
     yield GetEffect("x")
-    done = yield Wait((yield Spawn(churn(300))))
+    gate = yield CreatePromise()
+    tasks = []
+    for _ in range(n):
+        tasks.append((yield Spawn(parked(gate))))
+    yield CompletePromise(gate, 1)
+    done = yield Gather(*tasks)
     after = yield GetEffect("x")
-    return done + after
+    return sum(done) + after
 
 
 def test_the_table_of_live_calls_is_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the cap, calls that did not yield lately are forgotten; one that yields
-    again is followed on with its callers unknown, never dropped."""
+    again is followed on with its callers unknown, never dropped. (Calls that raise
+    leave no entry behind: their frames' unwinding ends them.)"""
     from doeff_flow_core.tracing import monitor, shadow
 
     monkeypatch.setattr(monitor, "MAX_LIVE_CALLS", 50)
@@ -658,18 +659,15 @@ def test_the_table_of_live_calls_is_bounded(
         sizes.append(len(self.calls))
 
     monkeypatch.setattr(shadow.Context, "forget_idle", forget_idle)
-    result = run_workflow(waits_through_churn(), "wf", tmp_path, store={"x": 1})
+    result = run_workflow(waits_through_crowd(300), "wf", tmp_path, store={"x": 1})
     assert result.value == 301
     assert sizes and max(sizes) <= 45
     records = running(read_jsonl(result.trace_path))
-    inside = [r for r in records if r["trace"] and r["trace"][-1]["function"] == "raises_after_get"]
-    assert len(inside) == 300 and all(r["trace_exact"] for r in inside)
-    last = records[-1]
-    assert last["current_effect"] == "Get('x')"
-    assert frames(last) == [
-        ("waits_through_churn", HERE, line_of(waits_through_churn, "after = yield"))
-    ]
-    assert last["trace_exact"] is False  # forgotten while it waited: callers unknown
+    woken = [r for r in records if r["current_effect"].startswith("Put('woken'")]
+    assert len(woken) == 300  # every parked call's next effect is recorded, none dropped
+    assert all(frames(r)[-1][0] == "parked" for r in woken)
+    # Those forgotten while parked are followed on, their callers unknown.
+    assert any(r["trace_exact"] is False for r in woken)
 
 
 # -- a traced run's scope: its own tasks, its own VM ----------------------------------------

@@ -322,7 +322,7 @@ def test_a_collector_that_times_out_is_retried(tmp_path: Path, collector: Collec
 def test_a_failure_in_a_spawned_task_reaches_the_collector_where_it_happened(
     tmp_path: Path, collector: Collector
 ) -> None:
-    """examples/report.py --fail: latam's page 2 raises in its own task. That call, its
+    """examples/report.py --fail: latam's page 1 raises in its own task. That call, its
     task's fetch_region, build_report and the run are errors with an exception event
     (type, message, the stack); the region still fetching is cancelled, not failed."""
     traces = trace_dir(tmp_path)
@@ -339,7 +339,7 @@ def test_a_failure_in_a_spawned_task_reaches_the_collector_where_it_happened(
         expected = list(spans_of(RecordStream(trace)))
         wait_for(lambda: len(collector.taken()) == len(expected), WAIT, "every span")
     taken = collector.taken()
-    error = "UpstreamError: latam page 2: upstream returned 503"
+    error = "UpstreamError: latam page 1: upstream returned 503"
     failed = {hex_id(span) for span in expected if span.status == ERROR}
     assert sorted(taken[key].name for key in failed) == [
         "build_report",
@@ -353,7 +353,7 @@ def test_a_failure_in_a_spawned_task_reaches_the_collector_where_it_happened(
             (event,) = [e for e in span.events if e.name == "exception"]
             said = attributes(event.attributes)
             assert said["exception.type"] == "UpstreamError"
-            assert said["exception.message"] == "latam page 2: upstream returned 503"
+            assert said["exception.message"] == "latam page 1: upstream returned 503"
             assert "in fetch_page" in said["exception.stacktrace"]
         else:
             assert span.status.code != STATUS_ERROR
