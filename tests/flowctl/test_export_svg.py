@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -269,6 +270,6 @@ def test_a_running_worker_is_still_running_and_lost_once_killed(tmp_path: Path) 
     try:
         assert_ending(tmp_path, "wf-worker", "still running", f"pid {worker.pid}")
     finally:
-        worker.kill()
+        worker.send_signal(signal.SIGKILL)  # no terminal record written
         worker.wait(timeout=30)
     assert_ending(tmp_path, "wf-worker", "lost", f"its writer (pid {worker.pid}) is gone")
