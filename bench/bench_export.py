@@ -83,16 +83,21 @@ PROFILE = "profile"  # not an export format: ``flowctl profile WF --json``, meas
 DEFAULT_FORMATS = "chrome,otlp,svg,folded,speedscope,profile"
 
 
-def export(trace_dir: Path, workflow_id: str, fmt: str, out: Path) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MB and output bytes of one ``flowctl export`` (or, for
-    the ``profile`` format, one ``flowctl profile --json``)."""
+def export(
+    trace_dir: Path, workflow_id: str, fmt: str, out: Path
+) -> tuple[float, float, float, int]:
+    """Wall seconds, CPU seconds, peak RSS in MB and output bytes of one ``flowctl export``
+    (or, for the ``profile`` format, one ``flowctl profile --json``). CPU time is the
+    figure to compare when other work shares the machine: wall time then waits for it."""
     script = (
         "import resource, subprocess, sys, time;"
         "t = time.perf_counter();"
         "out = open(sys.argv[1], 'w');"
         "subprocess.run(sys.argv[2:], check=True, stdout=out);"
         "print(time.perf_counter() - t,"
-        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime"
+        " + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime)"
     )
     if fmt == PROFILE:
         what = ["profile", workflow_id, "--json"]
@@ -109,8 +114,8 @@ def export(trace_dir: Path, workflow_id: str, fmt: str, out: Path) -> tuple[floa
         text=True,
         env=env,
     )
-    wall, rss_kib = done.stdout.split()
-    return float(wall), int(rss_kib) / 1024, out.stat().st_size
+    wall, rss_kib, cpu = done.stdout.split()
+    return float(wall), float(cpu), int(rss_kib) / 1024, out.stat().st_size
 
 
 def main() -> None:
@@ -133,17 +138,18 @@ def main() -> None:
             )
         print()
         print(
-            f"{'format':<10} {'records':>10} {'wall s':>8} {'rec/s':>10} {'peak RSS MB':>12}"
-            f" {'output MB':>10}"
+            f"{'format':<10} {'records':>10} {'wall s':>8} {'rec/s':>10} {'CPU s':>7}"
+            f" {'rec/CPU s':>10} {'peak RSS MB':>12} {'output MB':>10}"
         )
         peaks: dict[str, dict[str, float]] = {}
         for fmt in formats:
             for name in sizes:  # side by side: small then big, per format
                 out = Path(tmp) / f"{name}.{fmt}"
-                wall, rss, size = export(trace_dir, f"wf-{name}", fmt, out)
+                wall, cpu, rss, size = export(trace_dir, f"wf-{name}", fmt, out)
                 peaks.setdefault(fmt, {})[name] = rss
                 print(
                     f"{fmt:<10} {lines[name]:>10,} {wall:>8.1f} {lines[name] / wall:>10,.0f}"
+                    f" {cpu:>7.1f} {lines[name] / cpu:>10,.0f}"
                     f" {rss:>12.1f} {size / 2**20:>10.1f}"
                 )
                 out.unlink()
