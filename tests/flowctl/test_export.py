@@ -674,9 +674,20 @@ def test_calls_from_one_line_export_as_a_span_each_with_their_args(tmp_path: Pat
     calls = [span for span in spans if span.name == "fetch_page"]
     assert [attributes(span.attributes)["doeff.args"] for span in calls] == expected
     assert len({span.span_id for span in spans}) == len(spans) == PAGES + 2
-    tips = [g.findtext(f"{SVG}title") or "" for g in bars(svg(tmp_path, "wf-pages"))]
+    pictured = bars(svg(tmp_path, "wf-pages"))
+    tips = [g.findtext(f"{SVG}title") or "" for g in pictured]
     drawn = [tip.split("\n") for tip in tips if tip.startswith("fetch_page(")]
     assert [lines[:2] for lines in drawn] == [[f"fetch_page({a})", "pages.py:20"] for a in expected]
+    # a visible gap between one call and the next: four bars, never one long one
+    edges = []
+    for bar in pictured:
+        rect = bar.find(f"{SVG}rect")
+        if rect is not None and (bar.findtext(f"{SVG}title") or "").startswith("fetch_page("):
+            edges.append(
+                (float(rect.get("x", "")), float(rect.get("x", "")) + float(rect.get("width", "")))
+            )
+    assert len(edges) == PAGES
+    assert all(left - right >= 0.5 for (_, right), (left, _) in pairwise(sorted(edges))), edges
     # the same loop written without call ids: one span, as before, and no args anywhere
     put_paged_trace(tmp_path, "wf-merged", calls=False, args=False)
     merged = [e for e in chrome(tmp_path, "wf-merged") if e["ph"] == "X"]
