@@ -348,7 +348,10 @@ ALL_COMMANDS: Final = {
                 Argument(
                     ("--format",),
                     choices=EXPORT_FORMATS,
-                    help="default: from -o's suffix (.svg: svg, .json: chrome), else chrome",
+                    help=(
+                        "default: from -o's suffix (.svg: svg, .json: chrome, .folded: folded), "
+                        "else chrome"
+                    ),
                 ),
                 Argument(
                     ("--output", "-o"),

@@ -43,7 +43,7 @@ OTLP: Final = "otlp"
 SVG: Final = "svg"
 FOLDED: Final = "folded"
 SPEEDSCOPE: Final = "speedscope"
-SUFFIX_FORMATS: Final = {".svg": SVG, ".json": CHROME}
+SUFFIX_FORMATS: Final = {".svg": SVG, ".json": CHROME, ".folded": FOLDED}
 
 
 def export_format(given: str | None, output: str | None) -> str:

@@ -251,3 +251,10 @@ def test_memory_does_not_grow_with_the_trace(
     """Four times the records (40,000 more calls) in about the same memory."""
     short, long = long_traces
     assert peak_rss_kib(long, *command) < peak_rss_kib(short, *command) + 8 * 1024
+
+
+def test_a_folded_suffix_means_folded(traces: Path, tmp_path: Path) -> None:
+    target = tmp_path / "report.folded"
+    done = flowctl("--trace-dir", traces, "export", "report", "-o", target)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+    assert target.read_text() == exported(traces, "report", "--format", "folded")
