@@ -207,6 +207,7 @@ def test_completer() -> None:
         "export",
         "help",
         "history",
+        "profile",
         "prune",
         "ps",
         "quit",
@@ -222,7 +223,7 @@ def test_completer() -> None:
     assert complete("watch --e") == ["--exit-on-complete"]
     assert complete("help w") == ["watch"]
     assert complete("export e") == ["etl-1"]
-    assert complete("export --format s") == ["svg"]
+    assert complete("export --format s") == ["speedscope", "svg"]
     assert complete("export -o out.svg w") == ["wf-001", "wf-002"]
     assert complete("roots ") == ["add", "list", "remove"]
     assert complete("roots r") == ["remove"]
