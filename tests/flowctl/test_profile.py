@@ -239,3 +239,22 @@ def test_the_shell_and_doeff_flow_know_the_command(traces: Path) -> None:
     assert "profile" in COMMANDS
     seed = flowctl("profile", "report", "--trace-dir", traces, "--top", "1", seed=True)
     assert seed.returncode == 0 and seed.stdout.startswith("report  run "), seed.stderr
+
+
+@pytest.mark.parametrize("name", ["wf-fifo", "wf-sparse", "wf-link"])
+def test_hostile_files_neither_hang_nor_leak(tmp_path: Path, name: str) -> None:
+    """A FIFO for a trace, a 1 TiB sparse one, a link out of the directory: as export."""
+    from tests.flowctl.test_commands_on_hostile_files import SECRET, hostile
+
+    root = tmp_path / "traces"
+    hostile(root, tmp_path / "outside")
+    done = flowctl("--trace-dir", root, "profile", name, timeout=20)
+    assert "Traceback" not in done.stderr and done.returncode != exitcodes.INTERNAL
+    assert SECRET not in done.stdout + done.stderr
+    if name == "wf-sparse":  # its record profiled; the zeros after it said, as history does
+        assert done.returncode == exitcodes.BAD_TRACE
+        assert done.stdout.startswith("wf-sparse  run run1  completed")
+        return
+    export = flowctl("--trace-dir", root, "export", name, "--format", "folded", timeout=20)
+    assert done.returncode == export.returncode != exitcodes.OK
+    assert done.stderr == export.stderr
