@@ -16,7 +16,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from flowctl.export.folded import frame_name
+from doeff_flow_core.timeline.spans import CALL, OK, WORKFLOW, Span
+from flowctl.export.folded import RECENT_CALLS, Folder, frame_name, last_run_stacks
 from tests.flowctl.test_export import synthetic_trace
 from tests.support.flowctl import flowctl
 from tests.support.procs import PROJECT_ROOT, python_command, python_env, run_command
@@ -258,3 +259,71 @@ def test_a_folded_suffix_means_folded(traces: Path, tmp_path: Path) -> None:
     done = flowctl("--trace-dir", traces, "export", "report", "-o", target)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
     assert target.read_text() == exported(traces, "report", "--format", "folded")
+
+
+# -- folded stacks from hand-built spans ---------------------------------------------------------
+
+
+def call(
+    span_id: int,
+    parent: int | None,
+    name: str,
+    start: float,
+    end: float,
+    *,
+    task: int | None = None,
+    depth: int = 1,
+    spawned_by: int | None = None,
+) -> Span:
+    return Span(
+        workflow_id="wf",
+        run="r1",
+        span_id=span_id,
+        parent_id=parent,
+        kind=WORKFLOW if parent is None else CALL,
+        name=name,
+        task=task,
+        file="/w/flow.py",
+        line=span_id,
+        start=start,
+        end=end,
+        status=OK,
+        first_step=1,
+        last_step=1,
+        spawned_by=spawned_by,
+        depth=0 if parent is None else depth,
+    )
+
+
+def test_a_task_that_outlives_its_spawner_hangs_under_it() -> None:
+    """main (0-10) calls launch (1-2), which spawns a task (2-8: work, calling leaf 3-5)
+    and returns before the task's calls end; then the workflow ends."""
+    spans = [
+        call(3, 2, "launch", 1, 2, depth=2),
+        call(5, 4, "leaf", 3, 5, task=1, depth=2),
+        call(4, 3, "work", 2, 8, task=1, spawned_by=3),
+        call(2, 1, "main", 0.5, 10),
+        call(1, None, "wf", 0, 10),
+    ]
+    stacks, count, runs = last_run_stacks(spans)
+    assert (count, runs) == (5, 1) and stacks is not None
+    assert {";".join(path): round(seconds, 6) for path, seconds in stacks.items()} == {
+        "wf": 0.5,
+        "wf;main": 8.5,  # 9.5 s less launch's 1 s; the task is not main's
+        "wf;main;launch": 1.0,
+        "wf;main;launch;work": 4.0,
+        "wf;main;launch;work;leaf": 2.0,
+    }
+
+
+def test_a_task_whose_spawner_is_forgotten_hangs_under_the_workflow() -> None:
+    folder = Folder()
+    spans = [call(2, 1, "launch", 0, 1)]
+    # More calls end than are remembered before the task's call arrives.
+    spans += [call(10 + i, 1, "busy", 1, 1) for i in range(RECENT_CALLS)]
+    spans += [call(9, 2, "work", 1, 4, task=1, spawned_by=2), call(1, None, "wf", 0, 5)]
+    results = [folder.add(span) for span in spans]
+    stacks = results[-1]
+    assert stacks is not None and all(result is None for result in results[:-1])
+    assert stacks[("wf", "work")] == 3.0  # not lost: its time is still counted
+    assert sum(stacks.values()) == pytest.approx(1 + 3 + 4)  # wf 4 s own: 5 less launch
