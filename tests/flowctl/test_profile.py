@@ -14,7 +14,8 @@ import pytest
 
 from flowctl import exitcodes
 from tests.support.flowctl import assert_one_error_line, flowctl
-from tests.support.procs import PROJECT_ROOT, run_command
+from tests.support.flowd import flowd
+from tests.support.procs import PROJECT_ROOT, python_command, run_command
 from tests.support.traces import put_trace, read_jsonl, record_line
 
 REPORT = PROJECT_ROOT / "examples" / "report.py"
@@ -258,3 +259,30 @@ def test_hostile_files_neither_hang_nor_leak(tmp_path: Path, name: str) -> None:
     export = flowctl("--trace-dir", root, "export", name, "--format", "folded", timeout=20)
     assert done.returncode == export.returncode != exitcodes.OK
     assert done.stderr == export.stderr
+
+
+def test_through_flowd_a_workflow_under_another_root_is_found(traces: Path, tmp_path: Path) -> None:
+    with flowd("--root", traces, state=tmp_path / "state") as daemon:
+        found = flowctl("--socket", daemon.socket, "profile", "report", "--json", cwd=tmp_path)
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout) == as_json(traces, "report")
+        missing = flowctl("--socket", daemon.socket, "profile", "wf-nope", cwd=tmp_path)
+        assert_one_error_line(missing, exitcodes.NOT_FOUND, "no workflow 'wf-nope'")
+
+
+def test_profile_and_flame_graphs_load_neither_doeff_nor_prompt_toolkit(
+    traces: Path, tmp_path: Path
+) -> None:
+    code = f"""
+        import sys
+        from flowctl.cli import main
+        main(["--trace-dir", {str(traces)!r}, "profile", "report"])
+        for fmt in ("folded", "speedscope"):
+            main(["--trace-dir", {str(traces)!r}, "export", "report", "--format", fmt,
+                  "-o", {str(tmp_path)!r} + "/out." + fmt])
+        roots = {{name.split(".")[0] for name in sys.modules}}
+        print(sorted(roots & {{"doeff", "doeff_vm", "flowd", "prompt_toolkit"}}), file=sys.stderr)
+    """
+    done = run_command(python_command(code))
+    assert done.stderr == "[]\n", done.stderr
+    assert done.stdout.startswith("report  run ")
