@@ -19,11 +19,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from doeff_flow_core.timeline.spans import CALL, WORKFLOW, Span
+from doeff_flow_core.timeline.spans import CALL, ERROR, WORKFLOW, Span
 
 FUNCTION: Final = "function"
 CALLSITE: Final = "callsite"
 BY_CHOICES: Final = (FUNCTION, CALLSITE)
+MAX_ERRORS: Final = 64  # distinct errors whose raising call is remembered in one run
 By = Literal["function", "callsite"]
 
 CONCURRENCY_NOTE: Final = (
@@ -49,10 +50,24 @@ class Entry:
     own: float  # seconds: total less its calls' time in calls of their own task
     longest: float  # seconds: its longest call
     waits: tuple[tuple[str, float], ...]  # seconds in its own effects by type, most first
+    failed: int = 0  # its calls that failed (raised, or an error unwound through them)
 
     @property
     def mean(self) -> float:
         return self.total / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True)
+class Raised:
+    """The call a failed run's error was raised in: the failed call that ended first (the
+    error then unwound through the others), the innermost of those that ended with it."""
+
+    name: str
+    args: str | None
+    task: int | None  # None: the root task
+    file: str | None
+    line: int | None  # where the call was first seen (its first effect's line)
+    error: str
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,8 @@ class Profile:
     tasks: int  # the root task and every spawned task that made a call
     calls: int  # calls of @do functions (the workflow span not counted)
     entries: tuple[Entry, ...]  # by own time, most first
+    error: str | None = None  # a failed run's error
+    raised: Raised | None = None  # where it was raised, when a call's span says so
 
     @property
     def wall(self) -> float:
@@ -109,11 +126,12 @@ class OwnTime:
 class _Sums:
     """An entry while spans arrive."""
 
-    __slots__ = ("calls", "kind", "line", "longest", "own", "total", "waits")
+    __slots__ = ("calls", "failed", "kind", "line", "longest", "own", "total", "waits")
 
     def __init__(self, kind: str, line: int | None) -> None:
         self.kind = kind
         self.line = line
+        self.failed = 0
         self.calls = 0
         self.total = 0.0
         self.own = 0.0
@@ -135,6 +153,8 @@ class Profiler:
         self._sums: dict[_Key, _Sums] = {}
         self._tasks = 1
         self._calls = 0
+        # Per error: the failed call it was raised in, so far (see Raised).
+        self._raised: dict[str, tuple[tuple[float, bool, int], Span]] = {}
 
     def add(self, span: Span) -> Profile | None:
         """Count ``span``; the run's profile when it is the run's workflow span."""
@@ -161,6 +181,14 @@ class Profiler:
         waits = sums.waits
         for effect, seconds in span.waits:
             waits[effect] = waits.get(effect, 0.0) + seconds
+        if span.status == ERROR and span.kind == CALL:
+            sums.failed += 1
+            # Ended first; of those that ended together, in a spawned task, deepest.
+            rank = (span.end, span.task is None, -span.depth)
+            error = span.error or ""
+            best = self._raised.get(error)
+            if (best is None and len(self._raised) < MAX_ERRORS) or (best and rank < best[0]):
+                self._raised[error] = (rank, span)
         if span.kind != WORKFLOW:
             return None
         profile = self._profile(span)
@@ -168,6 +196,7 @@ class Profiler:
         self._sums.clear()
         self._tasks = 1
         self._calls = 0
+        self._raised.clear()
         return profile
 
     def _profile(self, workflow: Span) -> Profile:
@@ -184,6 +213,7 @@ class Profiler:
                 own=sums.own,
                 longest=sums.longest,
                 waits=tuple(sorted(sums.waits.items(), key=lambda item: (-item[1], item[0]))),
+                failed=sums.failed,
             )
             for (_, name, file, site_file, site_line), sums in self._sums.items()
         ]
@@ -199,7 +229,18 @@ class Profiler:
             tasks=self._tasks,
             calls=self._calls,
             entries=tuple(entries),
+            error=workflow.error if workflow.status == ERROR else None,
+            raised=self._raised_in(workflow),
         )
+
+    def _raised_in(self, workflow: Span) -> Raised | None:
+        if workflow.status != ERROR:
+            return None
+        best = self._raised.get(workflow.error or "")
+        if best is None:
+            return None
+        span = best[1]
+        return Raised(span.name, span.args, span.task, span.file, span.line, span.error or "")
 
 
 def profiles_of(spans: Iterable[Span], by: By = "function") -> Iterator[Profile]:

@@ -81,6 +81,20 @@ def status_word(status: str) -> str:
     return STATUS_WORDS.get(status, status)
 
 
+def raised_text(profile: Profile) -> str | None:
+    """A failed run's error and the call it was raised in:
+    ``UpstreamError: … · raised in fetch_page(region='latam', page=1) in task 4``."""
+    if profile.error is None:
+        return None
+    text = f"error: {safe(profile.error)}"
+    raised = profile.raised
+    if raised is not None:
+        call = safe(raised.name) + ("" if raised.args is None else f"({safe(raised.args)})")
+        task = "the root task" if raised.task is None else f"task {raised.task}"
+        text += f" · raised in {call} in {task}"
+    return text
+
+
 def heading(profile: Profile) -> list[str]:
     """Two lines: what was profiled and its times; how concurrent time is counted."""
     tasks = f"{profile.tasks} task{'' if profile.tasks == 1 else 's'}"
@@ -101,7 +115,7 @@ NUMBER_COLUMNS: Final = (
     ("own%", 6),
     ("own", 7),
     ("total", 7),
-    ("calls", 7),
+    ("calls", 8),
     ("mean", 7),
     ("max", 7),
 )
@@ -117,7 +131,7 @@ def profile_lines(profile: Profile, columns: int, top: int | None = None) -> lis
             percent_text(profile.own_share(entry)),
             seconds_text(entry.own),
             seconds_text(entry.total),
-            str(entry.calls),
+            f"{entry.calls} ✗{entry.failed}" if entry.failed else str(entry.calls),
             seconds_text(entry.mean),
             seconds_text(entry.longest),
         )
@@ -146,7 +160,10 @@ def profile_lines(profile: Profile, columns: int, top: int | None = None) -> lis
         return f"{cells}  {waits_cell}  {fit(label, name_width)}".rstrip()
 
     first, note = heading(profile)
-    lines = [fit(first, columns), *_wrapped(note, columns), ""]
+    lines = [fit(first, columns)]
+    if (raised := raised_text(profile)) is not None:
+        lines.extend(_wrapped(raised, columns))
+    lines += [*_wrapped(note, columns), ""]
     lines.append(line(tuple(name for name, _ in NUMBER_COLUMNS), "waits", title))
     lines.extend(line(*row) for row in rows)
     if left := len(profile.entries) - len(entries):
@@ -169,6 +186,7 @@ def entry_object(profile: Profile, entry: Entry) -> dict[str, Any]:
         item["site"] = {"file": entry.site_file, "line": entry.site_line}
     item.update(
         calls=entry.calls,
+        failed=entry.failed,
         own_seconds=entry.own,
         own_share=profile.own_share(entry),
         total_seconds=entry.total,
@@ -193,6 +211,16 @@ def profile_json(profile: Profile, top: int | None = None) -> str:
         "summed_seconds": profile.summed,
         "tasks": profile.tasks,
         "calls": profile.calls,
+        "error": profile.error,
+        "raised": None
+        if profile.raised is None
+        else {
+            "function": profile.raised.name,
+            "args": profile.raised.args,
+            "task": profile.raised.task,
+            "file": profile.raised.file,
+            "line": profile.raised.line,
+        },
         "note": CONCURRENCY_NOTE,
         "entries": [entry_object(profile, entry) for entry in entries],
         "more_entries": len(profile.entries) - len(entries),

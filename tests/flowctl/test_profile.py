@@ -68,7 +68,11 @@ def rows(text: str) -> list[dict[str, str]]:
     for line in lines[at + 1 :]:
         if not line.startswith(" ") or "%" not in line[:6]:
             break
-        row = dict(zip(NUMBERS, line[:waits].split(), strict=True))
+        cells = line[:waits].split()
+        # A row with failed calls says how many beside its calls: "8 ✗1".
+        failed = next((cells.pop(i)[1:] for i, c in enumerate(cells) if c.startswith("✗")), "0")
+        row = dict(zip(NUMBERS, cells, strict=True))
+        row["failed"] = failed
         row["share"] = row["share"].rstrip("%")
         row["waits"] = line[waits:label].strip()
         row["label"] = line[label:]
@@ -110,9 +114,25 @@ def test_the_table_shows_where_the_time_went(traces: Path) -> None:
 def test_a_failed_run_is_profiled_to_its_failure(traces: Path) -> None:
     text = profile(traces, "report-fail")
     assert re.match(r"^report-fail  run \S+  failed  ", text)
-    calls = {row["label"].split()[0]: int(row["calls"]) for row in rows(text)}
+    table = rows(text)
+    calls = {row["label"].split()[0]: int(row["calls"]) for row in table}
     assert calls["fetch_page"] < 12  # a page raised: the pages after it never ran
     assert "summarize" not in calls  # the report was never summed up
+    # Which call raised, in which task, and which functions failed with it.
+    (said,) = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert said.startswith("error: UpstreamError: latam page ")
+    call = r"fetch_page(\(region='latam', page=\d, fail=True\))?"
+    assert re.search(rf" · raised in {call} in task \d+$", said)
+    if sys.version_info >= (3, 12):  # arguments are recorded by the exact tracer
+        assert "fetch_page(region='latam'" in said
+    failed = {row["label"].split()[0]: int(row["failed"]) for row in table}
+    assert failed == {"fetch_page": 1, "fetch_region": 1, "build_report": 1, "(workflow": 0}
+    document = as_json(traces, "report-fail")
+    assert document["error"].startswith("UpstreamError: latam page ")
+    assert document["raised"]["function"] == "fetch_page"
+    assert document["raised"]["task"] is not None  # a spawned task, not the root
+    by_function = {entry["function"]: entry["failed"] for entry in document["entries"]}
+    assert by_function["fetch_page"] == 1 and by_function["report-fail"] == 0
 
 
 def test_by_call_site(traces: Path) -> None:
