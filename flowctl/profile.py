@@ -11,17 +11,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from doeff_flow_core import LiveTrace
 from doeff_flow_core.protocol import NO_VALID_RECORDS
 from doeff_flow_core.timeline.profile import FUNCTION, By, Profile, profiles_of
 from doeff_flow_core.timeline.spans import spans_of
-from doeff_flow_core.tracefiles.reading import RecordStream
 from flowctl import exitcodes
 from flowctl.console import Console
-from flowctl.errors import FlowctlError, TraceUnreadable, WorkflowNotFound
+from flowctl.errors import FlowctlError, TraceUnreadable
+from flowctl.export.command import Trace
 from flowctl.export.folded import collector_paused
 from flowctl.history import NO_RUN, pick_run, run_of
 from flowctl.options import PROFILE_TOP, Request
@@ -38,28 +37,6 @@ class NoRunYet(FlowctlError):
 
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"{workflow_id} has no run to profile yet (its trace is empty)")
-
-
-class Trace:
-    """One workflow's records, read as a stream (rotated parts first), as ``export`` reads
-    them; what the reading skipped (malformed lines) and whether it ended in a torn line."""
-
-    def __init__(self, workflow_id: str, path: Path) -> None:
-        self.workflow_id = workflow_id
-        self.path = path
-        self.skipped = 0
-        self.torn = False
-
-    def records(self) -> Iterator[LiveTrace]:
-        stream = RecordStream(self.path)
-        try:
-            yield from stream
-        except FileNotFoundError:
-            raise WorkflowNotFound(self.workflow_id, str(self.path.parent.parent)) from None
-        except OSError as exc:
-            detail = exc.strerror or type(exc).__name__
-            raise TraceUnreadable(self.workflow_id, detail, io_error=True) from None
-        self.skipped, self.torn = stream.skipped, stream.torn
 
 
 @dataclass(frozen=True)
