@@ -16,11 +16,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from doeff_flow_core.timeline.spans import CALL, OK, WORKFLOW, Span
 from flowctl.export.folded import RECENT_CALLS, Folder, frame_name, last_run_stacks
 from tests.flowctl.test_export import synthetic_trace
 from tests.support.flowctl import flowctl
 from tests.support.procs import PROJECT_ROOT, python_command, python_env, run_command
+from tests.support.spans import span as call
 from tests.support.traces import put_trace, read_jsonl, record_line
 
 REPORT = PROJECT_ROOT / "examples" / "report.py"
@@ -262,37 +262,6 @@ def test_a_folded_suffix_means_folded(traces: Path, tmp_path: Path) -> None:
 
 
 # -- folded stacks from hand-built spans ---------------------------------------------------------
-
-
-def call(
-    span_id: int,
-    parent: int | None,
-    name: str,
-    start: float,
-    end: float,
-    *,
-    task: int | None = None,
-    depth: int = 1,
-    spawned_by: int | None = None,
-) -> Span:
-    return Span(
-        workflow_id="wf",
-        run="r1",
-        span_id=span_id,
-        parent_id=parent,
-        kind=WORKFLOW if parent is None else CALL,
-        name=name,
-        task=task,
-        file="/w/flow.py",
-        line=span_id,
-        start=start,
-        end=end,
-        status=OK,
-        first_step=1,
-        last_step=1,
-        spawned_by=spawned_by,
-        depth=0 if parent is None else depth,
-    )
 
 
 def test_a_task_that_outlives_its_spawner_hangs_under_it() -> None:
