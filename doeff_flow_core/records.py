@@ -200,10 +200,20 @@ def _plain_record(cls: type[LiveTrace], data: dict[str, Any]) -> LiveTrace | Non
     ):
         return None
     frames = tuple(map(_frame, trace)) if trace else ()
-    try:
-        started_at, updated_at = parse_timestamp(started), parse_timestamp(updated)
-    except ValueError:
-        return None
+    # A run's records share their start, and a millisecond's records their update: a
+    # datetime is immutable, so one parsed object serves them all.
+    times = _TIMES
+    started_at = times.get(started)
+    updated_at = times.get(updated)
+    if started_at is None or updated_at is None:
+        try:
+            started_at, updated_at = parse_timestamp(started), parse_timestamp(updated)
+        except ValueError:
+            return None
+        if len(times) >= MAX_SHARED_FRAMES:
+            times.clear()
+        times[started] = started_at
+        times[updated] = updated_at
     slog = get("last_slog")
     spawned, finished, failed = get("spawned"), get("finished_tasks"), get("failed_calls")
     values = (
@@ -216,7 +226,7 @@ def _plain_record(cls: type[LiveTrace], data: dict[str, Any]) -> LiveTrace | Non
         updated_at,
         error,
         result,
-        None if slog is None else _slog(slog),
+        None if slog is None else _shared_slog(slog),
         task,
         pid,
         host,
@@ -378,6 +388,31 @@ def _frame(item: object) -> TraceFrame:
         call=_opt(item, "call", int),
         args=_opt(item, "args", str),
     )
+
+
+_TIMES: dict[str, datetime] = {}
+_SLOGS: dict[tuple[object, ...], SlogLine] = {}
+
+
+def _shared_slog(value: object) -> SlogLine | None:
+    """``_slog``, one object for equal slog lines: each record repeats the last slog."""
+    if type(value) is dict and len(value) == 2:
+        msg, fields = value.get("msg"), value.get("fields")
+        if type(msg) is str and type(fields) is dict:
+            key = (msg, *fields.items())
+            try:
+                line = _SLOGS.get(key)
+            except TypeError:  # a field that is not text (unhashable): not shared
+                return _slog(value)
+            if line is None:
+                line = _slog(value)
+                size = len(msg) + sum(len(str(k)) + len(str(v)) for k, v in fields.items())
+                if line is not None and size <= MAX_SHARED_TEXT:  # a hostile one is not kept
+                    if len(_SLOGS) >= MAX_SHARED_FRAMES:
+                        _SLOGS.clear()
+                    _SLOGS[key] = line
+            return line
+    return _slog(value)
 
 
 def _slog(value: object) -> SlogLine | None:

@@ -187,7 +187,8 @@ class _Run:
         # Per task: the effect its latest record performed (the call, the effect's type,
         # since when), whose time runs until the task's next record.
         self.waiting: dict[int | None, tuple[_Open, str, float]] = {}
-        # Tasks said to have finished, not yet ended: task -> (when, records since).
+        # Tasks said to have finished, not yet ended: task -> (when, ``records`` when
+        # said), oldest first.
         self.ending: dict[int, tuple[float, int]] = {}
         # The writer said which calls raised (``failed_calls``): a failure's calls are
         # known, not inferred from its raise site.
@@ -296,7 +297,8 @@ class _Run:
             if frames:
                 self.sites[child] = (frames[-1].file, frames[-1].line)
         for finished, at in record.finished_tasks:
-            self.ending[finished] = (min(at.timestamp(), now), 0)
+            self.ending.pop(finished, None)  # (said twice: kept in the order said)
+            self.ending[finished] = (min(at.timestamp(), now), self.records)
 
     def calls_failed(self, record: LiveTrace, now: float, out: list[Span]) -> None:
         """End the calls the writer saw raise, each when it raised, with its error; the
@@ -329,15 +331,18 @@ class _Run:
         return None
 
     def age_endings(self, out: list[Span]) -> None:
-        """One more record: end the tasks that finished ENDING_LAG records ago."""
-        ended = []
-        for task, (at, seen) in self.ending.items():
-            if seen + 1 >= ENDING_LAG:
-                ended.append((task, at))
-            else:
-                self.ending[task] = (at, seen + 1)
-        for task, at in ended:
+        """End the tasks said to have finished ENDING_LAG records ago (the oldest first:
+        one look per record, as a rule)."""
+        ending = self.ending
+        while ending:
+            task, (at, said) = next(iter(ending.items()))
+            if self.records - said < ENDING_LAG:
+                return
             self.end_task(task, at, out)
+
+    def seen_since(self, said: int) -> int:
+        """Records since a task's end was said (0: said by the record at hand)."""
+        return self.records - said
 
     def tidy(self, now: float, out: list[Span]) -> None:
         """Every TIDY_EVERY records: end the spawned tasks an older writer left quiet for
@@ -370,8 +375,14 @@ class _Run:
             if task in self.ending:  # a finished task's id, used again
                 self.end_task(task, self.ending[task][0], out)
             self.age_endings(out)
-        if task in self.waiting:
-            self.settle(task, now)
+        waiting = self.waiting.pop(task, None)
+        if waiting is not None:  # ``settle``, inlined
+            span, kind, since = waiting
+            waits = span.waits
+            if waits is None:
+                span.waits = {kind: now - since}
+            else:
+                waits[kind] = waits.get(kind, 0.0) + (now - since)
         stack = self.stacks.get(task)
         if frames:  # a record without a stack (an effect of no call) changes no call
             if stack is None:
@@ -412,7 +423,12 @@ class _Run:
         effect = record.current_effect
         if effect is None:
             return
-        self.waiting[task] = (inner, _effect_kind(effect), now)
+        cut = effect.find("(")  # the effect's type: ``Await(...)`` -> ``Await``
+        self.waiting[task] = (
+            inner,
+            effect[:cut] if 0 < cut <= MAX_EFFECT_KIND else effect[:MAX_EFFECT_KIND],
+            now,
+        )
         # ``event``, inlined: past max_events no event object is built at all.
         if len(inner.events) >= self.max_events:
             inner.dropped += 1
@@ -445,8 +461,8 @@ class _Run:
         if self.knows_failures:
             # The calls that raised have ended (``calls_failed``): what is left open was
             # abandoned, and tasks the failed record says finished were unwound.
-            for ended, (at, seen) in list(self.ending.items()):
-                self.end_task(ended, at, out, CANCELLED if seen == 0 else OK)
+            for ended, (at, said) in list(self.ending.items()):
+                self.end_task(ended, at, out, CANCELLED if self.seen_since(said) == 0 else OK)
             for task in list(self.stacks):
                 self.end_task(task, end, out, CANCELLED)
             self.event(self.root, event)
@@ -456,11 +472,11 @@ class _Run:
         failed = self.chain_of(raised)
         # Tasks the failed record says finished, after the one that raised when it says
         # that one too, were unwound when the run ended; those said earlier completed.
-        said = [task for task, (_at, seen) in self.ending.items() if seen == 0]
-        after = said.index(raised) if raised in said else -1
-        for ended, (at, seen) in list(self.ending.items()):
+        now_said = [t for t, (_at, said) in self.ending.items() if self.seen_since(said) == 0]
+        after = now_said.index(raised) if raised in now_said else -1
+        for ended, (at, said) in list(self.ending.items()):
             if ended not in failed:
-                abandoned = seen == 0 and said.index(ended) > after
+                abandoned = self.seen_since(said) == 0 and now_said.index(ended) > after
                 self.end_task(ended, at, out, CANCELLED if abandoned else OK)
         for task in list(self.stacks):
             if task in failed:
@@ -480,7 +496,7 @@ class _Run:
         chosen: int | None = None
         # Finished tasks first: the first the failed record names (the others it names
         # may have been unwound because of it), then those named before, latest first.
-        named = sorted(self.ending.items(), key=lambda item: item[1][1])
+        named = sorted(self.ending.items(), key=lambda item: self.seen_since(item[1][1]))
         rank = {task: len(named) - i for i, (task, _when) in enumerate(named)}
         for task, stack in self.stacks.items():
             if task is None or not stack:
@@ -609,12 +625,6 @@ def _reach(stack: list[_Open], raise_site: tuple[TraceFrame, ...]) -> tuple[int,
                 matched += 1
             return start + matched, matched
     return 0, 0
-
-
-def _effect_kind(effect: str) -> str:
-    """An effect's type, from its text: ``Await(...)`` -> ``Await``."""
-    cut = effect.find("(")
-    return effect[: cut if 0 < cut <= MAX_EFFECT_KIND else MAX_EFFECT_KIND]
 
 
 def _exception_event(error: str, now: float, raise_site: tuple[TraceFrame, ...] = ()) -> SpanEvent:

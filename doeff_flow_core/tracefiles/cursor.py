@@ -22,6 +22,7 @@ from doeff_flow_core.tracefiles.lines import (
     CHUNK,
     Backward,
     RawLine,
+    is_blank,
     may_have_holes,
     read_forward,
 )
@@ -204,7 +205,7 @@ def tail_of_fd(
     items: list[T] = []
     skipped = 0
     for line in lines if n > 0 else ():
-        if not line.data.strip():
+        if is_blank(line.data):
             continue
         item = parse(line, ident)
         if item is None:
@@ -289,7 +290,7 @@ def find_after(
         try:
             end = until[1] if part.ident == until[0] else found.size
             for line in Backward(fd, end):
-                if line.data.strip() and accept(line):
+                if not is_blank(line.data) and accept(line):
                     return (part.ident, line.end)
         finally:
             os.close(fd)

@@ -41,6 +41,11 @@ class RawLine:
         return self.end - len(self.data) - 1
 
 
+def is_blank(data: bytes) -> bool:
+    """A line of nothing but whitespace (checked without the copy ``strip()`` makes)."""
+    return not data or data.isspace()
+
+
 def may_have_holes(status: os.stat_result) -> bool:
     """Whether a file can be sparse: fewer blocks on disk than its size needs. A dense
     file is read without asking where its holes are (two system calls a read fewer)."""

@@ -31,6 +31,7 @@ from doeff_flow_core.tracefiles.lines import (
     FIRST_BLOCK,
     MAX_LINE_BYTES,
     RawLine,
+    is_blank,
     may_have_holes,
     read_forward,
 )
@@ -162,7 +163,7 @@ def _parse(lines: list[RawLine]) -> tuple[tuple[LiveTrace, ...], int]:
     records: list[LiveTrace] = []
     skipped = 0
     for line in lines:
-        if not line.data.strip():
+        if is_blank(line.data):
             continue
         record = parse_line(line)
         if record is None:
@@ -437,7 +438,7 @@ def _last_lines(root: Directory, names: list[str]) -> list[bytes | None]:
         except OSError:
             block = b""
         line = block[block.rfind(b"\n") + 1 :]
-        lines.append(line if line.strip() else None)
+        lines.append(None if is_blank(line) else line)
     return lines
 
 
@@ -502,7 +503,7 @@ def summarize_in(root: Directory, workflow_id: str) -> WorkflowSummary:
     try:
         with root.subdirectory(workflow_id) as directory:
             for data in _last_first(_last_block(directory)):
-                if data.strip() and (record := _record(data)) is not None:
+                if not is_blank(data) and (record := _record(data)) is not None:
                     return summary_of(workflow_id, trace_dir, record)
             # Through the rotated parts: a writer killed just after a rotation leaves an
             # empty trace.jsonl, and its latest record in trace.jsonl.1.
