@@ -273,3 +273,35 @@ def test_a_running_worker_is_still_running_and_lost_once_killed(tmp_path: Path) 
         worker.send_signal(signal.SIGKILL)  # no terminal record written
         worker.wait(timeout=30)
     assert_ending(tmp_path, "wf-worker", "lost", f"its writer (pid {worker.pid}) is gone")
+
+
+def test_chrome_and_otlp_mark_the_calls_that_failed_and_nothing_else(report: Report) -> None:
+    """The call that raised (latam's failing page), its task's fetch_region and
+    build_report, which gathered the task, are failed in both formats; no other call is."""
+    events = chrome_events(report.trace_dir, "report-fail")
+    slices = [e for e in events if e["ph"] == "X" and e["cat"] != "workflow"]
+    failed = [e for e in slices if e["args"]["status"] == ERROR]
+    assert sorted(e["name"] for e in failed) == ["build_report", "fetch_page", "fetch_region"]
+    page, region = (
+        next(e for e in failed if e["name"] == n) for n in ("fetch_page", "fetch_region")
+    )
+    assert page["tid"] == region["tid"]  # one task: the one that raised
+    assert all("latam page" in e["args"]["error"] for e in failed)
+    if sys.version_info >= (3, 12):
+        assert f"page={report.failing_page}" in page["args"]["args"]
+        assert "'latam'" in region["args"]["args"]
+    assert workflow_slice(events)["args"]["status"] == ERROR
+    request = json.loads(exported(report.trace_dir, "report-fail", "--format", "otlp"))
+    spans = [s for r in request["resourceSpans"] for g in r["scopeSpans"] for s in g["spans"]]
+    erred = [s for s in spans if s["status"].get("code") == 2]
+    assert sorted(s["name"] for s in erred) == [
+        "build_report",
+        "fetch_page",
+        "fetch_region",
+        "report-fail",
+    ]
+    for span in erred:
+        (event,) = [e for e in span["events"] if e["name"] == "exception"]
+        said = {a["key"]: a["value"]["stringValue"] for a in event["attributes"]}
+        assert said["exception.type"] == "UpstreamError"
+        assert "in fetch_page" in said["exception.stacktrace"]
