@@ -1,7 +1,10 @@
 """Timelines: a trace's records as spans, spans as OTLP, and spans as profiles.
 
 - ``spans``: ``SpanBuilder`` / ``spans_of``: records in, nested spans out (one per
-  ``@do`` call, a workflow span per run), incrementally and in bounded memory.
+  ``@do`` call, a workflow span per run), incrementally and in bounded memory. What a
+  span is lives in ``span``; a run being built in ``openrun`` (its open calls in
+  ``opencall``), and how a failure is traced through its tasks from the raise site when
+  the writer did not say, in ``failures``.
 - ``otlp``: spans as an OTLP/JSON ``ExportTraceServiceRequest``, with ids derived from
   the workflow id, the run and the span's number; shared by ``flowctl export`` and
   flowd's exporter, so both give the same ids.

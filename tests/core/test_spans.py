@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from doeff_flow_core import LiveTrace, TraceFrame, run_workflow
-from doeff_flow_core.timeline import otlp
+from doeff_flow_core.timeline import openrun, otlp
 from doeff_flow_core.timeline import spans as spans_module
 from doeff_flow_core.timeline.otlp import export_request, span_id, trace_id, write_export_request
 from doeff_flow_core.timeline.spans import (
@@ -287,7 +287,7 @@ def test_records_from_a_gap_still_make_spans() -> None:
 def test_tasks_of_a_writer_that_never_says_when_they_end_are_ended_when_quiet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(spans_module, "TIDY_EVERY", 4)
+    monkeypatch.setattr(openrun, "TIDY_EVERY", 4)
     records = [record(1, "main"), record(2, "work", task=1)]
     # Task 1 falls quiet; task 2 goes on, a record every 4 s, past TASK_QUIET seconds.
     records += [
@@ -302,8 +302,8 @@ def test_tasks_of_a_writer_that_never_says_when_they_end_are_ended_when_quiet(
 
 
 def test_open_tasks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spans_module, "TIDY_EVERY", 10)
-    monkeypatch.setattr(spans_module, "MAX_OPEN_TASKS", 5)
+    monkeypatch.setattr(openrun, "TIDY_EVERY", 10)
+    monkeypatch.setattr(openrun, "MAX_OPEN_TASKS", 5)
     records = [record(1, "main", spawned=((1, None),))]  # a writer that says when tasks end
     records += [record(step, "work", task=step) for step in range(2, 60)]
     builder = spans_module.SpanBuilder()
