@@ -25,7 +25,7 @@ from doeff_flow_core.timeline.span import (
     run_key,
 )
 
-TIDY_EVERY: Final = 1024  # records between looks for tasks to end (see _Run.tidy)
+TIDY_EVERY: Final = 1024  # records between looks for tasks to end (see OpenRun.tidy)
 TASK_QUIET: Final = 60.0  # seconds; as flowctl watch forgets a quiet task
 MAX_OPEN_TASKS: Final = 10_000
 # A task's end is acted on this many records late: the task that raised a run's error is
