@@ -15,10 +15,10 @@ code  name             meaning
                        on a terminal; ``run``: a malformed program reference or one
                        that names no program; ``roots add``: a directory that may not
                        be a root (/, /proc, /sys, /dev and under them, another user's);
-                       ``history --run``: a prefix of more than one run; a workflow id
+                       ``history``/``profile --run``: a prefix of more than one run; a workflow id
                        found in two registered trace directories (no --trace-dir: say
                        which); ``ps --all`` with ``--trace-dir``
-3     NOT_FOUND        an unknown workflow, a missing trace directory; ``history
+3     NOT_FOUND        an unknown workflow, a missing trace directory; ``history``/``profile
                        --run``: no such run (the runs are listed); ``run``: no
                        such module or attribute; ``roots add``: no such directory,
                        ``roots remove``: not a root; ``status`` (NOT_RUNNING): flowd

@@ -1,4 +1,5 @@
-"""``flowctl export WF``: a workflow's timeline as Chrome Trace Event JSON, OTLP/JSON or SVG.
+"""``flowctl export WF``: a workflow's timeline as Chrome Trace Event JSON, OTLP/JSON or SVG,
+or its time as folded stacks or a speedscope file.
 
 The trace is found as ``history`` finds it (the trace directory, or flowd's index when a
 daemon answers) and read whole, rotated parts first, as a stream: records become spans
