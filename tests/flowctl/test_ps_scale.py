@@ -196,7 +196,10 @@ def test_workers_that_cannot_start_change_nothing(
 def kill_workers(killed: list[int]) -> None:
     for child in multiprocessing.active_children():
         if child.pid is not None:
-            os.kill(child.pid, signal.SIGKILL)
+            try:
+                os.kill(child.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it finished meanwhile: nothing to kill
+                continue
             killed.append(child.pid)
 
 
