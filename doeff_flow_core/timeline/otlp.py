@@ -151,7 +151,7 @@ def _pair(key: str, value: str | int | bool) -> str:
     return f'{{"key":"{key}","value":{_value(value)}}}'
 
 
-def _span_attributes(item: Span, texts: _Texts) -> str:
+def _span_attributes(item: Span, texts: _Texts, ending: str | None = None) -> str:
     _, _, run_attributes, code_attributes = texts
     parts = [run_attributes(item.workflow_id, item.run)]
     if item.task is not None:
@@ -167,13 +167,16 @@ def _span_attributes(item: Span, texts: _Texts) -> str:
         parts.append(_pair("doeff.result", item.result))
     if item.status == INCOMPLETE:
         parts.append(_pair("doeff.incomplete", True))
+        if ending is not None:
+            parts.append(_pair("doeff.ending", ending))
     elif item.status == CANCELLED:
         parts.append(_pair("doeff.cancelled", True))
     return ",".join(parts)
 
 
-def span_json(item: Span) -> str:
-    """One span as an OTLP/JSON ``Span`` object."""
+def span_json(item: Span, ending: str | None = None) -> str:
+    """One span as an OTLP/JSON ``Span`` object; ``ending``: for an incomplete run's
+    workflow span, how the run stands (``lost``, ``unknown``, ``still running``)."""
     texts_length = len(item.workflow_id) + len(item.run) + len(item.name) + len(item.file or "")
     short = texts_length <= MAX_CACHED_TEXT
     texts = _CACHED if short else _UNCACHED
@@ -185,7 +188,7 @@ def span_json(item: Span) -> str:
         status = f'{{"code":{STATUS_ERROR},"message":{_text(item.error or "")}}}'
     else:
         status = f'{{"code":{STATUS_UNSET}}}'
-    attributes = _span_attributes(item, texts)
+    attributes = _span_attributes(item, texts, ending)
     parts = [f'{{"traceId":"{trace}","spanId":"{id_of(item.workflow_id, item.run, item.span_id)}",']
     if item.parent_id is not None:
         parts.append(f'"parentSpanId":"{id_of(item.workflow_id, item.run, item.parent_id)}",')
@@ -206,10 +209,14 @@ def span_json(item: Span) -> str:
     return "".join(parts)
 
 
-def write_export_request(spans: Iterable[Span], out: TextIO) -> int:
+def write_export_request(
+    spans: Iterable[Span], out: TextIO, ending: Callable[[str], str] | None = None
+) -> int:
     """Write one ``ExportTraceServiceRequest`` holding ``spans`` to ``out``, span by span,
     in memory bounded by one span; returns how many spans were written. Consecutive
-    spans of one process share a resource (a run's spans are consecutive)."""
+    spans of one process share a resource (a run's spans are consecutive). ``ending``:
+    for a run with no terminal record, how it stands (given the run), said on its
+    workflow span as ``doeff.ending``."""
     count = 0
     key: tuple[str | None, int | None] | None = None
     out.write('{"resourceSpans":[')
@@ -222,7 +229,12 @@ def write_export_request(spans: Iterable[Span], out: TextIO) -> int:
             out.write(f'{{"resource":{_resource(*here)},"scopeSpans":[{{"scope":{_SCOPE},"spans":[')
         else:
             out.write(",")
-        out.write(span_json(item))
+        said = (
+            ending(item.run)
+            if ending is not None and item.kind == WORKFLOW and item.status == INCOMPLETE
+            else None
+        )
+        out.write(span_json(item, said))
         count += 1
     if key is not None:
         out.write("]}]}")

@@ -142,7 +142,10 @@ def _otlp(trace: Trace, out: TextIO) -> Written:
             runs += span.kind == WORKFLOW  # a run's workflow span is its last
             yield span
 
-    return Written(write_export_request(counted(spans_of(trace.records())), out), runs)
+    def ending(run: str) -> str:
+        return trace.ending(run).word
+
+    return Written(write_export_request(counted(spans_of(trace.records())), out, ending), runs)
 
 
 def _svg(trace: Trace, out: TextIO) -> Written:

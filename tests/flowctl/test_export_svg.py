@@ -229,8 +229,8 @@ def test_a_cancelled_call_is_drawn_apart_from_a_failed_one() -> None:
 
 
 def assert_ending(trace_dir: Path, workflow_id: str, word: str, why: str) -> None:
-    """The SVG's heading, legend and unended calls, and Chrome's workflow span and process
-    label, all say ``word``."""
+    """The SVG's heading, legend and unended calls, Chrome's workflow span and process
+    label, and the OTLP workflow span, all say ``word``."""
     root = ET.fromstring(exported(trace_dir, workflow_id, "--format", "svg"))
     (title,) = texts(root, "title")
     assert f" · {word} · " in title and "still running, or lost" not in title
@@ -244,6 +244,12 @@ def assert_ending(trace_dir: Path, workflow_id: str, word: str, why: str) -> Non
     assert workflow["args"]["ending"] == word and why in workflow["args"]["ending_why"]
     (label,) = [e for e in events if e["ph"] == "M" and e["name"] == "process_labels"]
     assert label["args"] == {"labels": word} and label["pid"] == workflow["pid"]
+    request = json.loads(exported(trace_dir, workflow_id, "--format", "otlp"))
+    spans = [s for r in request["resourceSpans"] for g in r["scopeSpans"] for s in g["spans"]]
+    (run,) = [s for s in spans if s["name"] == workflow_id and "parentSpanId" not in s]
+    said = {a["key"]: a["value"] for a in run["attributes"]}
+    assert said["doeff.incomplete"] == {"boolValue": True}
+    assert said["doeff.ending"] == {"stringValue": word}
 
 
 def test_a_trace_written_on_another_host_is_unknown(tmp_path: Path) -> None:
