@@ -22,14 +22,13 @@ from doeff_flow_core.timeline.spans import Span, spans_of
 from doeff_flow_core.tracefiles.layout import default_trace_dir, trace_file, workflow_dir
 from doeff_flow_core.tracefiles.reading import (
     Tail,
-    WorkflowSummary,
     follow,
     read_from,
     read_history,
     read_last,
     read_latest,
-    scan_workflows,
 )
+from doeff_flow_core.tracefiles.scan import WorkflowSummary, scan_workflows
 from doeff_flow_core.tracing import TraceObserver, trace_observer
 from doeff_flow_core.transform import traced
 from doeff_flow_core.workflow import WorkflowResult, run_workflow

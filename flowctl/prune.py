@@ -39,8 +39,8 @@ from doeff_flow_core.tracefiles.layout import (
     part_number,
     resolve_trace_dir,
 )
-from doeff_flow_core.tracefiles.reading import summarize_in
 from doeff_flow_core.tracefiles.safeopen import Directory, kind_of
+from doeff_flow_core.tracefiles.scan import summarize_in
 from flowctl.errors import SourceUnavailable, TraceDirMissing, UsageError
 from flowctl.render.timefmt import age, seconds_between
 

@@ -34,8 +34,8 @@ from doeff_flow_core.tracefiles.cursor import (
 )
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME
 from doeff_flow_core.tracefiles.lines import CHUNK, RawLine
-from doeff_flow_core.tracefiles.reading import id_problem
 from doeff_flow_core.tracefiles.safeopen import Directory
+from doeff_flow_core.tracefiles.scan import id_problem
 from flowd.stored import StoredRecord, stored
 
 # A trace that appears (or is replaced) while flowd runs is sent from its first record

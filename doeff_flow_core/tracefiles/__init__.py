@@ -9,7 +9,8 @@ follow and write them.
              a file holds (huge lines, sparse files).
 ``chain``    the rotated parts of one trace, as they stood at one moment.
 ``cursor``   a position in that chain that reads on across rotation.
-``reading``  records: a trace's last ones, all of them, a directory's latest.
+``reading``  records: a trace's last ones, all of them, new ones as they land.
+``scan``     a trace directory's workflows, each with its latest record.
 
 Dependency rule: the standard library and ``doeff_flow_core``'s records, ids and errors
 only; nothing here imports doeff, flowd or flowctl.

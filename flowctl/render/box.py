@@ -15,7 +15,7 @@ from typing import Final
 from doeff_flow_core import LiveTrace, TraceFrame
 from doeff_flow_core.escape import safe, safe_clip
 from doeff_flow_core.records import COMPLETED, FAILED, LOST, RUNNING, UNKNOWN, SlogLine
-from doeff_flow_core.tracefiles.reading import id_problem
+from doeff_flow_core.tracefiles.scan import id_problem
 from flowctl.render.text import (
     INEXACT,
     chain_text,

@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 from doeff_flow_core import LiveTrace, effective_status
 from doeff_flow_core.protocol import EMPTY_TRACE, NO_TRACE
-from doeff_flow_core.tracefiles.reading import id_problem
+from doeff_flow_core.tracefiles.scan import id_problem
 
 # Statuses of a workflow entry that has no record to derive a status from.
 EMPTY: Final = "empty"  # no trace file yet, or nothing complete written in it

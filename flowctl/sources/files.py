@@ -21,14 +21,9 @@ from doeff_flow_core.tracefiles.chain import chain_of
 from doeff_flow_core.tracefiles.cursor import Cursor, find_after, read_on, tail
 from doeff_flow_core.tracefiles.layout import TRACE_FILE_NAME, trace_file
 from doeff_flow_core.tracefiles.lines import RawLine
-from doeff_flow_core.tracefiles.reading import (
-    WorkflowSummary,
-    parse_line,
-    read_history,
-    scan_workflows,
-    summarize,
-)
+from doeff_flow_core.tracefiles.reading import parse_line, read_history
 from doeff_flow_core.tracefiles.safeopen import Directory
+from doeff_flow_core.tracefiles.scan import WorkflowSummary, scan_workflows, summarize
 from flowctl.errors import (
     BadWorkflowId,
     SourceUnavailable,

@@ -26,7 +26,7 @@ from doeff_flow_core import (
     scan_workflows,
 )
 from doeff_flow_core.tracefiles import lines as reader
-from doeff_flow_core.tracefiles import reading
+from doeff_flow_core.tracefiles import reading, scan
 from doeff_flow_core.tracefiles.lines import MAX_LINE_BYTES
 from doeff_flow_core.tracefiles.reading import Tail, read_all
 
@@ -420,15 +420,15 @@ def test_summarize_says_why_there_is_no_record(tmp_path: Path) -> None:
     write(tmp_path / "wf-empty" / "trace.jsonl", b"")
     write(tmp_path / "wf-bad" / "trace.jsonl", GARBAGE[0] + b"\n")
     (tmp_path / "wf-dir" / "trace.jsonl").mkdir()
-    latest = reading.summarize("wf-ok", tmp_path / "wf-ok" / "trace.jsonl").latest
+    latest = scan.summarize("wf-ok", tmp_path / "wf-ok" / "trace.jsonl").latest
     assert latest is not None and latest.step == 2
     problems = {
-        name: reading.summarize(name, tmp_path / name / "trace.jsonl").problem
+        name: scan.summarize(name, tmp_path / name / "trace.jsonl").problem
         for name in ("wf-missing", "wf-empty", "wf-bad", "wf-dir")
     }
     assert problems == {
-        "wf-missing": reading.NO_TRACE,
-        "wf-empty": reading.EMPTY_TRACE,
-        "wf-bad": reading.NO_VALID_RECORDS,
+        "wf-missing": scan.NO_TRACE,
+        "wf-empty": scan.EMPTY_TRACE,
+        "wf-bad": scan.NO_VALID_RECORDS,
         "wf-dir": "not a regular file (a directory)",
     }

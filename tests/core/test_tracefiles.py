@@ -18,14 +18,9 @@ from doeff_flow_core.records import parse_record
 from doeff_flow_core.tracefiles.chain import chain_of
 from doeff_flow_core.tracefiles.cursor import Cursor, find_after, read_on, tail
 from doeff_flow_core.tracefiles.lines import MAX_LINE_BYTES, Backward, read_forward
-from doeff_flow_core.tracefiles.reading import (
-    RecordStream,
-    parse_line,
-    read_history,
-    read_last,
-    scan_workflows,
-)
+from doeff_flow_core.tracefiles.reading import RecordStream, parse_line, read_history, read_last
 from doeff_flow_core.tracefiles.safeopen import Directory
+from doeff_flow_core.tracefiles.scan import scan_workflows
 
 TIB = 1 << 40
 

@@ -17,7 +17,8 @@ from doeff_flow_core import (
     trace_file,
     trace_observer,
 )
-from doeff_flow_core.tracefiles.reading import read_all, read_history, scan_workflows
+from doeff_flow_core.tracefiles.reading import read_all, read_history
+from doeff_flow_core.tracefiles.scan import scan_workflows
 from tests.support.procs import wait_until
 
 Start = Callable[..., subprocess.Popen[str]]

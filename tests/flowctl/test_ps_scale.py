@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from doeff_flow_core.tracefiles import reading
+from doeff_flow_core.tracefiles import scan
 from doeff_flow_core.tracefiles.chain import file_id
 from doeff_flow_core.tracefiles.lines import FIRST_BLOCK
-from doeff_flow_core.tracefiles.reading import WorkflowSummary, scan_workflows
+from doeff_flow_core.tracefiles.scan import WorkflowSummary, scan_workflows
 from flowctl import commands, exitcodes
 from flowctl.console import Console
 from flowctl.options import GlobalOptions, Request
@@ -95,21 +95,21 @@ def no_hang() -> Iterator[None]:
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers for any directory, a few names to a batch: every worker gets several."""
-    monkeypatch.setattr(reading, "PARALLEL_MIN", 0)
-    monkeypatch.setattr(reading, "BATCH", 4)
+    monkeypatch.setattr(scan, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(scan, "BATCH", 4)
 
 
 @pytest.fixture
 def summarized_here(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The workflows this process reads itself (rather than parsing a worker's line)."""
     names: list[str] = []
-    original = reading.summarize_in
+    original = scan.summarize_in
 
     def counting(root: Any, workflow_id: str) -> WorkflowSummary:
         names.append(workflow_id)
         return original(root, workflow_id)
 
-    monkeypatch.setattr(reading, "summarize_in", counting)
+    monkeypatch.setattr(scan, "summarize_in", counting)
     return names
 
 
@@ -157,7 +157,7 @@ def test_a_directory_at_the_bound_is_read_in_this_process(
 ) -> None:
     root = awkward_root(tmp_path / "traces")
     count = len(scan_workflows(root))
-    monkeypatch.setattr(reading, "PARALLEL_MIN", count)
+    monkeypatch.setattr(scan, "PARALLEL_MIN", count)
 
     def no_processes(*args: object) -> None:
         raise AssertionError("a worker was started")
@@ -213,14 +213,14 @@ def test_a_worker_killed_changes_nothing(
     alone = scan_workflows(root)
     killed: list[int] = []
     hooked = "_enlarge" if when == "started" else "_record"
-    original = getattr(reading, hooked)
+    original = getattr(scan, hooked)
 
     def killing(argument: Any) -> Any:
         if not killed:
             kill_workers(killed)
         return original(argument)
 
-    monkeypatch.setattr(reading, hooked, killing)
+    monkeypatch.setattr(scan, hooked, killing)
     assert scan_workflows(root, processes=2) == alone
     assert all(gone(pid) for pid in killed)
     if when == "started":
@@ -235,7 +235,7 @@ def test_ctrl_c_leaves_no_worker_behind(
     root = awkward_root(tmp_path / "traces", good=60)
     workers: list[int] = []
     calls: list[object] = []
-    start_worker = reading._start_worker
+    start_worker = scan._start_worker
 
     def started(*args: Any) -> Any:  # every worker started, done by now or not
         worker = start_worker(*args)
@@ -248,8 +248,8 @@ def test_ctrl_c_leaves_no_worker_behind(
         if when == "reading" or len(calls) == 3:  # _enlarge: twice for each worker
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(reading, "_start_worker", started)
-    monkeypatch.setattr(reading, "_enlarge" if when == "starting" else "_record", interrupted)
+    monkeypatch.setattr(scan, "_start_worker", started)
+    monkeypatch.setattr(scan, "_enlarge" if when == "starting" else "_record", interrupted)
     with pytest.raises(KeyboardInterrupt):
         scan_workflows(root, processes=3)
     if when == "starting":
@@ -265,7 +265,7 @@ def worker_lines(path: Path, identity: tuple[int, int], batches: list[list[str]]
     to_worker.send(batches)
     previous = signal.getsignal(signal.SIGINT)
     try:
-        reading._read_ends(tasks, results, str(path), identity)
+        scan._read_ends(tasks, results, str(path), identity)
     finally:
         signal.signal(signal.SIGINT, previous)
     return [from_worker.recv() for _ in batches]
@@ -373,19 +373,19 @@ def test_flowctl_as_a_process_starts_its_workers(tmp_path: Path) -> None:
     root = awkward_root(tmp_path / "traces")
     code = """
         import sys
-        from doeff_flow_core.tracefiles import reading
+        from doeff_flow_core.tracefiles import scan
         from flowctl import cli
         from flowctl.sources import files
 
-        reading.PARALLEL_MIN, reading.BATCH = 0, 4
+        scan.PARALLEL_MIN, scan.BATCH = 0, 4
         files.usable_cores = lambda: 2
         started = []
-        start = reading._start_worker
+        start = scan._start_worker
         def counted(*args):
             worker = start(*args)
             started.append(worker is not None)
             return worker
-        reading._start_worker = counted
+        scan._start_worker = counted
         code = cli.main()
         print(f"workers: {sum(started)}", file=sys.stderr)
         sys.exit(code)
