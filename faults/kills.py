@@ -188,9 +188,13 @@ def run(count: int, seed: int = 0) -> Figures:
             fig.kills += 1
 
             if not wait_until(written_by(trace, proc.pid), 30, 0.002) or proc.poll() is not None:
-                fig.problems.append(f"kill {i}: the worker never wrote")
                 proc.kill()
-                proc.wait()
+                _, err = proc.communicate()
+                said = err.decode(errors="replace").strip().splitlines()
+                fig.problems.append(
+                    f"kill {i}: the worker never wrote (exit {proc.returncode}"
+                    f"{': ' + said[-1][:300] if said else ''})"
+                )
                 continue
             time.sleep(rng.uniform(0.0, 0.35))
             proc.send_signal(signal.SIGKILL)
