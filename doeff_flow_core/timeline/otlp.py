@@ -167,6 +167,7 @@ def _span_attributes(item: Span, texts: _Texts, ending: str | None = None) -> st
         parts.append(_pair("doeff.result", item.result))
     if item.status == INCOMPLETE:
         parts.append(_pair("doeff.incomplete", True))
+        ending = ending or item.ending
         if ending is not None:
             parts.append(_pair("doeff.ending", ending))
     elif item.status == CANCELLED:

@@ -81,6 +81,9 @@ class Span(NamedTuple):
     # Seconds spent in this call's own effects, by effect type: each effect counts from
     # its record to the next record of its task (or the call's end).
     waits: tuple[tuple[str, float], ...] = ()
+    # A run with no terminal record: how it stands, when whoever ended it knew (``lost``:
+    # its writer is gone). Set on the workflow span only.
+    ending: str | None = None
 
 
 def run_key(record: LiveTrace) -> str:

@@ -109,12 +109,16 @@ class SpanBuilder:
             self._run = None
         return out
 
-    def close(self) -> list[Span]:
-        """End of the trace: whatever is still open ends at the last record, incomplete."""
+    def close(self, ending: str | None = None) -> list[Span]:
+        """End of the trace: whatever is still open ends at the last record, incomplete;
+        ``ending`` says how the run stands, when the caller knows (``lost``)."""
         run, self._run = self._run, None
         if run is None:
             return []
-        return run.finish(run.last_time, INCOMPLETE)
+        spans = run.finish(run.last_time, INCOMPLETE)
+        if ending is not None and spans:  # the workflow span comes last
+            spans[-1] = spans[-1]._replace(ending=ending)
+        return spans
 
 
 def spans_of(records: Iterable[LiveTrace], max_events: int = MAX_EVENTS) -> Iterator[Span]:

@@ -192,7 +192,7 @@ class SpanFeed:
         # records the index has not read yet would be left out once the run is ended
         if liveness.status(follow.last) != LOST or not read_to_end(entry):
             return False
-        self._emit(follow.builder.close())
+        self._emit(follow.builder.close(LOST))
         follow.after = (follow.run, WHOLE_RUN)  # anything of it read later is old
         follow.builder = follow.last = None
         return True
@@ -244,7 +244,7 @@ class SpanFeed:
                 continue
             if follow.builder is None or record.run != follow.run:
                 if follow.builder is not None:  # the run before never ended (writer killed)
-                    self._emit(follow.builder.close())
+                    self._emit(follow.builder.close(LOST))
                     follow.builder = None
                 if record.step > FIRST_STEP:  # met in its middle: skip it
                     follow.after = (record.run, WHOLE_RUN)

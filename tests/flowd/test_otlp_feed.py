@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from doeff_flow_core.records import LiveTrace
-from doeff_flow_core.timeline.spans import INCOMPLETE, OK, Span, SpanBuilder, spans_of
+from doeff_flow_core.records import LOST, LiveTrace
+from doeff_flow_core.timeline.spans import INCOMPLETE, OK, WORKFLOW, Span, SpanBuilder, spans_of
 from doeff_flow_core.tracefiles.reading import RecordStream
 from flowd.index import LATEST, Entry, Update
 from flowd.otlp import feed as span_feed
@@ -46,12 +47,21 @@ def ended_after(lines: list[StoredRecord], step: int) -> list[Span]:
     return out
 
 
+def swept(spans: Iterable[Span]) -> list[Span]:
+    """``spans`` as a sweep emits them: a run it ends is said to be lost."""
+    return [
+        span._replace(ending=LOST) if span.kind == WORKFLOW and span.status == INCOMPLETE else span
+        for span in spans
+    ]
+
+
 def test_a_run_whose_writer_is_gone_is_ended_incomplete_by_a_sweep(tmp_path: Path) -> None:
     traces = trace_dir(tmp_path)
     written_by(traces, "wf-gone", dead_pid(), -1)
     path = traces / "wf-gone" / "trace.jsonl"
     entry, lines = trace_lines(traces, "wf-gone")
-    expected = list(spans_of(RecordStream(path)))  # closed at the last record, incomplete
+    # closed at the last record, incomplete, and said to be lost
+    expected = swept(spans_of(RecordStream(path)))
     fed = Fed()
     fed.feed.feed(Update(entry, lines, reset=True))
     before = list(fed.spans)
@@ -168,7 +178,7 @@ def test_a_sweep_waits_until_the_index_has_read_a_dead_writer_s_last_records(
     assert fed.feed.sweep() == 0
     entry.behind = False
     assert fed.feed.sweep() == 1
-    assert fed.spans == list(spans_of(RecordStream(path)))  # ended at the 9th record
+    assert fed.spans == swept(spans_of(RecordStream(path)))  # ended at the 9th record
     assert max(span.last_step for span in fed.spans) == 9
 
 
@@ -190,7 +200,7 @@ def test_a_run_found_mid_way_is_swept_once_its_writer_dies_after_the_rebuild(
         writer.wait()
     assert fed.feed.sweep() == 1  # nothing was read after the rebuild: swept all the same
     path = traces / "wf-found-dies" / "trace.jsonl"
-    whole = list(spans_of(RecordStream(path)))
+    whole = swept(spans_of(RecordStream(path)))
     incomplete = [s for s in fed.spans if s.status == INCOMPLETE]
     assert incomplete == [s for s in whole if s.status == INCOMPLETE]
     assert incomplete

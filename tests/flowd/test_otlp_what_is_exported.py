@@ -97,6 +97,9 @@ def test_a_killed_workflow_s_open_calls_are_sent_incomplete(
             assert span.status.code == 0  # unset: it never ended
             assert attributes(span.attributes)["doeff.incomplete"] is True
         assert [e.name for e in taken["wait_forever"].events] == ["waiting", "Await(...)"]
+        # The run says why it never ended: its writer is gone.
+        assert attributes(taken["wf-killed"].attributes)["doeff.ending"] == "lost"
+        assert "doeff.ending" not in attributes(taken["main"].attributes)
         # the collector keeps a request before it answers: flowd counts it after
         wait_for(lambda: stats(daemon)["queued"] == 0, WAIT, "the answer counted")
         assert stats(daemon)["sent_spans"] == 3
