@@ -97,7 +97,13 @@ def _judge(fig: Figures, label: str, out: str, trace: Path) -> None:
     missing = len(set(want) - set(got))
     if repeats:
         fig.repeats += repeats
-        fig.problems.append(f"{label}: {repeats} repeated records")
+        seen: dict[tuple[str, int], int] = {}
+        again = next((i for i, item in enumerate(got) if seen.setdefault(item, i) != i), 0)
+        first = seen[got[again]]
+        fig.problems.append(
+            f"{label}: {repeats} repeated records, the first {got[again]} at lines {first + 1}"
+            f" and {again + 1} of {len(got)}"
+        )
     if missing:
         fig.gaps += missing
         fig.problems.append(f"{label}: {missing} records missing")
