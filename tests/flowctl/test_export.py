@@ -601,15 +601,19 @@ def peak_rss_kib(traces: Path, fmt: str) -> int:
     return int(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def long_traces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    base = tmp_path_factory.mktemp("long")
+def write_long_traces(base: Path) -> tuple[Path, Path]:
+    """Trace directories holding ``wf-long`` of 20,000 and of 80,000 records. The short
+    trace is long enough already to fill the reader's blocks (bounded too)."""
     short, long = base / "short", base / "long"
-    # The short trace is long enough already to fill the reader's blocks (bounded too).
     for trace_dir, records in ((short, 20_000), (long, 80_000)):
         (trace_dir / "wf-long").mkdir(parents=True)
         synthetic_trace(trace_dir / "wf-long" / "trace.jsonl", records)
-    yield short, long
+    return short, long
+
+
+@pytest.fixture(scope="module")
+def long_traces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    yield write_long_traces(tmp_path_factory.mktemp("long"))
 
 
 @pytest.mark.parametrize("fmt", ["chrome", "svg"])

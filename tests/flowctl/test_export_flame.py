@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from flowctl.export.folded import RECENT_CALLS, Folder, frame_name, last_run_stacks
-from tests.flowctl.test_export import synthetic_trace
+from tests.flowctl.test_export import write_long_traces
 from tests.support.flowctl import flowctl
 from tests.support.procs import PROJECT_ROOT, python_command, python_env, run_command
 from tests.support.spans import span as call
@@ -234,12 +234,7 @@ def peak_rss_kib(trace_dir: Path, *command: str) -> int:
 
 @pytest.fixture(scope="module")
 def long_traces(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("long-flame")
-    short, long = base / "short", base / "long"
-    for trace_dir, records in ((short, 20_000), (long, 80_000)):
-        (trace_dir / "wf-long").mkdir(parents=True)
-        synthetic_trace(trace_dir / "wf-long" / "trace.jsonl", records)
-    return short, long
+    return write_long_traces(tmp_path_factory.mktemp("long-flame"))
 
 
 @pytest.mark.parametrize(
